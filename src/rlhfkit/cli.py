@@ -1,0 +1,109 @@
+"""`rlhfkit {sft,rm,label,ppo,eval,demo}`: thin wrappers over the Python API, one config dataclass each.
+
+Exit status: 0 done, 2 bad input (one line, no traceback), 130/143 stopped by a signal, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rlhfkit import __version__
+from rlhfkit.config import COMMAND_CONFIGS, DemoConfig, describe, load_config
+from rlhfkit.errors import UsageError
+
+# Config fields that also get a --flag of their own (the rest are set with field=value or --config).
+FLAGS: dict[str, tuple[str, ...]] = {
+    "sft": ("model", "data", "out", "max_steps", "epochs", "overwrite"),
+    "rm": ("model", "data", "out", "max_steps", "epochs", "overwrite"),
+    "label": ("policy", "prompts", "gold", "out", "overwrite"),
+    "ppo": ("policy", "reward_model", "prompts", "out", "max_steps", "overwrite"),
+    "eval": ("model", "prompts", "reward_model", "gold", "reference", "out"),
+    "demo": ("out", "preset", "seed", "overwrite"),
+}
+
+SUMMARIES = {
+    "sft": "stage 1: supervised fine-tuning on demonstrations",
+    "rm": "stage 2: train a reward model on preference pairs",
+    "label": "sample response pairs and label them with a programmatic gold reward",
+    "ppo": "stage 3: PPO against a reward model, KL-penalised towards the SFT model",
+    "eval": "evaluate a model: reward, KL to a reference, length, stop rate",
+    "demo": "the whole pipeline on the bundled simulated-human task, with a report",
+}
+
+
+def run_demo(config: DemoConfig) -> int:
+    """Until the demo pipeline lands, say what it will do (issue: the main job)."""
+    print(f"rlhfkit demo (preset {config.preset}, seed {config.seed}) will write to {config.out}:")
+    for step in (
+        "build a tokenizer and a tiny model on the bundled sentiment task",
+        "SFT on generated reviews",
+        "label SFT sample pairs with the gold (VADER) reward",
+        "train the reward model",
+        "PPO against the learned reward model",
+        "evaluate SFT and PPO with gold and proxy reward; write summary.json and report.html",
+    ):
+        print(f"  - {step}")
+    print("This version builds the foundation only; the stages arrive with the next releases.")
+    return 0
+
+
+def not_built(name: str) -> Callable[[Any], int]:
+    def run(config: Any) -> int:
+        raise UsageError(f"`rlhfkit {name}` is not available in rlhfkit {__version__} yet")
+
+    return run
+
+
+RUNNERS: dict[str, Callable[[Any], int]] = {name: not_built(name) for name in COMMAND_CONFIGS}
+RUNNERS["demo"] = run_demo
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlhfkit", description="RLHF the InstructGPT way: SFT, reward model, PPO."
+    )
+    parser.add_argument("--version", action="version", version=f"rlhfkit {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, cls in COMMAND_CONFIGS.items():
+        sub = commands.add_parser(
+            name,
+            help=SUMMARIES[name],
+            description=f"{SUMMARIES[name]}.",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog="config fields (set them in --config FILE.yaml or as field=value):\n"
+            + "\n".join(describe(cls)),
+        )
+        sub.add_argument("--config", metavar="FILE.yaml", help="YAML file of config fields")
+        for field_name in FLAGS[name]:
+            flag = "--" + field_name.replace("_", "-")
+            if field_name == "overwrite":
+                sub.add_argument(flag, action="store_true", default=None, help="see `overwrite` below")
+            else:
+                sub.add_argument(
+                    flag, dest=field_name, metavar=field_name.upper(), help=f"sets `{field_name}` (see below)"
+                )
+        sub.add_argument(
+            "overrides", nargs="*", metavar="field=value", help="config overrides, dotted for sections"
+        )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    flags = {name: getattr(args, name) for name in FLAGS[args.command]}
+    try:
+        config = load_config(COMMAND_CONFIGS[args.command], args.config, args.overrides, **flags)
+        return RUNNERS[args.command](config)
+    except UsageError as exc:
+        print(f"rlhfkit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rlhfkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

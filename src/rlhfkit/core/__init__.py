@@ -1,0 +1,34 @@
+"""The RL math of rlhfkit: pure functions of tensors. Imports torch and nothing else of the package's
+heavy dependencies (no transformers), so it can be used and tested on its own.
+
+Shapes: B batch, T response positions, V vocabulary. A mask is True/1 at valid response tokens.
+"""
+
+from rlhfkit.core.advantages import gae
+from rlhfkit.core.kl import (
+    AdaptiveKLController,
+    FixedKLController,
+    kl_estimate,
+    kl_shaped_rewards,
+    last_valid_index,
+)
+from rlhfkit.core.logprobs import logprobs_from_logits
+from rlhfkit.core.losses import pairwise_loss, ppo_policy_loss, ptx_loss, value_loss
+from rlhfkit.core.masked import masked_mean, masked_var, masked_whiten
+
+__all__ = [
+    "AdaptiveKLController",
+    "FixedKLController",
+    "gae",
+    "kl_estimate",
+    "kl_shaped_rewards",
+    "last_valid_index",
+    "logprobs_from_logits",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+    "pairwise_loss",
+    "ppo_policy_loss",
+    "ptx_loss",
+    "value_loss",
+]

@@ -1,0 +1,47 @@
+"""Reductions over valid positions. A mask is True (or 1) at valid tokens, False (0) at padding."""
+
+from __future__ import annotations
+
+import torch
+
+
+def zero_masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # torch.where instead of x * mask: a NaN or inf at a padded position must not leak into the
+    # result or into the gradient (0 * inf is NaN; where() sends the padded positions a zero gradient).
+    return torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of `x` over the positions where `mask` is true.
+
+    x, mask: same shape (e.g. (B, T)). With `dim=None` returns a 0-dim tensor; otherwise the mean along
+    `dim` (a row with no valid position gives 0).
+    """
+    weights = mask.to(x.dtype)
+    if dim is None:
+        return zero_masked(x, mask).sum() / weights.sum()
+    return zero_masked(x, mask).sum(dim) / weights.sum(dim).clamp(min=1)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of `x` over valid positions (0-dim). `unbiased` applies Bessel's correction n/(n-1)."""
+    mean = masked_mean(x, mask)  # ()
+    var = masked_mean((x - mean) ** 2, mask)  # ()
+    if unbiased:
+        n = mask.to(x.dtype).sum()
+        if n < 2:
+            raise ValueError(f"masked_var(unbiased=True) needs at least 2 valid positions, got {int(n)}")
+        var = var * n / (n - 1)
+    return var
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """`(x - mean) * rsqrt(var + 1e-8)` with masked mean and unbiased masked variance.
+
+    With `shift_mean=False` the mean is added back, so only the scale changes. Padded positions are 0.
+    """
+    mean, var = masked_mean(x, mask), masked_var(x, mask)  # (), ()
+    whitened = (x - mean) * torch.rsqrt(var + 1e-8)  # same shape as x
+    if not shift_mean:
+        whitened = whitened + mean
+    return zero_masked(whitened, mask)

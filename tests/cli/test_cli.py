@@ -1,0 +1,50 @@
+import subprocess
+import sys
+
+import pytest
+
+from rlhfkit.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "rlhfkit.cli", *args], capture_output=True, text=True)
+
+
+def test_help_lists_every_command():
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for command in ("sft", "rm", "label", "ppo", "eval", "demo"):
+        assert command in out.stdout
+
+
+def test_command_help_documents_fields_with_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ppo", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "kl_coef (float, default 0.05)" in text
+    assert "policy (str, required)" in text
+
+
+def test_bad_override_is_one_line_status_2_without_traceback():
+    out = run_cli(
+        "ppo", "--policy", "a", "--reward-model", "b", "--prompts", "c", "--out", "d", "kl_coef=big"
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == "rlhfkit ppo: error: config key 'kl_coef' expects float, got 'big'"
+    assert "Traceback" not in out.stderr
+
+
+def test_unbuilt_command_says_so_with_status_2(capsys):
+    assert main(["sft", "--model", "m", "--data", "d", "--out", "o"]) == 2
+    assert "not available" in capsys.readouterr().err
+
+
+def test_missing_config_file_is_status_2(tmp_path, capsys):
+    assert main(["demo", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml does not exist" in capsys.readouterr().err
+
+
+def test_demo_prints_its_plan(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "seed=3"]) == 0
+    assert "seed 3" in capsys.readouterr().out

@@ -1,0 +1,71 @@
+import math
+
+import pytest
+import torch
+
+from rlhfkit.core import masked_mean, masked_var, masked_whiten
+
+# x and mask shared by the hand-worked cases: valid values are 1, 2, 4.
+X = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+MASK = [[True, True, False], [True, False, False]]
+
+
+def test_masked_mean_by_hand(dtype, tol):
+    x, mask = torch.tensor(X, dtype=dtype), torch.tensor(MASK)
+    # (1 + 2 + 4) / 3
+    assert masked_mean(x, mask).item() == pytest.approx(7 / 3, abs=tol)
+    # per row: (1 + 2) / 2 and 4 / 1
+    torch.testing.assert_close(masked_mean(x, mask, dim=1), torch.tensor([1.5, 4.0], dtype=dtype))
+
+
+def test_masked_mean_ignores_nan_and_sends_no_gradient_to_padding(dtype):
+    x = torch.tensor([[1.0, 2.0, float("nan")], [4.0, float("inf"), 6.0]], dtype=dtype, requires_grad=True)
+    mask = torch.tensor(MASK)
+    out = masked_mean(x, mask)
+    out.backward()
+    assert out.item() == pytest.approx(7 / 3)
+    # d mean / d x_i = 1/3 at the three valid positions, exactly 0 elsewhere.
+    expected = torch.tensor([[1 / 3, 1 / 3, 0.0], [1 / 3, 0.0, 0.0]], dtype=dtype)
+    torch.testing.assert_close(x.grad, expected, rtol=0, atol=0)
+
+
+def test_masked_mean_empty_row_along_dim_is_zero():
+    x = torch.ones(2, 3)
+    mask = torch.tensor([[1, 1, 1], [0, 0, 0]])
+    torch.testing.assert_close(masked_mean(x, mask, dim=1), torch.tensor([1.0, 0.0]))
+
+
+def test_masked_var_by_hand(dtype, tol):
+    x, mask = torch.tensor(X, dtype=dtype), torch.tensor(MASK)
+    # mean 7/3; squared deviations 16/9, 1/9, 25/9 sum to 14/3.
+    # biased: (14/3) / 3 = 14/9; unbiased: (14/3) / 2 = 7/3.
+    assert masked_var(x, mask, unbiased=False).item() == pytest.approx(14 / 9, abs=tol)
+    assert masked_var(x, mask).item() == pytest.approx(7 / 3, abs=tol)
+
+
+def test_masked_var_unbiased_needs_two_values():
+    with pytest.raises(ValueError, match="at least 2"):
+        masked_var(torch.ones(1, 3), torch.tensor([[1, 0, 0]]))
+
+
+def test_masked_whiten_by_hand(dtype):
+    x, mask = torch.tensor(X, dtype=dtype), torch.tensor(MASK)
+    std = math.sqrt(7 / 3 + 1e-8)  # unbiased masked variance 7/3 (above)
+    expected = torch.tensor(
+        [[(1 - 7 / 3) / std, (2 - 7 / 3) / std, 0.0], [(4 - 7 / 3) / std, 0.0, 0.0]], dtype=dtype
+    )
+    torch.testing.assert_close(masked_whiten(x, mask), expected)
+    # shift_mean=False keeps the mean: only the scale changes.
+    expected_kept = torch.where(mask, expected + 7 / 3, torch.zeros((), dtype=dtype))
+    torch.testing.assert_close(masked_whiten(x, mask, shift_mean=False), expected_kept)
+
+
+def test_masked_whiten_gives_mean_zero_variance_one_on_random_input():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 16, generator=g, dtype=torch.float64) * 3 + 5
+    lengths = torch.randint(1, 17, (8,), generator=g)
+    mask = torch.arange(16)[None, :] < lengths[:, None]
+    w = masked_whiten(x, mask)
+    assert masked_mean(w, mask).item() == pytest.approx(0.0, abs=1e-10)
+    assert masked_var(w, mask).item() == pytest.approx(1.0, abs=1e-6)
+    assert (w[~mask] == 0).all()
