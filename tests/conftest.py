@@ -14,3 +14,28 @@ def dtype(request):
 @pytest.fixture
 def tol(dtype):
     return TOL[dtype]
+
+
+# ------------------------------------------------------------------------ tiny models on disk
+
+from helpers import sentiment_rows  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A saved tiny Llama + tokenizer trained on the sentiment corpus (pad distinct from EOS)."""
+    from rlhfkit.models import tiny_llama, train_tokenizer
+
+    texts = [r["prompt"] + r["completion"] for r in sentiment_rows(400)] + ["hi there, how are you?"]
+    tokenizer = train_tokenizer(texts, vocab_size=400)
+    folder = tmp_path_factory.mktemp("tiny")
+    tiny_llama(tokenizer, hidden_size=64, num_layers=2, num_heads=4).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_dir):
+    from rlhfkit.models import load_tokenizer
+
+    return load_tokenizer(tiny_dir)

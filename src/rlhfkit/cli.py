@@ -6,6 +6,7 @@ Exit status: 0 done, 2 bad input (one line, no traceback), 130/143 stopped by a 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -57,8 +58,31 @@ def not_built(name: str) -> Callable[[Any], int]:
     return run
 
 
+def run_sft(config: Any) -> int:
+    from rlhfkit.trainers.sft import sft
+
+    print(f"rlhfkit sft: model written to {sft(config)}")
+    return 0
+
+
+def run_rm(config: Any) -> int:
+    from rlhfkit.trainers.reward import train_reward_model
+
+    print(f"rlhfkit rm: reward model written to {train_reward_model(config)}")
+    return 0
+
+
 RUNNERS: dict[str, Callable[[Any], int]] = {name: not_built(name) for name in COMMAND_CONFIGS}
-RUNNERS["demo"] = run_demo
+RUNNERS.update(sft=run_sft, rm=run_rm, demo=run_demo)
+
+
+def show_warnings(command: str) -> None:
+    """The package's warnings (rows truncated or dropped, ...) as `rlhfkit CMD: warning: ...` on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"rlhfkit {command}: %(levelname)s: %(message)s"))
+    logger = logging.getLogger("rlhfkit")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     flags = {name: getattr(args, name) for name in FLAGS[args.command]}
+    show_warnings(args.command)
     try:
         config = load_config(COMMAND_CONFIGS[args.command], args.config, args.overrides, **flags)
         return RUNNERS[args.command](config)

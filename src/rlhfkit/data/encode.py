@@ -1,0 +1,188 @@
+"""Turning validated records into token ids: SFT sequences with loss labels, preference pairs, prompts.
+
+Plain rows: the prompt is tokenised with the tokenizer's special tokens (BOS where it uses one), the
+completion without, and EOS is appended: the same token ids the PPO rollout sees. Conversational rows go
+through the tokenizer's chat template; the loss covers the assistant turns only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from rlhfkit.errors import UsageError
+
+IGNORE = -100  # label of a token that carries no loss
+log = logging.getLogger("rlhfkit")
+Truncation = Literal["left", "drop"]
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE outside the completion / assistant turns
+
+
+@dataclass(frozen=True)
+class PairExample:
+    chosen: list[int]
+    rejected: list[int]
+    margin: float | None = None
+
+
+def _tokens(tokenizer: Any, text: str, special: bool = False) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+def _render(tokenizer: Any, messages: Sequence[dict], generation_prompt: bool = False) -> str:
+    if not messages:
+        return ""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise UsageError("conversational rows need a tokenizer with a chat template; this one has none")
+    return tokenizer.apply_chat_template(
+        list(messages), tokenize=False, add_generation_prompt=generation_prompt
+    )
+
+
+def _chat_segments(tokenizer: Any, messages: list[dict]) -> list[tuple[str, bool]]:
+    """(text, is_assistant) pieces whose concatenation is the rendered conversation up to its last
+    assistant turn; each assistant piece is what the model must produce after the generation prompt."""
+    segments, done = [], ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prefix = _render(tokenizer, messages[:i], generation_prompt=True)
+        full = _render(tokenizer, messages[: i + 1])
+        if not (prefix.startswith(done) and full.startswith(prefix)):
+            raise UsageError(
+                "the chat template does not render conversations as growing prefixes; "
+                "use prompt/completion rows with this tokenizer"
+            )
+        segments += [(prefix[len(done) :], False), (full[len(prefix) :], True)]
+        done = full
+    return segments
+
+
+def _fit(ids: list[int], keep_tail: int, max_length: int, truncation: Truncation) -> int | None:
+    """Start index that fits `ids` into max_length by cutting from the left without touching the last
+    `keep_tail` tokens (or None: drop the row)."""
+    if len(ids) <= max_length:
+        return 0
+    if truncation == "drop" or keep_tail >= max_length:
+        return None
+    return len(ids) - max_length
+
+
+def _report(source: str, cut: int, dropped: int, total: int, max_length: int) -> None:
+    if cut:
+        log.warning(
+            "%s: %d of %d rows longer than max_length=%d: prompts truncated from the left",
+            source,
+            cut,
+            total,
+            max_length,
+        )
+    if dropped:
+        log.warning(
+            "%s: %d of %d rows longer than max_length=%d were dropped", source, dropped, total, max_length
+        )
+    if total and dropped == total:
+        raise UsageError(f"{source}: every row is longer than max_length={max_length}; raise max_length")
+
+
+def encode_sft(
+    records: list[dict],
+    tokenizer: Any,
+    max_length: int,
+    truncation: Truncation = "left",
+    source: str = "data",
+) -> list[SFTExample]:
+    """SFT sequences; labels are IGNORE except on the completion (plain rows) or assistant turns."""
+    examples, cut, dropped = [], 0, 0
+    for record in records:
+        if "messages" in record:
+            pieces = [
+                (_tokens(tokenizer, text), learn)
+                for text, learn in _chat_segments(tokenizer, record["messages"])
+            ]
+        else:
+            completion = _tokens(tokenizer, record["completion"]) + [tokenizer.eos_token_id]
+            pieces = [(_tokens(tokenizer, record["prompt"], special=True), False), (completion, True)]
+        ids = [t for piece, _ in pieces for t in piece]
+        labels = [t if learn else IGNORE for piece, learn in pieces for t in piece]
+        start = _fit(ids, len(pieces[-1][0]), max_length, truncation)
+        if start is None:
+            dropped += 1
+            continue
+        cut += start > 0
+        examples.append(SFTExample(ids[start:], labels[start:]))
+    _report(source, cut, dropped, len(records), max_length)
+    return examples
+
+
+def _pair_sequences(record: dict, tokenizer: Any) -> tuple[list[int], list[int]]:
+    if isinstance(record["chosen"], list):
+        prompt = record["prompt"]
+        return tuple(
+            _tokens(tokenizer, _render(tokenizer, prompt + record[k])) for k in ("chosen", "rejected")
+        )
+    prompt = _tokens(tokenizer, record["prompt"], special=True)
+    eos = [tokenizer.eos_token_id]
+    return prompt + _tokens(tokenizer, record["chosen"]) + eos, prompt + _tokens(
+        tokenizer, record["rejected"]
+    ) + eos
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def encode_pairs(
+    records: list[dict],
+    tokenizer: Any,
+    max_length: int,
+    truncation: Truncation = "left",
+    source: str = "data",
+) -> list[PairExample]:
+    """Preference pairs as full prompt + response sequences ending in EOS (the token the RM is read at)."""
+    pairs, cut, dropped = [], 0, 0
+    for record in records:
+        chosen, rejected = _pair_sequences(record, tokenizer)
+        shared = _common_prefix(chosen, rejected)  # the prompt, whatever the format
+        starts = [_fit(seq, len(seq) - shared, max_length, truncation) for seq in (chosen, rejected)]
+        if None in starts:
+            dropped += 1
+            continue
+        cut += max(starts) > 0
+        pairs.append(PairExample(chosen[starts[0] :], rejected[starts[1] :], record.get("margin")))
+    _report(source, cut, dropped, len(records), max_length)
+    return pairs
+
+
+def encode_prompts(
+    records: list[dict],
+    tokenizer: Any,
+    max_length: int,
+    truncation: Truncation = "left",
+    source: str = "prompts",
+) -> list[list[int]]:
+    """Prompt token ids, ready for generation (chat rows end with the assistant's generation prompt)."""
+    prompts, cut, dropped = [], 0, 0
+    for record in records:
+        if "messages" in record:
+            ids = _tokens(tokenizer, _render(tokenizer, record["messages"], generation_prompt=True))
+        else:
+            ids = _tokens(tokenizer, record["prompt"], special=True)
+        start = _fit(ids, 0, max_length, truncation)
+        if start is None:
+            dropped += 1
+            continue
+        cut += start > 0
+        prompts.append(ids[start:])
+    _report(source, cut, dropped, len(records), max_length)
+    return prompts

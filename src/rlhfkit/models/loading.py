@@ -1,0 +1,90 @@
+"""Loading Hugging Face tokenizers and models for the four roles, from a local folder or a hub name."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from rlhfkit.errors import UsageError
+
+PAD_TOKEN = "<|pad|>"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer of `name`, with a pad token distinct from EOS.
+
+    With pad == EOS the index of a sequence's last real token is ambiguous (the reward would be read at the
+    wrong place), so a tokenizer without its own pad token gets `<|pad|>` added; the model must then be
+    resized (`load_causal_lm` / `load_scalar_model` do it).
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except Exception as exc:  # a missing folder, no tokenizer files, offline hub: the user's to fix
+        raise UsageError(f"{name}: could not load a tokenizer ({_first_line(exc)})") from None
+    if tokenizer.eos_token_id is None:
+        raise UsageError(f"{name}: the tokenizer has no EOS token")
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    return tokenizer
+
+
+def _match_tokenizer(model: Any, tokenizer: Any) -> None:
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def load_causal_lm(name: str, tokenizer: Any, dtype: torch.dtype = torch.float32) -> Any:
+    """A causal LM (SFT model, actor, reference) whose vocabulary covers `tokenizer`."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    except Exception as exc:
+        raise UsageError(f"{name}: could not load a causal language model ({_first_line(exc)})") from None
+    _match_tokenizer(model, tokenizer)
+    return model
+
+
+def init_scalar_head(head: torch.nn.Linear) -> None:
+    """A new scalar head: weights N(0, 1/sqrt(d + 1)), bias 0 (Ziegler et al.; Huang et al. 2024)."""
+    torch.nn.init.normal_(head.weight, std=1.0 / math.sqrt(head.in_features + 1))
+    if head.bias is not None:
+        torch.nn.init.zeros_(head.bias)
+
+
+def load_scalar_model(name: str, tokenizer: Any, dtype: torch.dtype = torch.float32) -> Any:
+    """Reward model / critic: `AutoModelForSequenceClassification` with one label on `name`'s backbone.
+
+    From a causal-LM folder the `score` head is new and initialised by `init_scalar_head`; from a saved
+    reward model it is loaded as trained.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            name, num_labels=1, dtype=dtype, output_loading_info=True
+        )
+    except Exception as exc:
+        raise UsageError(
+            f"{name}: could not load a sequence-classification model ({_first_line(exc)})"
+        ) from None
+    if not isinstance(getattr(model, "score", None), torch.nn.Linear):
+        raise UsageError(
+            f"{name}: {type(model).__name__} has no `score` head; use a decoder model (Llama, Qwen, GPT-2...)"
+        )
+    if any(key.split(".")[0] == "score" for key in info["missing_keys"]):
+        init_scalar_head(model.score)
+    _match_tokenizer(model, tokenizer)
+    return model

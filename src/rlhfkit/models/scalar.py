@@ -1,0 +1,36 @@
+"""Reading a scalar-head model: per-token values (critic) and the score at the last real token (reward)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rlhfkit.core import last_valid_index
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) positions that start at 0 on each row's first real token, so left padding does not shift
+    absolute-position models (GPT-2); padded positions get 0."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
+
+
+def scalar_values(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The `score` head read at every position: (B, L) ids and mask -> (B, L) fp32 values.
+
+    The backbone is reached through `base_model_prefix` so the head is applied to all hidden states, not
+    only to the pooled one `forward` returns.
+    """
+    backbone = getattr(model, model.base_model_prefix)
+    hidden = backbone(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
+    ).last_hidden_state  # (B, L, d)
+    return model.score(hidden).squeeze(-1).float()  # (B, L)
+
+
+def sequence_scores(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Reward of each sequence: the value at its last real token (EOS for a finished response), with left
+    or right padding. (B, L) -> (B,)."""
+    values = scalar_values(model, input_ids, attention_mask)  # (B, L)
+    last = last_valid_index(attention_mask)  # (B,)
+    return values.gather(1, last[:, None]).squeeze(1)  # (B,)

