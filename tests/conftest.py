@@ -1,5 +1,11 @@
-import pytest
-import torch
+import os
+
+# No network here: hub look-ups must fail at once instead of retrying for a minute.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 DTYPES = [torch.float32, torch.float64]
 # Tight tolerances per dtype for values worked out by hand.

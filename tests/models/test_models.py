@@ -83,8 +83,10 @@ def test_position_ids_start_at_each_rows_first_token():
 
 
 def test_models_that_do_not_load_are_usage_errors(tmp_path, tiny_tokenizer):
-    with pytest.raises(UsageError, match="could not load a tokenizer"):
+    with pytest.raises(UsageError, match="nothing-here: model folder does not exist"):
         load_tokenizer(str(tmp_path / "nothing-here"))
+    with pytest.raises(UsageError, match="could not load a tokenizer"):
+        load_tokenizer(str(tmp_path))  # a folder without tokenizer files
     with pytest.raises(UsageError, match="could not load a causal language model"):
         load_causal_lm(str(tmp_path), tiny_tokenizer)
 

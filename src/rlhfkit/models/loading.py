@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,6 +18,12 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def check_source(name: str) -> None:
+    """A name that can only be a local path must exist: fail at once instead of asking the hub."""
+    if not Path(name).expanduser().exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        raise UsageError(f"{name}: model folder does not exist")
+
+
 def load_tokenizer(name: str) -> Any:
     """The tokenizer of `name`, with a pad token distinct from EOS.
 
@@ -26,6 +33,7 @@ def load_tokenizer(name: str) -> Any:
     """
     from transformers import AutoTokenizer
 
+    check_source(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as exc:  # a missing folder, no tokenizer files, offline hub: the user's to fix
