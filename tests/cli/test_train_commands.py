@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-from helpers import preference_rows, sentiment_rows, write_jsonl
 
+from helpers import preference_rows, sentiment_rows, write_jsonl
 from rlhfkit.cli import main
 
 GOOD_SFT = {"prompt": "the movie was", "completion": " great."}

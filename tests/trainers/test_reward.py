@@ -1,7 +1,7 @@
 import pytest
 import torch
-from helpers import preference_rows, write_jsonl
 
+from helpers import preference_rows, write_jsonl
 from rlhfkit.config import OptimConfig, RewardConfig
 from rlhfkit.data import encode_pairs, load_records, pad
 from rlhfkit.logging import read_metrics

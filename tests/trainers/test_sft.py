@@ -2,8 +2,8 @@ import json
 
 import pytest
 import torch
-from helpers import sentiment_rows, write_jsonl
 
+from helpers import sentiment_rows, write_jsonl
 from rlhfkit.config import OptimConfig, SFTConfig
 from rlhfkit.logging import read_metrics
 from rlhfkit.trainers.common import read_run_file
