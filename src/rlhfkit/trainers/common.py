@@ -46,6 +46,12 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def autocast(device: torch.device, bf16: bool) -> Any:
+    """bf16 autocast for forward passes when asked. Our own rather than Accelerator(mixed_precision=...):
+    accelerate fixes that setting once per process, and a Python user may run fp32 and bf16 jobs in one."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -14,6 +14,7 @@ from rlhfkit.data import PairExample, encode_pairs, pad
 from rlhfkit.logging import MetricsLog, progress
 from rlhfkit.models import load_scalar_model, load_tokenizer, sequence_scores
 from rlhfkit.trainers.common import (
+    autocast,
     batches,
     check_output_dir,
     finish_run,
@@ -104,7 +105,7 @@ def train_reward_model(config: RewardConfig) -> Path:
     set_seed(config.seed)
     model = load_scalar_model(config.model, tokenizer)
 
-    accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else "no")
+    accelerator = Accelerator()
     optimizer, scheduler = make_optimizer(model, config.optim, steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
@@ -120,7 +121,8 @@ def train_reward_model(config: RewardConfig) -> Path:
             totals = torch.zeros(3)  # loss, accuracy, margin, summed over pairs
             for part in split(batch, config.grad_accum):
                 # Each micro-batch weighted by its share of the pairs: the mean over the whole batch.
-                loss, accuracy, margins = pair_loss(model, part, pad_id, device)
+                with autocast(device, config.bf16):
+                    loss, accuracy, margins = pair_loss(model, part, pad_id, device)
                 accelerator.backward(loss * len(part) / len(batch))
                 totals += torch.tensor([loss.item(), accuracy.item(), margins.mean().item()]) * len(part)
             grad_norm = accelerator.clip_grad_norm_(
@@ -141,7 +143,8 @@ def train_reward_model(config: RewardConfig) -> Path:
                 "steps_per_s": step / (time.perf_counter() - started),
             }
             if held_out and (step == steps or (config.eval_every and step % config.eval_every == 0)):
-                record.update(evaluate(model, held_out, pad_id, device, config.batch_size))
+                with autocast(device, config.bf16):
+                    record.update(evaluate(model, held_out, pad_id, device, config.batch_size))
             metrics.write(record)
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.2f}")
             bar.update()

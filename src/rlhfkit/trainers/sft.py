@@ -14,6 +14,7 @@ from rlhfkit.data import IGNORE, SFTExample, encode_sft, pad
 from rlhfkit.logging import MetricsLog, progress
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.trainers.common import (
+    autocast,
     batches,
     check_output_dir,
     finish_run,
@@ -79,7 +80,7 @@ def sft(config: SFTConfig) -> Path:
     set_seed(config.seed)
     model = load_causal_lm(config.model, tokenizer)
 
-    accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else "no")
+    accelerator = Accelerator()
     optimizer, scheduler = make_optimizer(model, config.optim, steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
@@ -98,7 +99,8 @@ def sft(config: SFTConfig) -> Path:
             for part in micro:
                 # Weighted by its share of the batch's tokens: the sum over micro-batches is the token mean
                 # of the whole batch, however it is split.
-                loss, n = completion_nll(model, part, pad_id, device)
+                with autocast(device, config.bf16):
+                    loss, n = completion_nll(model, part, pad_id, device)
                 accelerator.backward(loss * n / n_tokens)
                 loss_sum += loss.item() * n
             grad_norm = accelerator.clip_grad_norm_(
@@ -117,7 +119,8 @@ def sft(config: SFTConfig) -> Path:
                 "steps_per_s": step / (time.perf_counter() - started),
             }
             if held_out and (step == steps or (config.eval_every and step % config.eval_every == 0)):
-                record["eval/loss"] = evaluate(model, held_out, pad_id, device, config.batch_size)
+                with autocast(device, config.bf16):
+                    record["eval/loss"] = evaluate(model, held_out, pad_id, device, config.batch_size)
             metrics.write(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}")
             bar.update()
