@@ -17,4 +17,8 @@ def __getattr__(name: str):
         from rlhfkit.trainers.reward import train_reward_model
 
         return train_reward_model
+    if name == "ppo":
+        from rlhfkit.trainers.ppo import ppo
+
+        return ppo
     raise AttributeError(f"module 'rlhfkit' has no attribute {name!r}")

@@ -72,8 +72,15 @@ def run_rm(config: Any) -> int:
     return 0
 
 
+def run_ppo(config: Any) -> int:
+    from rlhfkit.trainers.ppo import ppo
+
+    print(f"rlhfkit ppo: actor and critic written to {ppo(config)}")
+    return 0
+
+
 RUNNERS: dict[str, Callable[[Any], int]] = {name: not_built(name) for name in COMMAND_CONFIGS}
-RUNNERS.update(sft=run_sft, rm=run_rm, demo=run_demo)
+RUNNERS.update(sft=run_sft, rm=run_rm, ppo=run_ppo, demo=run_demo)
 
 
 def show_warnings(command: str) -> None:

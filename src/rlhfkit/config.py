@@ -106,6 +106,8 @@ class PPOConfig:
     eval_prompts: str | None = option(
         None, "held-out prompts for evaluation; None = 32 held out from `prompts`"
     )
+    max_prompt_length: int = option(256, "maximum prompt tokens")
+    truncation: Literal["left", "drop"] = option("left", "over-long prompts: cut from the left or drop them")
     max_steps: int = option(100, "PPO iterations (each: rollout, score, `ppo_epochs` of updates)")
     batch_size: int = option(16, "episodes (prompts) per iteration")
     mini_batch_size: int = option(8, "episodes per optimiser step; must divide `batch_size`")

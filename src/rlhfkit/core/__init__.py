@@ -12,13 +12,14 @@ from rlhfkit.core.kl import (
     kl_shaped_rewards,
     last_valid_index,
 )
-from rlhfkit.core.logprobs import logprobs_from_logits
+from rlhfkit.core.logprobs import entropy_from_logits, logprobs_from_logits
 from rlhfkit.core.losses import pairwise_loss, ppo_policy_loss, ptx_loss, value_loss
 from rlhfkit.core.masked import masked_mean, masked_var, masked_whiten
 
 __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
+    "entropy_from_logits",
     "gae",
     "kl_estimate",
     "kl_shaped_rewards",

@@ -84,3 +84,15 @@ def logprobs_from_logits(
         )  # (1, B*T)
         return flat.view(tokens.shape)  # (B, T)
     return _TokenLogprob.apply(logits, tokens.long(), float(temperature))
+
+
+@torch.no_grad()
+def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of `softmax(logits / temperature)` at every position: (B, T, V) -> (B, T), fp32 (fp64 for
+    fp64 logits). Chunked like `logprobs_from_logits`; a metric, so no gradient."""
+    dtype = _compute_dtype(logits.dtype)
+    out = torch.empty(logits.shape[:-1], dtype=dtype, device=logits.device)  # (B, T)
+    for b, ts in _chunks(logits.shape):
+        logp = torch.log_softmax(logits[b, ts].to(dtype) / temperature, dim=-1)  # (n, V)
+        out[b, ts] = -(logp.exp() * logp).sum(-1)
+    return out

@@ -124,6 +124,11 @@ def finish_run(out: Path, command: str, config: Any, model: Any, tokenizer: Any,
     """Save model, tokenizer and config; write the run file last, so its presence means all of it is there."""
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    write_run_file(out, command, config, **summary)
+
+
+def write_run_file(out: Path, command: str, config: Any, **summary: Any) -> None:
+    """config.yaml, then the run file that marks the folder as a finished run."""
     save_config(config, out / "config.yaml")
     record = {
         "command": command,
