@@ -36,7 +36,7 @@ def test_bad_override_is_one_line_status_2_without_traceback():
 
 
 def test_unbuilt_command_says_so_with_status_2(capsys):
-    assert main(["ppo", "--policy", "a", "--reward-model", "b", "--prompts", "c", "--out", "d"]) == 2
+    assert main(["label", "--policy", "a", "--prompts", "b", "--gold", "m:f", "--out", "c"]) == 2
     assert "not available" in capsys.readouterr().err
 
 
