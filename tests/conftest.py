@@ -45,3 +45,36 @@ def tiny_tokenizer(tiny_dir):
     from rlhfkit.models import load_tokenizer
 
     return load_tokenizer(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def rlhf_stack(tiny_dir, tmp_path_factory):
+    """(sft folder, rm folder, prompts file): a tiny SFT model and an RM that likes the word `great`."""
+    from helpers import great_rows, prompt_rows, write_jsonl
+    from rlhfkit.config import OptimConfig, RewardConfig, SFTConfig
+    from rlhfkit.trainers.reward import train_reward_model
+    from rlhfkit.trainers.sft import sft
+
+    folder = tmp_path_factory.mktemp("stack")
+    sft_dir = sft(
+        SFTConfig(
+            model=tiny_dir,
+            data=write_jsonl(folder / "sft.jsonl", sentiment_rows(400)),
+            out=str(folder / "sft"),
+            max_steps=60,
+            batch_size=16,
+            optim=OptimConfig(lr=3e-3),
+        )
+    )
+    rm_dir = train_reward_model(
+        RewardConfig(
+            model=str(sft_dir),
+            data=write_jsonl(folder / "pairs.jsonl", great_rows(300)),
+            out=str(folder / "rm"),
+            max_steps=30,
+            batch_size=16,
+            optim=OptimConfig(lr=1e-3),
+        )
+    )
+    prompts = write_jsonl(folder / "prompts.jsonl", prompt_rows(200, seed=5))
+    return str(sft_dir), str(rm_dir), prompts

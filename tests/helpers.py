@@ -39,3 +39,22 @@ def preference_rows(n: int, seed: int = 0) -> list[dict]:
 def write_jsonl(path, rows) -> str:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
+
+
+def great_rows(n: int, seed: int = 0) -> list[dict]:
+    """Preferences of a labeler who likes one word: chosen says `great`, rejected any other adjective."""
+    rng = random.Random(seed)
+    others = [w for w in GOOD + BAD if w != "great"]
+    return [
+        {
+            "prompt": f"the {rng.choice(NOUNS)} was",
+            "chosen": f" great and {rng.choice(others)}.",
+            "rejected": f" {rng.choice(others)} and {rng.choice(others)}.",
+        }
+        for _ in range(n)
+    ]
+
+
+def prompt_rows(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"prompt": f"the {rng.choice(NOUNS)} was"} for _ in range(n)]

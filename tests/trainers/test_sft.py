@@ -97,7 +97,16 @@ def test_finished_run_is_refused_without_overwrite(sft_run, tiny_dir):
 
 def test_sft_bf16_autocast_runs_and_learns(tiny_dir, tmp_path):
     data = write_jsonl(tmp_path / "sft.jsonl", sentiment_rows(64))
-    out = sft(SFTConfig(model=tiny_dir, data=data, out=str(tmp_path / "bf16"), max_steps=10, batch_size=16,
-                        optim=OptimConfig(lr=3e-3), bf16=True))
+    out = sft(
+        SFTConfig(
+            model=tiny_dir,
+            data=data,
+            out=str(tmp_path / "bf16"),
+            max_steps=10,
+            batch_size=16,
+            optim=OptimConfig(lr=3e-3),
+            bf16=True,
+        )
+    )
     losses = [m["loss"] for m in read_metrics(out / "metrics.jsonl")]
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]

@@ -6,6 +6,7 @@ tokens, mask and log-probs out) so a faster engine can replace it.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,14 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def _forward_options(model: Any) -> tuple[str, dict]:
+    """The name of the KV-cache argument (`cache` in transformers >= 5.x, `past_key_values` before) and, where
+    supported, `logits_to_keep=1`: sampling needs the last position's logits only, not (B, P, V)."""
+    parameters = inspect.signature(model.forward).parameters
+    cache_name = "cache" if "cache" in parameters else "past_key_values"
+    return cache_name, ({"logits_to_keep": 1} if "logits_to_keep" in parameters else {})
+
+
 @torch.no_grad()
 def generate(
     model: Any,
@@ -91,9 +100,10 @@ def generate(
     even when top-k/top-p narrow what is sampled. Stops early once every row has produced a stop token.
     """
     batch = prompt_ids.shape[0]
+    cache_name, extra = _forward_options(model)
     mask = prompt_mask.long()  # (B, P + t) grows by one column per step
     positions = position_ids(mask)  # (B, P)
-    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
     next_position = positions[:, -1:] + 1  # (B, 1)
     tokens, logprobs = [], []
     finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)  # (B,)
@@ -114,8 +124,9 @@ def generate(
             input_ids=token[:, None],
             attention_mask=mask,
             position_ids=next_position,
-            past_key_values=out.past_key_values,
             use_cache=True,
+            **{cache_name: out[cache_name]},
+            **extra,
         )
         next_position = next_position + 1
     response, response_mask, stopped = truncate_after_stop(

@@ -277,8 +277,8 @@ def ppo_update(run: PPORun, experience: Experience) -> dict[str, float]:
                     logp, _ = response_logprobs(
                         actor, exp.input_ids[part], exp.attention_mask[part], exp.context, config.temperature
                     )  # (m, T)
-                    values = response_values(
-                        critic, exp.input_ids[part], exp.attention_mask[part], exp.context
+                    values = run.normalise(
+                        response_values(critic, exp.input_ids[part], exp.attention_mask[part], exp.context)
                     )
                 pg_loss, pg = ppo_policy_loss(
                     logp, exp.old_logp[part], exp.advantages[part], mask, config.clip
@@ -463,29 +463,34 @@ def setup(config: PPOConfig, roles: Roles) -> PPORun:
         generator,
         torch.Generator(device=accelerator.device).manual_seed(config.seed + 1000 + rank),
         reward_normaliser(config),
-        stop_token_ids(roles.tokenizer, config.stop_tokens),
+        stop_token_ids(roles.tokenizer, config.stop_tokens).to(accelerator.device),
         ptx_sampler(config, roles.tokenizer, generator),
     )
 
 
-def train_iteration(run: PPORun, prompts: list[list[int]]) -> dict[str, float]:
-    """Steps 1-9 on one batch of prompts; returns the iteration's metrics."""
-    config, roles, device = run.config, run.roles, run.device
-    tick = time.perf_counter()
-    # 1. prompts, left-padded for generation
-    ids, mask = (t.to(device) for t in pad(prompts, roles.tokenizer.pad_token_id, side="left"))
-    # 2. rollout
+def sample(run: PPORun, prompts: list[list[int]]) -> Rollout:
+    """Steps 1-2: left-pad the prompts and sample one response each from the actor."""
+    config, tokenizer = run.config, run.roles.tokenizer
+    ids, mask = (t.to(run.device) for t in pad(prompts, tokenizer.pad_token_id, side="left"))  # (B, P)
     settings = SamplingSettings(config.response_length, config.temperature, config.top_k, config.top_p)
-    with autocast(device, config.bf16):
-        rollout = generate(
-            run.accelerator.unwrap_model(roles.actor),
+    with autocast(run.device, config.bf16):
+        return generate(
+            run.accelerator.unwrap_model(run.roles.actor),
             ids,
             mask,
             settings,
             run.stop_ids,
-            roles.tokenizer.pad_token_id,
+            tokenizer.pad_token_id,
             run.sampling_generator,
         )
+
+
+def train_iteration(run: PPORun, prompts: list[list[int]]) -> dict[str, float]:
+    """Steps 1-9 on one batch of prompts; returns the iteration's metrics."""
+    config, roles = run.config, run.roles
+    tick = time.perf_counter()
+    # 1-2. prompts and rollout
+    rollout = sample(run, prompts)
     t_rollout = time.perf_counter()
     # 3-7. old log-probs and values, scores, reference log-probs, rewards, advantages
     kl_coef = run.kl_ctl.value
