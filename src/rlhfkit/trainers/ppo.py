@@ -270,7 +270,7 @@ def ppo_update(run: PPORun, experience: Experience) -> dict[str, float]:
         for start in range(0, rows, config.mini_batch_size):
             minibatch = order[start : start + config.mini_batch_size]
             tokens = exp.mask[minibatch].sum()
-            step_stats: dict[str, float] = {}
+            step_stats: dict[str, float] = {"loss/ptx": 0.0}  # stays 0 with the ptx term off
             for part in minibatch.split(micro):
                 mask = exp.mask[part]  # (m, T)
                 with autocast(exp.input_ids.device, config.bf16):
