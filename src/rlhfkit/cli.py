@@ -6,13 +6,14 @@ Exit status: 0 done, 2 bad input (one line, no traceback), 130/143 stopped by a 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from rlhfkit import __version__
-from rlhfkit.config import COMMAND_CONFIGS, DemoConfig, describe, load_config
+from rlhfkit.config import COMMAND_CONFIGS, DemoConfig, describe, load_config, preset
 from rlhfkit.errors import UsageError
 
 # Config fields that also get a --flag of their own (the rest are set with field=value or --config).
@@ -36,32 +37,43 @@ SUMMARIES = {
 
 
 def run_demo(config: DemoConfig) -> int:
-    """Until the demo pipeline lands, say what it will do (issue: the main job)."""
-    print(f"rlhfkit demo (preset {config.preset}, seed {config.seed}) will write to {config.out}:")
-    for step in (
-        "build a tokenizer and a tiny model on the bundled sentiment task",
-        "SFT on generated reviews",
-        "label SFT sample pairs with the gold (VADER) reward",
-        "train the reward model",
-        "PPO against the learned reward model",
-        "evaluate SFT and PPO with gold and proxy reward; write summary.json and report.html",
-    ):
-        print(f"  - {step}")
-    print("This version builds the foundation only; the stages arrive with the next releases.")
+    from rlhfkit.demo import demo
+
+    out = demo(config)
+    summary = json.loads((out / "summary.json").read_text())
+    print(
+        f"rlhfkit demo: gold reward {summary['gold_reward_sft']:+.3f} (SFT) -> "
+        f"{summary['gold_reward_ppo']:+.3f} "
+        f"(PPO) at KL {summary['kl_to_sft']:.2f}; RM accuracy {summary['rm_accuracy']:.1%}; "
+        f"{summary['wall_seconds'] / 60:.1f} min"
+    )
+    print(f"rlhfkit demo: open {out / 'report.html'}")
     return 0
-
-
-def not_built(name: str) -> Callable[[Any], int]:
-    def run(config: Any) -> int:
-        raise UsageError(f"`rlhfkit {name}` is not available in rlhfkit {__version__} yet")
-
-    return run
 
 
 def run_sft(config: Any) -> int:
     from rlhfkit.trainers.sft import sft
 
     print(f"rlhfkit sft: model written to {sft(config)}")
+    return 0
+
+
+def run_label(config: Any) -> int:
+    from rlhfkit.label import label
+
+    stats = label(config)
+    print(
+        f"rlhfkit label: {stats['pairs']} pairs written to {config.out} "
+        f"({stats['ties_skipped']} ties skipped, "
+        f"label agreement with gold {stats['label_agreement']:.1%})"
+    )
+    return 0
+
+
+def run_eval(config: Any) -> int:
+    from rlhfkit.evaluate import evaluate
+
+    print(json.dumps(evaluate(config)["metrics"], indent=2))
     return 0
 
 
@@ -79,8 +91,14 @@ def run_ppo(config: Any) -> int:
     return 0
 
 
-RUNNERS: dict[str, Callable[[Any], int]] = {name: not_built(name) for name in COMMAND_CONFIGS}
-RUNNERS.update(sft=run_sft, rm=run_rm, ppo=run_ppo, demo=run_demo)
+RUNNERS: dict[str, Callable[[Any], int]] = {
+    "sft": run_sft,
+    "rm": run_rm,
+    "label": run_label,
+    "ppo": run_ppo,
+    "eval": run_eval,
+    "demo": run_demo,
+}
 
 
 def show_warnings(command: str) -> None:
@@ -127,7 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags = {name: getattr(args, name) for name in FLAGS[args.command]}
     show_warnings(args.command)
     try:
-        config = load_config(COMMAND_CONFIGS[args.command], args.config, args.overrides, **flags)
+        cls = COMMAND_CONFIGS[args.command]
+        config = load_config(cls, args.config, args.overrides, **flags)
+        if isinstance(config, DemoConfig) and config.preset != "tiny":  # the preset's values under the user's
+            config = load_config(cls, args.config, args.overrides, base=preset(config.preset), **flags)
         return RUNNERS[args.command](config)
     except UsageError as exc:
         print(f"rlhfkit {args.command}: error: {exc}", file=sys.stderr)

@@ -179,6 +179,8 @@ class LabelConfig:
     gold: str = option(help="gold reward as `module:function`, called as fn(prompt, response) -> float")
     out: str = option(help="output JSONL of {prompt, chosen, rejected} rows")
     tau: float = option(0.1, "labeler noise: chosen with probability sigmoid((g1 - g2) / tau); 0 = perfect")
+    pairs_per_prompt: int = option(1, "response pairs sampled for each prompt")
+    batch_size: int = option(64, "prompts sampled at once")
     response_length: int = option(32, "maximum new tokens per response")
     temperature: float = option(1.0, "sampling temperature")
     seed: int = option(0, "random seed")
@@ -194,20 +196,55 @@ class EvalConfig:
     reward_model: str | None = option(None, "reward model folder to score with")
     gold: str | None = option(None, "gold reward as `module:function` to score with")
     reference: str | None = option(None, "reference model for the KL (usually the SFT model)")
-    out: str | None = option(None, "write samples and metrics to this folder")
+    out: str | None = option(None, "write eval.json and samples.jsonl to this folder")
     response_length: int = option(32, "maximum new tokens per response")
-    temperature: float = option(0.7, "sampling temperature")
+    temperature: float = option(0.7, "sampling temperature (log-probs for the KL are taken at it too)")
+    batch_size: int = option(64, "prompts sampled at once")
     seed: int = option(0, "random seed")
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """`rlhfkit demo`: SFT -> simulated labeling -> RM -> PPO -> evaluation on the bundled task."""
+    """`rlhfkit demo`: SFT -> simulated labeling -> RM -> PPO -> evaluation on the bundled sentiment task."""
 
     out: str = option("runs/demo", "output folder for every stage, summary.json and report.html")
-    preset: Literal["tiny", "smollm2"] = option("tiny", "tiny model built from scratch, or SmolLM2-135M")
+    preset: Literal["tiny", "smollm2"] = option(
+        "tiny", "tiny model built from scratch, or SmolLM2-135M (configs/demo-smollm2.yaml, slower)"
+    )
     seed: int = option(0, "random seed of every stage")
     overwrite: bool = option(False, "allow writing into a folder that holds a finished run")
+    # the task
+    demonstrations: int = option(4000, "SFT demonstrations generated for the task")
+    eval_prompts: int = option(128, "held-out prompts for the final evaluation (never trained on)")
+    # the tiny model (preset tiny)
+    vocab_size: int = option(1024, "BPE vocabulary trained on the task's text")
+    hidden_size: int = option(128, "width of the tiny Llama")
+    num_layers: int = option(3, "layers of the tiny Llama")
+    num_heads: int = option(4, "attention heads of the tiny Llama")
+    # stage 1
+    sft_epochs: int = option(2, "SFT passes over the demonstrations")
+    sft_lr: float = option(2e-3, "SFT learning rate")
+    sft_batch_size: int = option(32, "SFT examples per step")
+    # labeling
+    pairs_per_prompt: int = option(8, "response pairs the simulated labeler judges per training prompt")
+    tau: float = option(0.1, "labeler noise (Bradley-Terry temperature on the gold reward)")
+    label_temperature: float = option(1.0, "sampling temperature of the pairs")
+    # stage 2
+    rm_epochs: int = option(1, "RM passes over the labeled pairs")
+    rm_lr: float = option(5e-4, "RM learning rate")
+    rm_batch_size: int = option(32, "pairs per RM step")
+    # stage 3
+    ppo_steps: int = option(150, "PPO iterations")
+    ppo_batch_size: int = option(32, "episodes per PPO iteration")
+    ppo_mini_batch_size: int = option(16, "episodes per PPO optimiser step")
+    ppo_epochs: int = option(4, "PPO epochs per batch")
+    response_length: int = option(24, "maximum response tokens")
+    temperature: float = option(0.7, "sampling temperature in PPO and evaluation")
+    kl_coef: float = option(0.05, "KL penalty coefficient (fixed)")
+    actor_lr: float = option(3e-4, "PPO actor learning rate")
+    critic_lr: float = option(3e-4, "PPO critic learning rate")
+    ppo_eval_every: int = option(10, "PPO iterations between evaluations (points of the reward-KL frontier)")
+    bf16: bool = option(False, "bf16 autocast in every stage")
 
 
 COMMAND_CONFIGS: dict[str, type] = {
@@ -363,12 +400,26 @@ def _coerce_scalar(value: Any, tp: type, name: str) -> Any:
 
 
 def load_config(
-    cls: type[C], path: str | Path | None = None, overrides: Iterable[str] = (), **values: Any
+    cls: type[C],
+    path: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    base: Mapping[str, Any] | None = None,
+    **values: Any,
 ) -> C:
-    """Defaults < YAML file at `path` < keyword `values` (None ones are skipped) < `key=value` overrides."""
-    data = read_yaml(path) if path else {}
+    """Defaults < `base` (a preset) < YAML at `path` < keyword `values` (None ones skipped) < overrides."""
+    data = merge(base or {}, read_yaml(path) if path else {})
     data = merge(data, {k: v for k, v in values.items() if v is not None})
     return build(cls, merge(data, parse_overrides(overrides)))
+
+
+def preset(name: str) -> dict[str, Any]:
+    """The values of a packaged preset, `rlhfkit/configs/demo-NAME.yaml` (the repository's configs/)."""
+    from importlib.resources import files
+
+    resource = files("rlhfkit") / "configs" / f"demo-{name}.yaml"
+    if not resource.is_file():
+        raise ConfigError(f"no preset {name!r}")
+    return read_yaml(Path(str(resource)))
 
 
 def to_dict(config: Any) -> dict[str, Any]:

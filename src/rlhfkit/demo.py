@@ -1,0 +1,227 @@
+"""`rlhfkit demo`: the whole pipeline on the bundled simulated-human task, measured with the gold reward.
+
+1. tokenizer + tiny model (or SmolLM2)  2. SFT  3. label pairs sampled from the SFT model with the noisy gold
+labeler  4. reward model (held-out accuracy against gold preferences)  5. PPO against the learned RM
+6. evaluate SFT and PPO on held-out prompts with the gold scorer and the RM  7. summary.json + report.html
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from rlhfkit.config import (
+    DemoConfig,
+    EvalConfig,
+    LabelConfig,
+    OptimConfig,
+    PPOConfig,
+    RewardConfig,
+    SFTConfig,
+    to_dict,
+)
+from rlhfkit.logging import read_metrics
+from rlhfkit.tasks.sentiment import gold, sentiment_task
+from rlhfkit.trainers.common import check_output_dir, read_run_file, start_run, write_run_file
+
+GOLD = "rlhfkit.tasks.sentiment:gold"
+STAGES = 7
+
+
+def say(step: int, text: str) -> None:
+    print(f"[{step}/{STAGES}] {text}", flush=True)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def base_model(config: DemoConfig, texts: list[str], folder: Path) -> str:
+    """Step 1: a tokenizer trained on the task's text and a tiny Llama, or the SmolLM2 folder."""
+    from rlhfkit.models import smollm2, tiny_llama, train_tokenizer
+
+    if config.preset == "smollm2":
+        return str(smollm2())
+    tokenizer = train_tokenizer(texts, vocab_size=config.vocab_size)
+    model = tiny_llama(tokenizer, config.hidden_size, config.num_layers, config.num_heads, seed=config.seed)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def gold_by_evaluation(samples_file: Path) -> dict[int, dict[str, float]]:
+    """Mean gold and proxy score of PPO's evaluation samples, per evaluation step."""
+    groups: dict[int, list[dict]] = defaultdict(list)
+    for line in samples_file.read_text().splitlines():
+        sample = json.loads(line)
+        groups[sample["step"]].append(sample)
+    return {
+        step: {
+            "gold": sum(gold(s["prompt"], s["response"]) for s in rows) / len(rows),
+            "proxy": sum(s["score"] for s in rows) / len(rows),
+        }
+        for step, rows in sorted(groups.items())
+    }
+
+
+def demo(config: DemoConfig) -> Path:
+    """Run every stage into `config.out`; returns the folder holding summary.json and report.html."""
+    from rlhfkit.evaluate import evaluate
+    from rlhfkit.label import label
+    from rlhfkit.report import write_report
+    from rlhfkit.trainers.ppo import ppo
+    from rlhfkit.trainers.reward import train_reward_model
+    from rlhfkit.trainers.sft import sft
+
+    out = Path(config.out)
+    check_output_dir(out, config.overwrite)
+    started = time.perf_counter()
+    start_run(out)
+    data = out / "data"
+    data.mkdir(exist_ok=True)
+    task = sentiment_task(config.demonstrations, config.eval_prompts, config.seed)
+    sft_data = write_jsonl(data / "sft.jsonl", task.demonstrations)
+    prompts = write_jsonl(data / "prompts.jsonl", [{"prompt": p} for p in task.train_prompts])
+    eval_prompts = write_jsonl(data / "eval_prompts.jsonl", [{"prompt": p} for p in task.eval_prompts])
+    common = dict(seed=config.seed, overwrite=True)
+
+    say(1, f"base model ({config.preset})")
+    texts = [d["prompt"] + d["completion"] for d in task.demonstrations] + task.eval_prompts
+    base = base_model(config, texts, out / "base")
+
+    say(2, "SFT on the demonstrations")
+    sft_config = SFTConfig(
+        model=base,
+        data=sft_data,
+        out=str(out / "sft"),
+        epochs=config.sft_epochs,
+        batch_size=config.sft_batch_size,
+        optim=OptimConfig(lr=config.sft_lr),
+        max_length=256,
+        bf16=config.bf16,
+        **common,
+    )
+    sft_dir = str(sft(sft_config))
+
+    say(3, "the simulated human labels pairs sampled from the SFT model")
+    label_config = LabelConfig(
+        policy=sft_dir,
+        prompts=prompts,
+        gold=GOLD,
+        out=str(data / "preferences.jsonl"),
+        tau=config.tau,
+        pairs_per_prompt=config.pairs_per_prompt,
+        response_length=config.response_length,
+        temperature=config.label_temperature,
+        **common,
+    )
+    labeling = label(label_config)
+    # held-out pairs labeled by the gold ordering itself (tau 0): the RM's accuracy is measured against them
+    gold_pairs_config = LabelConfig(
+        policy=sft_dir,
+        prompts=eval_prompts,
+        gold=GOLD,
+        out=str(data / "gold_preferences.jsonl"),
+        tau=0.0,
+        pairs_per_prompt=2,
+        response_length=config.response_length,
+        temperature=config.label_temperature,
+        seed=config.seed + 1,
+        overwrite=True,
+    )
+    label(gold_pairs_config)
+
+    say(4, "reward model on the labeled pairs")
+    rm_config = RewardConfig(
+        model=sft_dir,
+        data=label_config.out,
+        eval_data=gold_pairs_config.out,
+        out=str(out / "rm"),
+        epochs=config.rm_epochs,
+        batch_size=config.rm_batch_size,
+        optim=OptimConfig(lr=config.rm_lr),
+        max_length=256,
+        bf16=config.bf16,
+        **common,
+    )
+    rm_dir = str(train_reward_model(rm_config))
+    rm_accuracy = read_run_file(rm_dir)["final"]["eval/accuracy"]
+
+    say(5, "PPO against the learned reward model")
+    ppo_config = PPOConfig(
+        policy=sft_dir,
+        reward_model=rm_dir,
+        prompts=prompts,
+        eval_prompts=eval_prompts,
+        out=str(out / "ppo"),
+        max_steps=config.ppo_steps,
+        batch_size=config.ppo_batch_size,
+        mini_batch_size=config.ppo_mini_batch_size,
+        ppo_epochs=config.ppo_epochs,
+        response_length=config.response_length,
+        temperature=config.temperature,
+        kl_coef=config.kl_coef,
+        actor_lr=config.actor_lr,
+        critic_lr=config.critic_lr,
+        eval_every=config.ppo_eval_every,
+        bf16=config.bf16,
+        **common,
+    )
+    ppo_dir = ppo(ppo_config)
+
+    say(6, "evaluation of SFT and PPO on held-out prompts (gold and learned reward)")
+    results = {}
+    for name, model in (("sft", sft_dir), ("ppo", str(ppo_dir / "actor"))):
+        eval_config = EvalConfig(
+            model=model,
+            prompts=eval_prompts,
+            reward_model=rm_dir,
+            reference=sft_dir,
+            response_length=config.response_length,
+            temperature=config.temperature,
+            seed=config.seed,
+            out=str(out / f"eval_{name}"),
+        )
+        results[name] = evaluate(eval_config, gold=gold)
+
+    say(7, "summary.json and report.html")
+    summary = {
+        "gold_reward_sft": results["sft"]["metrics"]["gold"],
+        "gold_reward_ppo": results["ppo"]["metrics"]["gold"],
+        "proxy_reward_sft": results["sft"]["metrics"]["reward"],
+        "proxy_reward_ppo": results["ppo"]["metrics"]["reward"],
+        "rm_accuracy": rm_accuracy,
+        "kl_to_sft": results["ppo"]["metrics"]["kl"],
+        "label_agreement": labeling["label_agreement"],
+        "labeled_pairs": labeling["pairs"],
+        "length_sft": results["sft"]["metrics"]["length"],
+        "length_ppo": results["ppo"]["metrics"]["length"],
+        "wall_seconds": time.perf_counter() - started,
+        "seed": config.seed,
+        "config": {
+            "demo": to_dict(config),
+            "sft": to_dict(sft_config),
+            "label": to_dict(label_config),
+            "rm": to_dict(rm_config),
+            "ppo": to_dict(ppo_config),
+        },
+    }
+    summary["gold_gain"] = summary["gold_reward_ppo"] - summary["gold_reward_sft"]
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_report(out / "report.html", summary, curves(out), results)
+    write_run_file(out, "demo", config, summary={k: v for k, v in summary.items() if k != "config"})
+    return out
+
+
+def curves(out: Path) -> dict[str, Any]:
+    """Everything the report plots, read back from the stages' files."""
+    return {
+        "sft": read_metrics(out / "sft" / "metrics.jsonl"),
+        "rm": read_metrics(out / "rm" / "metrics.jsonl"),
+        "ppo": read_metrics(out / "ppo" / "metrics.jsonl"),
+        "ppo_evaluations": gold_by_evaluation(out / "ppo" / "samples.jsonl"),
+    }

@@ -1,0 +1,71 @@
+"""`rlhfkit eval`: a model's mean reward (learned RM and/or gold), KL to a reference, length and stop rate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit.config import EvalConfig
+from rlhfkit.errors import UsageError
+from rlhfkit.models import load_causal_lm, load_scalar_model, load_tokenizer, sequence_scores
+from rlhfkit.models.forward import response_logprobs
+from rlhfkit.rollout import SamplingSettings
+from rlhfkit.sampling_jobs import load_prompts, sample_completions
+from rlhfkit.tasks import load_gold
+from rlhfkit.trainers.common import quiet_transformers
+
+
+@torch.no_grad()
+def evaluate(config: EvalConfig, gold: Any = None) -> dict[str, Any]:
+    """Sample once per prompt (fixed seed) and measure. `gold` may be given as a callable from Python.
+
+    Returns {"metrics": {...}, "samples": [...]}: `reward` (RM score at the last token), `gold`, `kl`
+    (mean over samples of sum_t log pi(y_t) - log pi_ref(y_t), at the sampling temperature), `length`,
+    `stop_rate`.
+    """
+    if config.reward_model is None and config.gold is None and gold is None:
+        raise UsageError("eval needs --reward-model or --gold (or both)")
+    gold = gold or (load_gold(config.gold) if config.gold else None)
+    quiet_transformers()
+    tokenizer = load_tokenizer(config.model)
+    texts, prompt_ids = load_prompts(config.prompts, tokenizer)
+    model = load_causal_lm(config.model, tokenizer).eval()
+    reward_model = load_scalar_model(config.reward_model, tokenizer).eval() if config.reward_model else None
+    reference = load_causal_lm(config.reference, tokenizer).eval() if config.reference else None
+    settings = SamplingSettings(config.response_length, config.temperature)
+    generator = torch.Generator().manual_seed(config.seed)
+    samples: list[dict[str, Any]] = []
+    for done in sample_completions(
+        model, tokenizer, texts, prompt_ids, settings, config.batch_size, generator
+    ):
+        rollout, context = done.rollout, done.rollout.prompt_ids.shape[1]
+        ids, mask = rollout.input_ids, rollout.attention_mask  # (b, P + T)
+        columns: dict[str, list] = {
+            "length": rollout.response_mask.sum(1).tolist(),
+            "stopped": rollout.stopped.tolist(),
+        }
+        if reward_model is not None:
+            columns["reward"] = sequence_scores(reward_model, ids, mask).tolist()
+        if reference is not None:
+            logp, _ = response_logprobs(model, ids, mask, context, config.temperature)  # (b, T)
+            ref, _ = response_logprobs(reference, ids, mask, context, config.temperature)
+            columns["kl"] = ((logp - ref) * rollout.response_mask).sum(1).tolist()
+        if gold is not None:
+            columns["gold"] = [gold(p, r) for p, r in zip(done.prompts, done.responses, strict=True)]
+        for i, (prompt, response) in enumerate(zip(done.prompts, done.responses, strict=True)):
+            samples.append({"prompt": prompt, "response": response, **{k: v[i] for k, v in columns.items()}})
+    metrics = {
+        k: sum(float(s[k]) for s in samples) / len(samples)
+        for k in ("reward", "gold", "kl", "length", "stopped")
+        if k in samples[0]
+    }
+    metrics["stop_rate"] = metrics.pop("stopped")
+    if config.out:
+        out = Path(config.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (out / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    return {"metrics": metrics, "samples": samples}

@@ -1,0 +1,74 @@
+"""`rlhfkit label`: a simulated human labels pairs of responses sampled from a policy.
+
+For each prompt two responses are sampled and scored by the gold function g; the first is chosen with
+probability sigmoid((g1 - g2) / tau) (Bradley-Terry noise; tau = 0 is a perfect labeler). Ties are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from pathlib import Path
+
+import torch
+
+from rlhfkit.config import LabelConfig
+from rlhfkit.errors import UsageError
+from rlhfkit.logging import progress
+from rlhfkit.models import load_causal_lm, load_tokenizer
+from rlhfkit.rollout import SamplingSettings
+from rlhfkit.sampling_jobs import load_prompts, sample_completions
+from rlhfkit.tasks import load_gold
+from rlhfkit.trainers.common import quiet_transformers
+
+
+def prefers_first(g1: float, g2: float, tau: float, rng: random.Random) -> bool:
+    """The noisy labeler's choice: True with probability sigmoid((g1 - g2) / tau); exact when tau = 0."""
+    if tau <= 0:
+        return g1 > g2
+    z = (g1 - g2) / tau
+    return rng.random() < 1 / (1 + math.exp(-z)) if z > -700 else False
+
+
+def label(config: LabelConfig) -> dict:
+    """Write preference rows to `config.out`; returns {pairs, ties_skipped, label_agreement}."""
+    out = Path(config.out)
+    if out.exists() and not config.overwrite:
+        raise UsageError(f"{out} exists; pass --overwrite to replace it")
+    if config.tau < 0 or config.pairs_per_prompt <= 0:
+        raise UsageError("tau must be >= 0 and pairs_per_prompt > 0")
+    gold = load_gold(config.gold)
+    quiet_transformers()
+    tokenizer = load_tokenizer(config.policy)
+    texts, prompt_ids = load_prompts(config.prompts, tokenizer)
+    model = load_causal_lm(config.policy, tokenizer).eval()
+    # each prompt twice in a row: rows 2i and 2i + 1 are a pair
+    texts = [t for t in texts for _ in range(2 * config.pairs_per_prompt)]
+    prompt_ids = [p for p in prompt_ids for _ in range(2 * config.pairs_per_prompt)]
+    settings = SamplingSettings(config.response_length, config.temperature)
+    generator = torch.Generator().manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    rows, ties, agree = [], 0, 0
+    batch = config.batch_size + config.batch_size % 2  # even, so pairs never straddle two batches
+    with progress(len(prompt_ids) // batch + 1, "label") as bar:
+        for done in sample_completions(model, tokenizer, texts, prompt_ids, settings, batch, generator):
+            for i in range(0, len(done.responses), 2):
+                prompt, first, second = done.prompts[i], done.responses[i], done.responses[i + 1]
+                g1, g2 = gold(prompt, first), gold(prompt, second)
+                if g1 == g2 or first == second:
+                    ties += 1
+                    continue
+                chosen, rejected = (
+                    (first, second) if prefers_first(g1, g2, config.tau, rng) else (second, first)
+                )
+                agree += (chosen == first) == (g1 > g2)
+                rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+            bar.update()
+    if not rows:
+        raise UsageError(f"every sampled pair was a tie under {config.gold}; nothing to write")
+    staging = out.with_name(f".{out.name}.tmp")
+    staging.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(staging, out)
+    return {"pairs": len(rows), "ties_skipped": ties, "label_agreement": agree / len(rows)}
