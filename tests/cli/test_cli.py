@@ -35,16 +35,25 @@ def test_bad_override_is_one_line_status_2_without_traceback():
     assert "Traceback" not in out.stderr
 
 
-def test_unbuilt_command_says_so_with_status_2(capsys):
-    assert main(["label", "--policy", "a", "--prompts", "b", "--gold", "m:f", "--out", "c"]) == 2
-    assert "not available" in capsys.readouterr().err
-
-
 def test_missing_config_file_is_status_2(tmp_path, capsys):
     assert main(["demo", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml does not exist" in capsys.readouterr().err
 
 
-def test_demo_prints_its_plan(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo"), "seed=3"]) == 0
-    assert "seed 3" in capsys.readouterr().out
+def test_demo_preset_values_sit_under_the_users(monkeypatch):
+    from rlhfkit import cli
+    from rlhfkit.config import DemoConfig
+
+    seen = []
+    monkeypatch.setitem(cli.RUNNERS, "demo", lambda config: seen.append(config) or 0)
+    assert main(["demo", "--preset", "smollm2", "ppo_steps=3"]) == 0
+    assert main(["demo"]) == 0
+    smollm2, tiny = seen
+    assert smollm2.ppo_steps == 3  # the user's override wins
+    assert smollm2.demonstrations == 1000 and smollm2.bf16  # from configs/demo-smollm2.yaml
+    assert tiny == DemoConfig()
+
+
+def test_unknown_preset_is_status_2(capsys):
+    assert main(["demo", "--preset", "huge"]) == 2
+    assert "'preset' must be one of 'tiny', 'smollm2'" in capsys.readouterr().err

@@ -256,70 +256,72 @@ def ptx_sampler(config: PPOConfig, tokenizer: Any, generator: torch.Generator) -
     return sample
 
 
+def micro_batch_loss(
+    run: PPORun, exp: Experience, rows: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO loss of the actor and critic on the experience rows `rows` (token means over those rows)."""
+    config, mask = run.config, exp.mask[rows]  # (m, T)
+    ids, attention = exp.input_ids[rows], exp.attention_mask[rows]  # (m, P + T)
+    with autocast(run.device, config.bf16):
+        logp, _ = response_logprobs(
+            run.roles.actor, ids, attention, exp.context, config.temperature
+        )  # (m, T)
+        values = run.normalise(response_values(run.roles.critic, ids, attention, exp.context))  # (m, T)
+    pg_loss, pg = ppo_policy_loss(logp, exp.old_logp[rows], exp.advantages[rows], mask, config.clip)
+    vf_loss, vf = value_loss(values, exp.old_values[rows], exp.returns[rows], mask, config.value_clip)
+    ratio_deviation = ((logp.detach() - exp.old_logp[rows]).exp() - 1).abs().masked_fill(~mask, 0).max()
+    stats = {
+        "loss/policy": pg_loss.detach(),
+        "loss/value": vf_loss.detach(),
+        "policy/approx_kl": pg["approx_kl"],
+        "policy/clipfrac": pg["clipfrac"],
+        "policy/ratio_mean": pg["ratio_mean"],
+        "val/clipfrac": vf["clipfrac"],
+    }
+    return pg_loss + config.vf_coef * vf_loss, {**stats, "ratio_deviation": ratio_deviation}
+
+
+def minibatch_step(run: PPORun, exp: Experience, rows: torch.Tensor) -> dict[str, float]:
+    """One optimiser step of actor and critic on a minibatch, accumulated over micro-batches. Each micro-batch
+    is weighted by its share of the minibatch's tokens: their sum is the token mean, however split."""
+    config, accelerator = run.config, run.accelerator
+    tokens = exp.mask[rows].sum()
+    stats: dict[str, float] = {"loss/ptx": 0.0}  # stays 0 with the ptx term off
+    for part in rows.split(config.micro_batch_size or config.mini_batch_size):
+        weight = exp.mask[part].sum() / tokens
+        loss, part_stats = micro_batch_loss(run, exp, part)
+        accelerator.backward(loss * weight)
+        deviation = part_stats.pop("ratio_deviation").item()
+        stats["ratio_deviation"] = max(stats.get("ratio_deviation", 0.0), deviation)
+        for key, value in part_stats.items():
+            stats[key] = stats.get(key, 0.0) + (value * weight).item()
+    if run.ptx is not None:
+        with autocast(run.device, config.bf16):
+            ptx, _ = completion_nll(run.roles.actor, run.ptx(), run.roles.tokenizer.pad_token_id, run.device)
+        accelerator.backward(config.ptx_coef * ptx)
+        stats["loss/ptx"] = ptx.item()
+    for model, optimizer, scheduler in zip(
+        (run.roles.actor, run.roles.critic), run.optimizers, run.schedulers, strict=True
+    ):
+        if config.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return stats
+
+
 def ppo_update(run: PPORun, experience: Experience) -> dict[str, float]:
-    """Step 8: `ppo_epochs` passes over shuffled minibatches. Each minibatch is one optimiser step of both
-    models; its loss is a token mean over the minibatch, so micro-batch splitting does not change it."""
-    config, accelerator, ptx = run.config, run.accelerator, run.ptx
-    actor, critic = run.roles.actor, run.roles.critic
-    exp, rows = experience, experience.input_ids.shape[0]
-    micro = config.micro_batch_size or config.mini_batch_size
-    totals: dict[str, float] = {}
-    steps, first_deviation = 0, 0.0
-    for epoch in range(config.ppo_epochs):
+    """Step 8: `ppo_epochs` passes over shuffled minibatches of `mini_batch_size` episodes; returns the
+    mean statistics, and the ratio deviation of the very first minibatch (still the old policy: ~0)."""
+    config, rows = run.config, experience.input_ids.shape[0]
+    history = []
+    for _ in range(config.ppo_epochs):
         order = torch.randperm(rows, generator=run.generator)  # (B,)
         for start in range(0, rows, config.mini_batch_size):
-            minibatch = order[start : start + config.mini_batch_size]
-            tokens = exp.mask[minibatch].sum()
-            step_stats: dict[str, float] = {"loss/ptx": 0.0}  # stays 0 with the ptx term off
-            for part in minibatch.split(micro):
-                mask = exp.mask[part]  # (m, T)
-                with autocast(exp.input_ids.device, config.bf16):
-                    logp, _ = response_logprobs(
-                        actor, exp.input_ids[part], exp.attention_mask[part], exp.context, config.temperature
-                    )  # (m, T)
-                    values = run.normalise(
-                        response_values(critic, exp.input_ids[part], exp.attention_mask[part], exp.context)
-                    )
-                pg_loss, pg = ppo_policy_loss(
-                    logp, exp.old_logp[part], exp.advantages[part], mask, config.clip
-                )
-                vf_loss, vf = value_loss(
-                    values, exp.old_values[part], exp.returns[part], mask, config.value_clip
-                )
-                weight = mask.sum() / tokens  # this micro-batch's share of the minibatch's tokens
-                accelerator.backward((pg_loss + config.vf_coef * vf_loss) * weight)
-                parts = {
-                    "loss/policy": pg_loss,
-                    "loss/value": vf_loss,
-                    "policy/approx_kl": pg["approx_kl"],
-                    "policy/clipfrac": pg["clipfrac"],
-                    "policy/ratio_mean": pg["ratio_mean"],
-                    "val/clipfrac": vf["clipfrac"],
-                }
-                for key, value in parts.items():
-                    step_stats[key] = step_stats.get(key, 0.0) + (value.detach() * weight).item()
-                if epoch == 0 and start == 0:  # still the old policy: the ratio is 1 up to float noise
-                    deviation = (
-                        ((logp.detach() - exp.old_logp[part]).exp() - 1).abs().masked_fill(~mask, 0).max()
-                    )
-                    first_deviation = max(first_deviation, deviation.item())
-            if ptx is not None:
-                with autocast(exp.input_ids.device, config.bf16):
-                    loss, _ = completion_nll(actor, ptx(), run.roles.tokenizer.pad_token_id, run.device)
-                accelerator.backward(config.ptx_coef * loss)
-                step_stats["loss/ptx"] = loss.item()
-            for model, optimizer, scheduler in zip(
-                (actor, critic), run.optimizers, run.schedulers, strict=True
-            ):
-                if config.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            for key, value in step_stats.items():
-                totals[key] = totals.get(key, 0.0) + value
-            steps += 1
-    return {**{k: v / steps for k, v in totals.items()}, "policy/first_ratio_deviation": first_deviation}
+            history.append(minibatch_step(run, experience, order[start : start + config.mini_batch_size]))
+    means = {k: sum(h[k] for h in history) / len(history) for k in history[0] if k != "ratio_deviation"}
+    return {**means, "policy/first_ratio_deviation": history[0]["ratio_deviation"]}
 
 
 # -------------------------------------------------------------------------------------- evaluation
