@@ -243,7 +243,7 @@ class DemoConfig:
     kl_coef: float = option(0.05, "KL penalty coefficient (fixed)")
     actor_lr: float = option(3e-4, "PPO actor learning rate")
     critic_lr: float = option(3e-4, "PPO critic learning rate")
-    ppo_eval_every: int = option(10, "PPO iterations between evaluations (points of the reward-KL frontier)")
+    ppo_eval_every: int = option(5, "PPO iterations between evaluations (points of the reward-KL frontier)")
     bf16: bool = option(False, "bf16 autocast in every stage")
 
 

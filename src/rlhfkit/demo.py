@@ -146,6 +146,7 @@ def demo(config: DemoConfig) -> Path:
         optim=OptimConfig(lr=config.rm_lr),
         max_length=256,
         bf16=config.bf16,
+        eval_every=10,  # a held-out accuracy curve for the report
         **common,
     )
     rm_dir = str(train_reward_model(rm_config))

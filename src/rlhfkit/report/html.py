@@ -89,10 +89,13 @@ def plots(curves: dict[str, Any], summary: dict[str, Any]) -> list[str]:
 
     fig, ax = _figure("Reward-KL frontier (one point per evaluation)", "KL to SFT (nats)", "gold reward")
     kls = {m["step"]: m["eval/kl"] for m in ppo if "eval/kl" in m}
-    points = [(kls[s], e["gold"]) for s, e in evaluations.items() if s in kls]
-    ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color="#1a7f37")
-    ax.axhline(summary["gold_reward_sft"], color="#999", linestyle=":", label="SFT")
-    ax.legend(fontsize=8)
+    points = [(step, kls[step], e["gold"]) for step, e in evaluations.items() if step in kls]
+    dots = ax.scatter(
+        [p[1] for p in points], [p[2] for p in points], c=[p[0] for p in points], cmap="viridis"
+    )
+    fig.colorbar(dots, ax=ax, label="PPO iteration")
+    ax.scatter([0.0], [summary["gold_reward_sft"]], marker="*", s=160, color="#999", label="SFT (KL 0)")
+    ax.legend(fontsize=8, loc="lower right")
     figures.append(_svg(fig))
 
     fig, ax = _figure("Reward model", "RM step", "")
