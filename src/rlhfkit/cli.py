@@ -14,14 +14,14 @@ from typing import Any
 
 from rlhfkit import __version__
 from rlhfkit.config import COMMAND_CONFIGS, DemoConfig, describe, load_config, preset
-from rlhfkit.errors import UsageError
+from rlhfkit.errors import Diverged, Stopped, UsageError
 
 # Config fields that also get a --flag of their own (the rest are set with field=value or --config).
 FLAGS: dict[str, tuple[str, ...]] = {
-    "sft": ("model", "data", "out", "max_steps", "epochs", "overwrite"),
-    "rm": ("model", "data", "out", "max_steps", "epochs", "overwrite"),
+    "sft": ("model", "data", "out", "max_steps", "epochs", "overwrite", "resume"),
+    "rm": ("model", "data", "out", "max_steps", "epochs", "overwrite", "resume"),
     "label": ("policy", "prompts", "gold", "out", "overwrite"),
-    "ppo": ("policy", "reward_model", "prompts", "out", "max_steps", "overwrite"),
+    "ppo": ("policy", "reward_model", "prompts", "out", "max_steps", "overwrite", "resume"),
     "eval": ("model", "prompts", "reward_model", "gold", "reference", "out"),
     "demo": ("out", "preset", "seed", "overwrite"),
 }
@@ -128,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", metavar="FILE.yaml", help="YAML file of config fields")
         for field_name in FLAGS[name]:
             flag = "--" + field_name.replace("_", "-")
-            if field_name == "overwrite":
-                sub.add_argument(flag, action="store_true", default=None, help="see `overwrite` below")
+            if field_name in ("overwrite", "resume"):
+                sub.add_argument(flag, action="store_true", default=None, help=f"see `{field_name}` below")
             else:
                 sub.add_argument(
                     flag, dest=field_name, metavar=field_name.upper(), help=f"sets `{field_name}` (see below)"
@@ -153,6 +153,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"rlhfkit {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Stopped as exc:
+        print(
+            f"rlhfkit {args.command}: {exc}; to continue, run the same command with --resume", file=sys.stderr
+        )
+        return 128 + exc.signum
+    except Diverged as exc:
+        print(f"rlhfkit {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"rlhfkit {args.command}: interrupted", file=sys.stderr)
         return 130

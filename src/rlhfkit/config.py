@@ -64,7 +64,12 @@ class SFTConfig:
     grad_accum: int = option(1, "micro-batches per optimiser step (gradient accumulation)")
     optim: OptimConfig = option(OptimConfig(), "optimiser settings, e.g. `optim.lr=1e-4`")
     eval_every: int = option(100, "evaluate on the held-out split every N steps (0 = only at the end)")
-    save_every: int = option(0, "write a checkpoint every N steps (0 = only at the end)")
+    save_every: int = option(
+        0, "write a resumable checkpoint every N steps (0 = none; SIGINT/SIGTERM always write one)"
+    )
+    keep_checkpoints: int = option(2, "how many of the newest checkpoints to keep")
+    resume: bool = option(False, "continue from the newest complete checkpoint in `out`")
+    max_bad_steps: int = option(3, "stop after this many non-finite updates in a row (each is skipped)")
     seed: int = option(0, "random seed")
     bf16: bool = option(False, "bf16 autocast (log-probs and losses stay fp32)")
     overwrite: bool = option(False, "allow writing into a folder that holds a finished run")
@@ -89,7 +94,12 @@ class RewardConfig:
     grad_accum: int = option(1, "micro-batches per optimiser step (gradient accumulation)")
     optim: OptimConfig = option(OptimConfig(lr=1e-5), "optimiser settings, e.g. `optim.lr=1e-4`")
     eval_every: int = option(100, "evaluate held-out accuracy every N steps (0 = only at the end)")
-    save_every: int = option(0, "write a checkpoint every N steps (0 = only at the end)")
+    save_every: int = option(
+        0, "write a resumable checkpoint every N steps (0 = none; SIGINT/SIGTERM always write one)"
+    )
+    keep_checkpoints: int = option(2, "how many of the newest checkpoints to keep")
+    resume: bool = option(False, "continue from the newest complete checkpoint in `out`")
+    max_bad_steps: int = option(3, "stop after this many non-finite updates in a row (each is skipped)")
     seed: int = option(0, "random seed")
     bf16: bool = option(False, "bf16 autocast (scores and losses stay fp32)")
     overwrite: bool = option(False, "allow writing into a folder that holds a finished run")
@@ -147,7 +157,14 @@ class PPOConfig:
     ptx_data: str | None = option(None, "pretraining/SFT data for the ptx loss (needed when ptx_coef > 0)")
     seed: int = option(0, "random seed")
     eval_every: int = option(10, "evaluate on held-out prompts every N iterations (0 = only at the end)")
-    save_every: int = option(0, "write a checkpoint every N iterations (0 = only at the end)")
+    save_every: int = option(
+        0, "write a resumable checkpoint every N iterations (0 = none; SIGINT/SIGTERM always write one)"
+    )
+    keep_checkpoints: int = option(2, "how many of the newest checkpoints to keep")
+    resume: bool = option(False, "continue from the newest complete checkpoint in `out`")
+    max_bad_steps: int = option(
+        3, "stop after this many non-finite optimiser steps in a row (each is skipped)"
+    )
     bf16: bool = option(False, "bf16 autocast for forward passes (log-probs and losses stay fp32)")
     overwrite: bool = option(False, "allow writing into a folder that holds a finished run")
 

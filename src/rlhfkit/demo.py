@@ -25,7 +25,8 @@ from rlhfkit.config import (
 )
 from rlhfkit.logging import read_metrics
 from rlhfkit.tasks.sentiment import gold, sentiment_task
-from rlhfkit.trainers.common import check_output_dir, read_run_file, start_run, write_run_file
+from rlhfkit.trainers.checkpoint import begin, check_output
+from rlhfkit.trainers.common import read_run_file, write_run_file
 
 GOLD = "rlhfkit.tasks.sentiment:gold"
 STAGES = 7
@@ -78,9 +79,9 @@ def demo(config: DemoConfig) -> Path:
     from rlhfkit.trainers.sft import sft
 
     out = Path(config.out)
-    check_output_dir(out, config.overwrite)
+    check_output(out, config.overwrite)
     started = time.perf_counter()
-    start_run(out)
+    begin(out, None)
     data = out / "data"
     data.mkdir(exist_ok=True)
     task = sentiment_task(config.demonstrations, config.eval_prompts, config.seed)

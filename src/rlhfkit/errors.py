@@ -1,4 +1,7 @@
-"""Errors that are the user's to fix. The CLI prints them as one line and exits with status 2."""
+"""Exceptions the CLI turns into one line and an exit status: UsageError 2, Stopped 128+signal, Diverged 1."""
+
+import signal
+from pathlib import Path
 
 
 class UsageError(Exception):
@@ -7,3 +10,15 @@ class UsageError(Exception):
 
 class ConfigError(UsageError):
     """A config file or override that names an unknown field or gives a value of the wrong type."""
+
+
+class Stopped(Exception):
+    """Raised after a checkpoint was written because SIGINT or SIGTERM arrived."""
+
+    def __init__(self, signum: int, checkpoint: Path) -> None:
+        self.signum, self.checkpoint = signum, checkpoint
+        super().__init__(f"stopped by {signal.Signals(signum).name} after writing {checkpoint}")
+
+
+class Diverged(Exception):
+    """Too many non-finite updates in a row; the last good state was written as a checkpoint."""

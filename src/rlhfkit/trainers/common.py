@@ -21,23 +21,6 @@ T = TypeVar("T")
 RUN_FILE = "rlhfkit.json"  # written last: its presence with finished=true marks a finished run
 
 
-def check_output_dir(out: Path, overwrite: bool) -> None:
-    """Refuse a folder that holds a finished run (unless `overwrite`) or a path that is a file."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder")
-    run_file = out / RUN_FILE
-    if run_file.is_file() and not overwrite:
-        raise UsageError(
-            f"{out} holds a finished run; pass --overwrite to replace it, or choose another --out"
-        )
-
-
-def start_run(out: Path) -> None:
-    """Create the folder; drop an old run file so a run that dies midway never looks finished."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RUN_FILE).unlink(missing_ok=True)
-
-
 def quiet_transformers() -> None:
     """Our own progress bar and messages only: transformers' load reports and bars are noise here."""
     import transformers

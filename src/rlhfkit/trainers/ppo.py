@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -32,18 +33,25 @@ from rlhfkit.core import (
     value_loss,
 )
 from rlhfkit.data import encode_prompts, encode_sft, load_records, pad
-from rlhfkit.errors import UsageError
+from rlhfkit.errors import Diverged, Stopped, UsageError
 from rlhfkit.logging import MetricsLog, progress
 from rlhfkit.models import load_causal_lm, load_scalar_model, load_tokenizer, sequence_scores
 from rlhfkit.models.forward import response_logprobs, response_values
 from rlhfkit.rollout import Rollout, SamplingSettings, generate
+from rlhfkit.trainers.checkpoint import (
+    StopSignals,
+    begin,
+    check_output,
+    clear_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    truncate_jsonl,
+)
 from rlhfkit.trainers.common import (
     autocast,
-    check_output_dir,
     quiet_transformers,
     read_run_file,
     set_seed,
-    start_run,
     write_run_file,
 )
 from rlhfkit.trainers.sft import completion_nll
@@ -300,15 +308,26 @@ def minibatch_step(run: PPORun, exp: Experience, rows: torch.Tensor) -> dict[str
             ptx, _ = completion_nll(run.roles.actor, run.ptx(), run.roles.tokenizer.pad_token_id, run.device)
         accelerator.backward(config.ptx_coef * ptx)
         stats["loss/ptx"] = ptx.item()
-    for model, optimizer, scheduler in zip(
-        (run.roles.actor, run.roles.critic), run.optimizers, run.schedulers, strict=True
-    ):
-        if config.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
+    # Both models step, or neither: a non-finite loss or gradient norm skips the update (PPO-DETAILS 21).
+    norms = [
+        float(accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm or float("inf")))
+        for model in (run.roles.actor, run.roles.critic)
+    ]
+    applied = all(
+        math.isfinite(x) for x in (*norms, stats["loss/policy"], stats["loss/value"], stats["loss/ptx"])
+    )
+    for optimizer, scheduler in zip(run.optimizers, run.schedulers, strict=True):
+        if applied:
+            optimizer.step()
+            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-    return stats
+    run.bad_in_a_row = 0 if applied else run.bad_in_a_row + 1
+    run.bad_steps += not applied
+    if not applied:
+        log.warning("ppo: non-finite loss or gradient norm; update skipped (%d in a row)", run.bad_in_a_row)
+        if run.bad_in_a_row >= config.max_bad_steps:
+            raise Diverged(f"{run.bad_in_a_row} non-finite updates in a row")
+    return {**stats, "skipped": float(not applied)}
 
 
 def ppo_update(run: PPORun, experience: Experience) -> dict[str, float]:
@@ -320,7 +339,12 @@ def ppo_update(run: PPORun, experience: Experience) -> dict[str, float]:
         order = torch.randperm(rows, generator=run.generator)  # (B,)
         for start in range(0, rows, config.mini_batch_size):
             history.append(minibatch_step(run, experience, order[start : start + config.mini_batch_size]))
-    means = {k: sum(h[k] for h in history) / len(history) for k in history[0] if k != "ratio_deviation"}
+    applied = [h for h in history if not h["skipped"]] or history  # a skipped step's numbers are not finite
+    means = {
+        k: sum(h[k] for h in applied) / len(applied)
+        for k in history[0]
+        if k not in ("ratio_deviation", "skipped")
+    }
     return {**means, "policy/first_ratio_deviation": history[0]["ratio_deviation"]}
 
 
@@ -427,6 +451,35 @@ class PPORun:
     normalise: Callable[[torch.Tensor], torch.Tensor]
     stop_ids: torch.Tensor
     ptx: Callable[[], list] | None
+    bad_steps: int = 0  # optimiser steps skipped for non-finite numbers, in all
+    bad_in_a_row: int = 0
+
+    def state(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly as this one would."""
+        unwrap = self.accelerator.unwrap_model
+        return {
+            "actor": unwrap(self.roles.actor).state_dict(),
+            "critic": unwrap(self.roles.critic).state_dict(),
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "kl_coef": self.kl_ctl.value,
+            "generator": self.generator.get_state(),
+            "sampling_generator": self.sampling_generator.get_state(),
+            "bad_steps": self.bad_steps,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        unwrap = self.accelerator.unwrap_model
+        unwrap(self.roles.actor).load_state_dict(state["actor"])
+        unwrap(self.roles.critic).load_state_dict(state["critic"])
+        for target, saved in zip(
+            (*self.optimizers, *self.schedulers), (*state["optimizers"], *state["schedulers"]), strict=True
+        ):
+            target.load_state_dict(saved)
+        self.kl_ctl.value = state["kl_coef"]
+        self.generator.set_state(state["generator"])
+        self.sampling_generator.set_state(state["sampling_generator"])
+        self.bad_steps = state["bad_steps"]
 
     @property
     def device(self) -> torch.device:
@@ -518,21 +571,48 @@ def train_iteration(run: PPORun, prompts: list[list[int]]) -> dict[str, float]:
 def ppo(config: PPOConfig) -> Path:
     """Run PPO; returns the output folder holding `actor/`, `critic/`, metrics.jsonl and samples.jsonl."""
     out = Path(config.out)
-    check_output_dir(out, config.overwrite)
+    resume_from = check_output(out, config.overwrite, config.resume)
     quiet_transformers()
     set_seed(config.seed)
     roles = load_roles(config)
     prompts, held_out = split_prompts(config, roles.tokenizer)
     run = setup(config, roles)
     batches = prompt_batches(prompts, config.batch_size, config.seed + run.accelerator.process_index)
-    start_run(out)
+    begin(out, resume_from)
+    first = 0
+    if resume_from is not None:
+        state = load_checkpoint(resume_from)
+        run.restore(state)
+        first = state["step"]
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            truncate_jsonl(out / name, first)
+        for _ in range(first):  # the prompt batches already used: a pure function of the seed
+            next(batches)
+
+    def checkpoint(step: int) -> Path:
+        return save_checkpoint(out, step, run.state(), config.keep_checkpoints)
+
+    mode = "a" if resume_from is not None else "w"
     with (
-        MetricsLog(out / "metrics.jsonl") as metrics,
-        (out / "samples.jsonl").open("w") as samples_file,
+        MetricsLog(out / "metrics.jsonl", append=resume_from is not None) as metrics,
+        (out / "samples.jsonl").open(mode) as samples_file,
+        StopSignals() as signals,
         progress(config.max_steps, "ppo", run.accelerator.is_main_process) as bar,
     ):
-        for iteration in range(1, config.max_steps + 1):
-            record = {"step": iteration, **train_iteration(run, next(batches))}
+        bar.update(first)
+        for iteration in range(first + 1, config.max_steps + 1):
+            try:
+                record = {
+                    "step": iteration,
+                    **train_iteration(run, next(batches)),
+                    "bad_steps": run.bad_steps,
+                }
+            except Diverged as exc:
+                # the skipped updates left the models at their last good state
+                raise Diverged(
+                    f"{exc} in iteration {iteration}; the last good state is checkpointed in "
+                    f"{checkpoint(iteration - 1)}"
+                ) from None
             # 10. evaluate and save
             last = iteration == config.max_steps
             if held_out and (last or (config.eval_every and iteration % config.eval_every == 0)):
@@ -542,14 +622,17 @@ def ppo(config: PPOConfig) -> Path:
                 record.update(eval_stats)
                 samples_file.writelines(json.dumps({"step": iteration, **s}) + "\n" for s in samples)
                 samples_file.flush()
-            if config.save_every and iteration % config.save_every == 0 and not last:
-                save_roles(run, out)
             metrics.write(record)
             bar.set_postfix(score=f"{record['objective/scores']:.3f}", kl=f"{record['objective/kl']:.3f}")
             bar.update()
+            if signals.received or (config.save_every and iteration % config.save_every == 0 and not last):
+                path = checkpoint(iteration)
+                if signals.received:
+                    raise Stopped(signals.received, path)
     save_roles(run, out)
     final = {k: v for k, v in record.items() if k.startswith(("objective/", "eval/"))}
     write_run_file(out, "ppo", config, final=final)
+    clear_checkpoints(out)
     return out
 
 

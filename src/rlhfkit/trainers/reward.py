@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -11,21 +10,19 @@ import torch
 from rlhfkit.config import RewardConfig
 from rlhfkit.core import pairwise_loss
 from rlhfkit.data import PairExample, encode_pairs, pad
-from rlhfkit.logging import MetricsLog, progress
 from rlhfkit.models import load_scalar_model, load_tokenizer, sequence_scores
+from rlhfkit.trainers.checkpoint import begin, check_output, clear_checkpoints
 from rlhfkit.trainers.common import (
     autocast,
-    batches,
-    check_output_dir,
     finish_run,
     make_optimizer,
     quiet_transformers,
     set_seed,
     split,
-    start_run,
     total_steps,
     train_and_eval_records,
 )
+from rlhfkit.trainers.loop import Trainee, train_steps
 
 STATS_SAMPLES = 2048  # chosen responses scored for the normalisation statistics
 
@@ -91,7 +88,7 @@ def train_reward_model(config: RewardConfig) -> Path:
     from accelerate import Accelerator
 
     out = Path(config.out)
-    check_output_dir(out, config.overwrite)
+    resume_from = check_output(out, config.overwrite, config.resume)
     quiet_transformers()
     tokenizer = load_tokenizer(config.model)
     train_records, eval_records = train_and_eval_records(
@@ -109,45 +106,36 @@ def train_reward_model(config: RewardConfig) -> Path:
     optimizer, scheduler = make_optimizer(model, config.optim, steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
-    start_run(out)
+    begin(out, resume_from)
     pad_id, device = tokenizer.pad_token_id, accelerator.device
-    with (
-        MetricsLog(out / "metrics.jsonl") as metrics,
-        progress(steps, "rm", accelerator.is_main_process) as bar,
-    ):
-        started = time.perf_counter()
-        for step, (epoch, batch) in enumerate(batches(train, config.batch_size, steps, config.seed), start=1):
-            batch = batch[accelerator.process_index :: accelerator.num_processes]
-            totals = torch.zeros(3)  # loss, accuracy, margin, summed over pairs
-            for part in split(batch, config.grad_accum):
-                # Each micro-batch weighted by its share of the pairs: the mean over the whole batch.
-                with autocast(device, config.bf16):
-                    loss, accuracy, margins = pair_loss(model, part, pad_id, device)
-                accelerator.backward(loss * len(part) / len(batch))
-                totals += torch.tensor([loss.item(), accuracy.item(), margins.mean().item()]) * len(part)
-            grad_norm = accelerator.clip_grad_norm_(
-                model.parameters(), config.optim.max_grad_norm or float("inf")
-            )
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            loss, accuracy, margin = (totals / len(batch)).tolist()
-            record = {
-                "step": step,
-                "epoch": epoch,
-                "loss": loss,
-                "accuracy": accuracy,
-                "margin": margin,
-                "grad_norm": grad_norm,
-                "lr": scheduler.get_last_lr()[0],
-                "steps_per_s": step / (time.perf_counter() - started),
-            }
-            if held_out and (step == steps or (config.eval_every and step % config.eval_every == 0)):
-                with autocast(device, config.bf16):
-                    record.update(evaluate(model, held_out, pad_id, device, config.batch_size))
-            metrics.write(record)
-            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.2f}")
-            bar.update()
+
+    def step_loss(batch: list[PairExample]) -> dict[str, float]:
+        totals = torch.zeros(3)  # loss, accuracy, margin, summed over pairs
+        for part in split(batch, config.grad_accum):
+            # Each micro-batch weighted by its share of the pairs: the mean over the whole batch.
+            with autocast(device, config.bf16):
+                loss, accuracy, margins = pair_loss(model, part, pad_id, device)
+            accelerator.backward(loss * len(part) / len(batch))
+            totals += torch.tensor([loss.item(), accuracy.item(), margins.mean().item()]) * len(part)
+        loss, accuracy, margin = (totals / len(batch)).tolist()
+        return {"loss": loss, "accuracy": accuracy, "margin": margin}
+
+    def held_out_accuracy() -> dict[str, float]:
+        with autocast(device, config.bf16):
+            return evaluate(model, held_out, pad_id, device, config.batch_size)
+
+    trainee = Trainee(model, optimizer, scheduler, accelerator)
+    record = train_steps(
+        "rm",
+        out,
+        config,
+        trainee,
+        train,
+        steps,
+        step_loss,
+        held_out_accuracy if held_out else None,
+        resume_from,
+    )
     unwrapped = accelerator.unwrap_model(model)
     stats = reward_stats(unwrapped, train, pad_id, device, config.batch_size, config.seed)
     final = {k: v for k, v in record.items() if k in ("loss", "accuracy", "eval/accuracy", "eval/margin")}
@@ -162,4 +150,5 @@ def train_reward_model(config: RewardConfig) -> Path:
         reward_stats=stats,
         final=final,
     )
+    clear_checkpoints(out)
     return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -11,21 +10,19 @@ import torch
 from rlhfkit.config import SFTConfig
 from rlhfkit.core import ptx_loss
 from rlhfkit.data import IGNORE, SFTExample, encode_sft, pad
-from rlhfkit.logging import MetricsLog, progress
 from rlhfkit.models import load_causal_lm, load_tokenizer
+from rlhfkit.trainers.checkpoint import begin, check_output, clear_checkpoints
 from rlhfkit.trainers.common import (
     autocast,
-    batches,
-    check_output_dir,
     finish_run,
     make_optimizer,
     quiet_transformers,
     set_seed,
     split,
-    start_run,
     total_steps,
     train_and_eval_records,
 )
+from rlhfkit.trainers.loop import Trainee, train_steps
 
 
 def collate(examples: list[SFTExample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -66,7 +63,7 @@ def sft(config: SFTConfig) -> Path:
 
     out = Path(config.out)
     # Everything the user gave is checked before the output folder is touched.
-    check_output_dir(out, config.overwrite)
+    resume_from = check_output(out, config.overwrite, config.resume)
     quiet_transformers()
     tokenizer = load_tokenizer(config.model)
     train_records, eval_records = train_and_eval_records(
@@ -84,46 +81,29 @@ def sft(config: SFTConfig) -> Path:
     optimizer, scheduler = make_optimizer(model, config.optim, steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
-    start_run(out)
+    begin(out, resume_from)
     pad_id, device = tokenizer.pad_token_id, accelerator.device
-    with (
-        MetricsLog(out / "metrics.jsonl") as metrics,
-        progress(steps, "sft", accelerator.is_main_process) as bar,
-    ):
-        started = time.perf_counter()
-        for step, (epoch, batch) in enumerate(batches(train, config.batch_size, steps, config.seed), start=1):
-            batch = batch[accelerator.process_index :: accelerator.num_processes]
-            micro = split(batch, config.grad_accum)
-            n_tokens = sum(1 for e in batch for t in e.labels[1:] if t != IGNORE)
-            loss_sum = 0.0
-            for part in micro:
-                # Weighted by its share of the batch's tokens: the sum over micro-batches is the token mean
-                # of the whole batch, however it is split.
-                with autocast(device, config.bf16):
-                    loss, n = completion_nll(model, part, pad_id, device)
-                accelerator.backward(loss * n / n_tokens)
-                loss_sum += loss.item() * n
-            grad_norm = accelerator.clip_grad_norm_(
-                model.parameters(), config.optim.max_grad_norm or float("inf")
-            )
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            record = {
-                "step": step,
-                "epoch": epoch,
-                "loss": loss_sum / n_tokens,
-                "grad_norm": grad_norm,
-                "lr": scheduler.get_last_lr()[0],
-                "tokens": n_tokens,
-                "steps_per_s": step / (time.perf_counter() - started),
-            }
-            if held_out and (step == steps or (config.eval_every and step % config.eval_every == 0)):
-                with autocast(device, config.bf16):
-                    record["eval/loss"] = evaluate(model, held_out, pad_id, device, config.batch_size)
-            metrics.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}")
-            bar.update()
+
+    def step_loss(batch: list[SFTExample]) -> dict[str, float]:
+        n_tokens = sum(1 for e in batch for t in e.labels[1:] if t != IGNORE)
+        loss_sum = 0.0
+        for part in split(batch, config.grad_accum):
+            # Weighted by its share of the batch's tokens: the sum over micro-batches is the token mean of the
+            # whole batch, however it is split.
+            with autocast(device, config.bf16):
+                loss, n = completion_nll(model, part, pad_id, device)
+            accelerator.backward(loss * n / n_tokens)
+            loss_sum += loss.item() * n
+        return {"loss": loss_sum / n_tokens, "tokens": n_tokens}
+
+    def held_out_loss() -> dict[str, float]:
+        with autocast(device, config.bf16):
+            return {"eval/loss": evaluate(model, held_out, pad_id, device, config.batch_size)}
+
+    trainee = Trainee(model, optimizer, scheduler, accelerator)
+    record = train_steps(
+        "sft", out, config, trainee, train, steps, step_loss, held_out_loss if held_out else None, resume_from
+    )
     final = {k: v for k, v in record.items() if k in ("loss", "eval/loss")}
     finish_run(
         out,
@@ -135,4 +115,5 @@ def sft(config: SFTConfig) -> Path:
         eval_examples=len(held_out),
         final=final,
     )
+    clear_checkpoints(out)
     return out

@@ -1,0 +1,142 @@
+"""Checkpoints that survive a crash, resume that continues exactly, and clean stops on SIGINT/SIGTERM.
+
+A checkpoint is `OUT/checkpoints/step-NNNNNNNN/` holding `state.pt` (models, optimisers, schedulers, random
+states, counters) and, written last, `COMPLETE`. It is built in a temporary folder and renamed into place, so
+a crash mid-write never leaves a folder that looks whole; resume ignores any folder without `COMPLETE`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlhfkit.errors import UsageError
+from rlhfkit.trainers.common import RUN_FILE, read_run_file
+
+CHECKPOINTS = "checkpoints"
+MARKER = "COMPLETE"
+
+
+def complete_checkpoints(out: Path) -> list[Path]:
+    """Whole checkpoints of `out`, oldest first."""
+    folder = out / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.glob("step-*") if (p / MARKER).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def check_output(out: Path, overwrite: bool, resume: bool = False) -> Path | None:
+    """The checkpoint to resume from (None for a fresh run), or a UsageError for a folder that must not be
+    touched: a finished run without --overwrite, checkpoints without --resume, --resume with nothing to do."""
+    finished = bool(read_run_file(out).get("finished")) if out.is_dir() else False
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+    if resume:
+        if finished:
+            raise UsageError(f"{out} holds a finished run: nothing to resume")
+        checkpoints = complete_checkpoints(out)
+        if not checkpoints:
+            raise UsageError(f"--resume: {out} has no complete checkpoint")
+        return checkpoints[-1]
+    if finished and not overwrite:
+        raise UsageError(
+            f"{out} holds a finished run; pass --overwrite to replace it, or choose another --out"
+        )
+    if complete_checkpoints(out) and not overwrite:
+        raise UsageError(
+            f"{out} holds checkpoints of an unfinished run; pass --resume to continue it or "
+            "--overwrite to start again"
+        )
+    return None
+
+
+def begin(out: Path, resume_from: Path | None) -> None:
+    """Make the folder ready to write: an old run file goes (a run that dies midway never looks finished), and
+    so do old checkpoints unless this run resumes from one."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_FILE).unlink(missing_ok=True)
+    if resume_from is None:
+        clear_checkpoints(out)
+
+
+def clear_checkpoints(out: Path) -> None:
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+
+
+def rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def save_checkpoint(out: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+    """Write `state` (+ random states) for `step` atomically; keep the newest `keep` checkpoints."""
+    folder = out / CHECKPOINTS
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"step-{step:08d}"
+    staging = folder / f".tmp-step-{step:08d}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    torch.save({**state, "step": step, "rng": rng_state()}, staging / "state.pt")
+    (staging / MARKER).write_text(json.dumps({"step": step}) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    for old in complete_checkpoints(out)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The state of a checkpoint, its random states already restored."""
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    set_rng_state(state["rng"])
+    return state
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Drop the records after `last_step` (written after the checkpoint that a resume starts from)."""
+    if not path.is_file():
+        return
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line)["step"] <= last_step
+    ]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+class StopSignals:
+    """Turns SIGINT/SIGTERM into a flag the training loop reads between optimiser steps, so the step in
+    progress finishes and a checkpoint is written before the process exits."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum
+
+    def __enter__(self) -> StopSignals:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: leave the handlers alone
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
