@@ -79,7 +79,43 @@ BAD_INPUTS = {
         "someone/model: could not load",
     ),
     "out is a file": ("sft", jsonl(GOOD_SFT), ["--out", "data.jsonl"], "is a file, not a folder"),
+    "row not an object": ("sft", jsonl([1, 2]), [], "data.jsonl row 1: expected an object with named fields"),
+    "missing eval data": (
+        "rm",
+        jsonl(GOOD_PAIR),
+        ["eval_data=nowhere/eval.jsonl"],
+        "nowhere/eval.jsonl: file does not exist",
+    ),
+    "bad truncation": ("sft", jsonl(GOOD_SFT), ["truncation=middle"], "must be one of 'left', 'drop'"),
+    "bad float": (
+        "rm",
+        jsonl(GOOD_PAIR),
+        ["eval_fraction=most"],
+        "'eval_fraction' expects float, got 'most'",
+    ),
+    "missing config file": (
+        "sft",
+        jsonl(GOOD_SFT),
+        ["--config", "no/such.yaml"],
+        "no/such.yaml does not exist",
+    ),
+    "checkpoints without --resume": (
+        "sft",
+        jsonl(GOOD_SFT),
+        ["+checkpoint"],
+        "pass --resume to continue it or --overwrite to start again",
+    ),
+    "resume without checkpoints": ("rm", jsonl(GOOD_PAIR), ["--resume"], "has no complete checkpoint"),
+    "finished run": ("sft", jsonl(GOOD_SFT), ["+finished"], "holds a finished run; pass --overwrite"),
 }
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
+
+
+def test_the_table_has_at_least_20_cases():
+    assert len(BAD_INPUTS) >= 20
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
@@ -91,14 +127,19 @@ def test_bad_input_is_one_line_status_2_and_the_output_folder_is_untouched(case,
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("earlier work")
-    extra = [str(data) if arg == "data.jsonl" else arg for arg in extra]
+    if "+checkpoint" in extra:  # an unfinished run's checkpoint
+        (out / "checkpoints" / "step-00000004").mkdir(parents=True)
+        (out / "checkpoints" / "step-00000004" / "COMPLETE").write_text("{}")
+    if "+finished" in extra:
+        (out / "rlhfkit.json").write_text('{"finished": true}')
+    extra = [str(data) if arg == "data.jsonl" else arg for arg in extra if not arg.startswith("+")]
+    before = snapshot(out)
     args = [command, "--model", tiny_dir, "--data", str(data), "--out", str(out), *extra]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err, err
     assert err.startswith(f"rlhfkit {command}: error: ")
-    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
-    assert (out / "keep.txt").read_text() == "earlier work"
+    assert snapshot(out) == before
 
 
 def test_a_new_output_folder_is_not_created_on_bad_input(tiny_dir, tmp_path):

@@ -1,0 +1,139 @@
+"""Kill a run with SIGKILL (or stop it with SIGTERM) at a chosen step, resume it, and get exactly the
+metrics of a run that was never stopped."""
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from helpers import preference_rows, sentiment_rows, write_jsonl
+from rlhfkit.cli import main
+
+TIMING = ("steps_per_s", "time/rollout", "time/score", "time/train", "episodes_per_s")
+
+# Runs the CLI in a child process that sends itself `signal` right after the metrics line of step `at`.
+CHILD = textwrap.dedent("""
+    import os, sys
+    import rlhfkit.logging as sink
+    write = sink.MetricsLog.write
+    def write_then_signal(self, record):
+        write(self, record)
+        if record.get("step") == {at}:
+            os.kill(os.getpid(), {signum})
+    sink.MetricsLog.write = write_then_signal
+    from rlhfkit.cli import main
+    sys.exit(main({args!r}))
+""")
+
+
+def run_child(args, at, signum):
+    code = CHILD.format(at=at, signum=int(signum), args=args)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def records(path):
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in TIMING}
+        for line in path.read_text().splitlines()
+    ]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("resume-data")
+    return {
+        "sft": write_jsonl(folder / "sft.jsonl", sentiment_rows(160)),
+        "rm": write_jsonl(folder / "pairs.jsonl", preference_rows(160)),
+    }
+
+
+def command(kind, rlhf_stack, tiny_dir, data, out):
+    sft_dir, rm_dir, prompts = rlhf_stack
+    if kind == "ppo":
+        return [
+            "ppo",
+            "--policy",
+            sft_dir,
+            "--reward-model",
+            rm_dir,
+            "--prompts",
+            prompts,
+            "--out",
+            str(out),
+            "--max-steps",
+            "8",
+            "batch_size=8",
+            "mini_batch_size=4",
+            "response_length=8",
+            "save_every=3",
+            "eval_every=2",
+            "kl_target=3",
+        ]
+    return [
+        kind,
+        "--model",
+        tiny_dir if kind == "sft" else sft_dir,
+        "--data",
+        data[kind],
+        "--out",
+        str(out),
+        "--max-steps",
+        "12",
+        "batch_size=16",
+        "save_every=4",
+        "eval_every=5",
+    ]
+
+
+@pytest.mark.parametrize("kind", ["sft", "rm", "ppo"])
+def test_sigkill_then_resume_gives_the_uninterrupted_metrics(kind, rlhf_stack, tiny_dir, data, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert main(command(kind, rlhf_stack, tiny_dir, data, straight)) == 0
+    kill_at = (
+        5 if kind == "ppo" else 6
+    )  # after checkpoint 3 (ppo) / 4: the steps after it are lost and redone
+    child = run_child(command(kind, rlhf_stack, tiny_dir, data, killed), kill_at, signal.SIGKILL)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert len(records(killed / "metrics.jsonl")) == kill_at
+    # a run with checkpoints is not restarted by accident
+    assert main(command(kind, rlhf_stack, tiny_dir, data, killed)) == 2
+    assert main([*command(kind, rlhf_stack, tiny_dir, data, killed), "--resume"]) == 0
+    assert records(killed / "metrics.jsonl") == records(straight / "metrics.jsonl")
+    if kind == "ppo":
+        assert (killed / "samples.jsonl").read_text() == (straight / "samples.jsonl").read_text()
+    assert not (killed / "checkpoints").exists()  # a finished run keeps its models, not its checkpoints
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_143(rlhf_stack, tiny_dir, data, tmp_path):
+    out = tmp_path / "stopped"
+    args = command("sft", rlhf_stack, tiny_dir, data, out)
+    child = run_child(args, at=7, signum=signal.SIGTERM)
+    assert child.returncode == 143
+    message = child.stderr.strip().splitlines()[-1]
+    assert "stopped by SIGTERM" in message and "step-00000007" in message and "--resume" in message
+    assert (out / "checkpoints" / "step-00000007" / "COMPLETE").is_file()
+    assert main([*args, "--resume"]) == 0
+    assert [r["step"] for r in records(out / "metrics.jsonl")] == list(range(1, 13))
+
+
+def test_a_checkpoint_truncated_mid_write_is_ignored(rlhf_stack, tiny_dir, data, tmp_path, capsys):
+    straight, out = tmp_path / "straight", tmp_path / "crashed"
+    args = command("sft", rlhf_stack, tiny_dir, data, out)
+    assert main(command("sft", rlhf_stack, tiny_dir, data, straight)) == 0
+    assert run_child(args, at=10, signum=signal.SIGKILL).returncode == -signal.SIGKILL
+    # the crash happened while step 10's checkpoint was being written: half a file, no COMPLETE marker
+    broken = out / "checkpoints" / "step-00000010"
+    broken.mkdir()
+    (broken / "state.pt").write_bytes(
+        (out / "checkpoints" / "step-00000008" / "state.pt").read_bytes()[:1000]
+    )
+    assert main([*args, "--resume"]) == 0
+    assert records(out / "metrics.jsonl") == records(straight / "metrics.jsonl")
+
+
+def test_resume_needs_a_checkpoint(rlhf_stack, tiny_dir, data, tmp_path, capsys):
+    assert main([*command("sft", rlhf_stack, tiny_dir, data, tmp_path / "none"), "--resume"]) == 2
+    assert "has no complete checkpoint" in capsys.readouterr().err
