@@ -16,7 +16,22 @@ import random
 import tempfile
 from pathlib import Path
 
-WORDS = "the movie food service staff place price was is really quite very and but".split()
+WORDS = [
+    "the",
+    "movie",
+    "food",
+    "service",
+    "staff",
+    "place",
+    "price",
+    "was",
+    "is",
+    "really",
+    "quite",
+    "very",
+    "and",
+    "but",
+]
 
 
 def build_models(name: str, folder: Path) -> tuple[str, str]:
@@ -50,15 +65,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         prompts = folder / "prompts.jsonl"
-        prompts.write_text("".join(json.dumps({"prompt": " ".join(rng.choice(WORDS) for _ in range(12))}) + "\n"
-                                   for _ in range(64)))
-        print(f"{'model':<9} {'dtype':<5} {'iteration':<9} {'rollout':>8} {'score':>7} {'train':>7} {'total':>7}")
+        prompts.write_text(
+            "".join(
+                json.dumps({"prompt": " ".join(rng.choice(WORDS) for _ in range(12))}) + "\n"
+                for _ in range(64)
+            )
+        )
+        print(
+            f"{'model':<9} {'dtype':<5} {'iteration':<9} {'rollout':>8} {'score':>7} {'train':>7} {'total':>7}"
+        )
         for name in args.models:
             policy, reward = build_models(name, folder)
             # stop_tokens: none beyond EOS; missing_eos_penalty off; temperature 1 so EOS is rare
-            config = PPOConfig(policy=policy, reward_model=reward, prompts=str(prompts), out=str(folder / "out"),
-                               max_steps=args.iterations, batch_size=16, mini_batch_size=8, ppo_epochs=4,
-                               response_length=32, temperature=1.0, normalize_reward=False, bf16=args.bf16)
+            config = PPOConfig(
+                policy=policy,
+                reward_model=reward,
+                prompts=str(prompts),
+                out=str(folder / "out"),
+                max_steps=args.iterations,
+                batch_size=16,
+                mini_batch_size=8,
+                ppo_epochs=4,
+                response_length=32,
+                temperature=1.0,
+                normalize_reward=False,
+                bf16=args.bf16,
+            )
             roles = load_roles(config)
             # forbid EOS so every response has the full 32 tokens
             run = setup(config, roles)
@@ -71,13 +103,20 @@ def main() -> None:
                 phases = [record["time/rollout"], record["time/score"], record["time/train"]]
                 label = "first" if i == 0 else str(i + 1)
                 dtype = "bf16" if args.bf16 else "fp32"
-                print(f"{name:<9} {dtype:<5} {label:<9} " + " ".join(f"{p:>7.2f}" for p in phases)
-                      + f" {sum(phases):>7.2f}   (response length {record['response/length_mean']:.0f})",
-                      flush=True)
+                print(
+                    f"{name:<9} {dtype:<5} {label:<9} "
+                    + " ".join(f"{p:>7.2f}" for p in phases)
+                    + f" {sum(phases):>7.2f}   (response length {record['response/length_mean']:.0f})",
+                    flush=True,
+                )
             rest = rows[1:] or rows
             mean = [sum(r[k] for r in rest) / len(rest) for k in ("time/rollout", "time/score", "time/train")]
-            print(f"{name:<9} {dtype:<5} {'mean 2..':<9} " + " ".join(f"{p:>7.2f}" for p in mean)
-                  + f" {sum(mean):>7.2f}", flush=True)
+            print(
+                f"{name:<9} {dtype:<5} {'mean 2..':<9} "
+                + " ".join(f"{p:>7.2f}" for p in mean)
+                + f" {sum(mean):>7.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,26 @@ from pathlib import Path
 from rlhfkit.config import OptimConfig, RewardConfig, SFTConfig
 from rlhfkit.logging import read_metrics
 
-WORDS = "the a movie food was great awful and but really service staff price quite very good bad place".split()
+WORDS = [
+    "the",
+    "a",
+    "movie",
+    "food",
+    "was",
+    "great",
+    "awful",
+    "and",
+    "but",
+    "really",
+    "service",
+    "staff",
+    "price",
+    "quite",
+    "very",
+    "good",
+    "bad",
+    "place",
+]
 
 
 def sentence(rng: random.Random, n: int) -> str:
@@ -30,7 +49,9 @@ def write_rows(folder: Path, n: int = 64) -> tuple[str, str]:
     for _ in range(n):
         prompt = sentence(rng, 24)
         sft_rows.append({"prompt": prompt, "completion": " " + sentence(rng, 24)})
-        pairs.append({"prompt": prompt, "chosen": " " + sentence(rng, 24), "rejected": " " + sentence(rng, 24)})
+        pairs.append(
+            {"prompt": prompt, "chosen": " " + sentence(rng, 24), "rejected": " " + sentence(rng, 24)}
+        )
     import json
 
     (folder / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sft_rows))
@@ -71,8 +92,16 @@ def main() -> None:
             for bf16 in (False, True):
                 for stage in ("sft", "rm"):
                     out = folder / f"{name}-{stage}-{bf16}"
-                    common = dict(model=model, out=str(out), max_steps=args.steps, batch_size=args.batch_size,
-                                  optim=OptimConfig(lr=1e-5), bf16=bf16, eval_every=0, eval_fraction=0.0)
+                    common = dict(
+                        model=model,
+                        out=str(out),
+                        max_steps=args.steps,
+                        batch_size=args.batch_size,
+                        optim=OptimConfig(lr=1e-5),
+                        bf16=bf16,
+                        eval_every=0,
+                        eval_fraction=0.0,
+                    )
                     started = time.perf_counter()
                     if stage == "sft":
                         sft(SFTConfig(data=sft_data, **common))
@@ -80,8 +109,11 @@ def main() -> None:
                         train_reward_model(RewardConfig(data=pair_data, **common))
                     sps = steps_per_second(out)
                     dtype = "bf16" if bf16 else "fp32"
-                    print(f"{name:<10} {stage:<4} {dtype:<5} {args.batch_size:>5} {sps:>8.2f} {1 / sps:>7.2f}"
-                          f"   (whole run {time.perf_counter() - started:.1f} s)", flush=True)
+                    print(
+                        f"{name:<10} {stage:<4} {dtype:<5} {args.batch_size:>5} {sps:>8.2f} {1 / sps:>7.2f}"
+                        f"   (whole run {time.perf_counter() - started:.1f} s)",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":
