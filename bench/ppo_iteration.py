@@ -72,7 +72,8 @@ def main() -> None:
             )
         )
         print(
-            f"{'model':<9} {'dtype':<5} {'iteration':<9} {'rollout':>8} {'score':>7} {'train':>7} {'total':>7}"
+            f"{'model':<9} {'dtype':<5} {'iteration':<9} {'rollout':>8} {'score':>7} {'train':>7} "
+            f"{'total':>7}"
         )
         for name in args.models:
             policy, reward = build_models(name, folder)
