@@ -69,3 +69,19 @@ def test_masked_whiten_gives_mean_zero_variance_one_on_random_input():
     assert masked_mean(w, mask).item() == pytest.approx(0.0, abs=1e-10)
     assert masked_var(w, mask).item() == pytest.approx(1.0, abs=1e-6)
     assert (w[~mask] == 0).all()
+
+
+def test_explained_variance_by_hand(dtype, tol):
+    from rlhfkit.core import explained_variance
+
+    returns = torch.tensor([[1.0, 2.0, 3.0, 99.0]], dtype=dtype)
+    mask = torch.tensor([[1, 1, 1, 0]])
+    # a perfect critic explains everything; predicting the mean explains nothing
+    assert explained_variance(returns, returns, mask).item() == pytest.approx(1.0, abs=tol)
+    assert explained_variance(torch.full_like(returns, 2.0), returns, mask).item() == pytest.approx(
+        0.0, abs=tol
+    )
+    # returns [1, 2, 3] have unbiased variance 1; values [1.5, 2, 2.5] leave errors [-0.5, 0, 0.5] with
+    # unbiased variance (0.25 + 0 + 0.25) / 2 = 0.25, so 1 - 0.25 / 1 = 0.75 (the padded 99 is ignored)
+    values = torch.tensor([[1.5, 2.0, 2.5, 0.0]], dtype=dtype)
+    assert explained_variance(values, returns, mask).item() == pytest.approx(0.75, abs=tol)

@@ -14,12 +14,13 @@ from rlhfkit.core.kl import (
 )
 from rlhfkit.core.logprobs import entropy_from_logits, logprobs_from_logits
 from rlhfkit.core.losses import pairwise_loss, ppo_policy_loss, ptx_loss, value_loss
-from rlhfkit.core.masked import masked_mean, masked_var, masked_whiten
+from rlhfkit.core.masked import explained_variance, masked_mean, masked_var, masked_whiten
 
 __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
     "entropy_from_logits",
+    "explained_variance",
     "gae",
     "kl_estimate",
     "kl_shaped_rewards",

@@ -45,3 +45,9 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     if not shift_mean:
         whitened = whitened + mean
     return zero_masked(whitened, mask)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`1 - Var(returns - values) / Var(returns)` over valid positions (0-dim): 1 for a perfect critic, 0 for
+    one no better than the mean return, negative for a worse one."""
+    return 1 - masked_var(returns - values, mask) / masked_var(returns, mask).clamp(min=1e-8)

@@ -24,10 +24,10 @@ from rlhfkit.config import PPOConfig
 from rlhfkit.core import (
     AdaptiveKLController,
     FixedKLController,
+    explained_variance,
     gae,
     kl_shaped_rewards,
     masked_mean,
-    masked_var,
     masked_whiten,
     ppo_policy_loss,
     value_loss,
@@ -238,8 +238,7 @@ def make_experience(
         "objective/non_score_reward": non_score.mean(),
         "objective/rlhf_reward": (scores + non_score).mean(),
         "objective/entropy": masked_mean(entropy, mask),
-        "val/explained_variance": 1
-        - masked_var(returns - old_values, mask) / masked_var(returns, mask).clamp(min=1e-8),
+        "val/explained_variance": explained_variance(old_values, returns, mask),
         "response/length_mean": mask.sum(1).float().mean(),
         "response/stop_rate": rollout.stopped.float().mean(),
         "rollout/logprob_mismatch": ((old_logp - rollout.logprobs).abs() * mask).max(),
