@@ -46,15 +46,15 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
-class SFTConfig:
-    """`rlhfkit sft`: supervised fine-tuning on demonstrations; the loss covers the completion only."""
+class SupervisedConfig:
+    """The fields `sft` and `rm` share: data, length of training, evaluation, checkpoints."""
 
-    model: str = option(help="causal LM to start from: a local folder or a hub name")
-    data: str = option(help="SFT data: JSONL/Parquet file, a `datasets` folder, or a hub dataset name")
-    out: str = option(help="output folder for the fine-tuned model, tokenizer, config and metrics")
+    model: str = option(help="model to start from: a local folder or a hub name")
+    data: str = option(help="training data: JSONL/Parquet file, a `datasets` folder, or a hub dataset name")
+    out: str = option(help="output folder for the model, tokenizer, config.yaml, metrics.jsonl")
     eval_data: str | None = option(None, "held-out data; None = split `eval_fraction` off `data`")
     eval_fraction: float = option(0.05, "fraction of `data` held out when `eval_data` is None")
-    max_length: int = option(512, "maximum tokens of prompt + completion")
+    max_length: int = option(512, "maximum tokens of prompt + response")
     truncation: Literal["left", "drop"] = option(
         "left", "over-long prompts: cut from the left or drop the row"
     )
@@ -63,7 +63,7 @@ class SFTConfig:
     batch_size: int = option(8, "examples per optimiser step (split into micro-batches by `grad_accum`)")
     grad_accum: int = option(1, "micro-batches per optimiser step (gradient accumulation)")
     optim: OptimConfig = option(OptimConfig(), "optimiser settings, e.g. `optim.lr=1e-4`")
-    eval_every: int = option(100, "evaluate on the held-out split every N steps (0 = only at the end)")
+    eval_every: int = option(100, "evaluate on the held-out data every N steps (0 = only at the end)")
     save_every: int = option(
         0, "write a resumable checkpoint every N steps (0 = none; SIGINT/SIGTERM always write one)"
     )
@@ -71,38 +71,24 @@ class SFTConfig:
     resume: bool = option(False, "continue from the newest complete checkpoint in `out`")
     max_bad_steps: int = option(3, "stop after this many non-finite updates in a row (each is skipped)")
     seed: int = option(0, "random seed")
-    bf16: bool = option(False, "bf16 autocast (log-probs and losses stay fp32)")
+    bf16: bool = option(False, "bf16 autocast for forward passes (log-probs, scores and losses stay fp32)")
     overwrite: bool = option(False, "allow writing into a folder that holds a finished run")
 
 
 @dataclass(frozen=True)
-class RewardConfig:
-    """`rlhfkit rm`: a scalar-head reward model trained on preference pairs (Bradley-Terry loss)."""
+class SFTConfig(SupervisedConfig):
+    """`rlhfkit sft`: supervised fine-tuning on demonstrations; the loss covers the completion only.
+    `data` holds {prompt, completion} or {messages} rows."""
 
-    model: str = option(help="backbone to start from (usually the SFT model): a local folder or a hub name")
-    data: str = option(help="preference data with prompt/chosen/rejected (optional margin)")
-    out: str = option(help="output folder for the reward model, tokenizer, config and metrics")
-    eval_data: str | None = option(None, "held-out pairs; None = split `eval_fraction` off `data`")
+
+@dataclass(frozen=True)
+class RewardConfig(SupervisedConfig):
+    """`rlhfkit rm`: a scalar-head reward model trained on preference pairs (Bradley-Terry loss).
+    `data` holds {prompt, chosen, rejected} rows (optional margin); `model` is usually the SFT model."""
+
     eval_fraction: float = option(0.1, "fraction of `data` held out when `eval_data` is None")
-    max_length: int = option(512, "maximum tokens of prompt + response")
-    truncation: Literal["left", "drop"] = option(
-        "left", "over-long prompts: cut from the left or drop the row"
-    )
     epochs: int = option(1, "passes over the pairs (about 1 is right: more overfits)")
-    max_steps: int | None = option(None, "stop after this many optimiser steps (overrides `epochs`)")
-    batch_size: int = option(8, "pairs per optimiser step")
-    grad_accum: int = option(1, "micro-batches per optimiser step (gradient accumulation)")
     optim: OptimConfig = option(OptimConfig(lr=1e-5), "optimiser settings, e.g. `optim.lr=1e-4`")
-    eval_every: int = option(100, "evaluate held-out accuracy every N steps (0 = only at the end)")
-    save_every: int = option(
-        0, "write a resumable checkpoint every N steps (0 = none; SIGINT/SIGTERM always write one)"
-    )
-    keep_checkpoints: int = option(2, "how many of the newest checkpoints to keep")
-    resume: bool = option(False, "continue from the newest complete checkpoint in `out`")
-    max_bad_steps: int = option(3, "stop after this many non-finite updates in a row (each is skipped)")
-    seed: int = option(0, "random seed")
-    bf16: bool = option(False, "bf16 autocast (scores and losses stay fp32)")
-    overwrite: bool = option(False, "allow writing into a folder that holds a finished run")
 
 
 @dataclass(frozen=True)

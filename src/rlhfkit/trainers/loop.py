@@ -13,15 +13,75 @@ from typing import Any
 
 from rlhfkit.errors import Diverged, Stopped
 from rlhfkit.logging import MetricsLog, progress
+from rlhfkit.models import load_tokenizer
 from rlhfkit.trainers.checkpoint import (
     StopSignals,
+    begin,
+    check_output,
+    clear_checkpoints,
     load_checkpoint,
     save_checkpoint,
     truncate_jsonl,
 )
-from rlhfkit.trainers.common import batches
+from rlhfkit.trainers.common import (
+    batches,
+    finish_run,
+    make_optimizer,
+    quiet_transformers,
+    set_seed,
+    total_steps,
+    train_and_eval_records,
+)
 
 log = logging.getLogger("rlhfkit")
+
+
+@dataclass
+class Prepared:
+    """A supervised run ready for its first step."""
+
+    out: Path
+    resume_from: Path | None  # the checkpoint to continue from, or None
+    tokenizer: Any
+    train: list
+    held_out: list
+    steps: int
+    trainee: Trainee
+
+    def finish(self, command: str, config: Any, **summary: Any) -> None:
+        """Save the model folder and the run file; drop the checkpoints (the model is saved)."""
+        model = self.trainee.accelerator.unwrap_model(self.trainee.model)
+        finish_run(self.out, command, config, model, self.tokenizer, **summary)
+        clear_checkpoints(self.out)
+
+
+def prepare(config: Any, kind: str, encode: Callable, load_model: Callable) -> Prepared:
+    """Everything before the first step of `sft` / `rm`. All user input (folder, data rows, model) is checked
+    before the output folder is touched."""
+    from accelerate import Accelerator
+
+    out = Path(config.out)
+    resume_from = check_output(out, config.overwrite, config.resume)
+    quiet_transformers()
+    tokenizer = load_tokenizer(config.model)
+    train_records, eval_records = train_and_eval_records(
+        config.data, config.eval_data, config.eval_fraction, kind, config.seed
+    )
+    train = encode(train_records, tokenizer, config.max_length, config.truncation, config.data)
+    held_out = encode(
+        eval_records, tokenizer, config.max_length, config.truncation, config.eval_data or config.data
+    )
+    steps = total_steps(len(train), config.batch_size, config.epochs, config.max_steps)
+    set_seed(config.seed)
+    model = load_model(config.model, tokenizer)
+    accelerator = Accelerator()
+    optimizer, scheduler = make_optimizer(model, config.optim, steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    begin(out, resume_from)
+    return Prepared(
+        out, resume_from, tokenizer, train, held_out, steps, Trainee(model, optimizer, scheduler, accelerator)
+    )
 
 
 @dataclass

@@ -10,19 +10,9 @@ import torch
 from rlhfkit.config import RewardConfig
 from rlhfkit.core import pairwise_loss
 from rlhfkit.data import PairExample, encode_pairs, pad
-from rlhfkit.models import load_scalar_model, load_tokenizer, sequence_scores
-from rlhfkit.trainers.checkpoint import begin, check_output, clear_checkpoints
-from rlhfkit.trainers.common import (
-    autocast,
-    finish_run,
-    make_optimizer,
-    quiet_transformers,
-    set_seed,
-    split,
-    total_steps,
-    train_and_eval_records,
-)
-from rlhfkit.trainers.loop import Trainee, train_steps
+from rlhfkit.models import load_scalar_model, sequence_scores
+from rlhfkit.trainers.common import autocast, split
+from rlhfkit.trainers.loop import prepare, train_steps
 
 STATS_SAMPLES = 2048  # chosen responses scored for the normalisation statistics
 
@@ -85,29 +75,9 @@ def reward_stats(
 def train_reward_model(config: RewardConfig) -> Path:
     """Train a reward model on `config.data`; returns the output folder (a sequence-classification folder
     whose rlhfkit.json holds `reward_stats`)."""
-    from accelerate import Accelerator
-
-    out = Path(config.out)
-    resume_from = check_output(out, config.overwrite, config.resume)
-    quiet_transformers()
-    tokenizer = load_tokenizer(config.model)
-    train_records, eval_records = train_and_eval_records(
-        config.data, config.eval_data, config.eval_fraction, "preference", config.seed
-    )
-    train = encode_pairs(train_records, tokenizer, config.max_length, config.truncation, config.data)
-    held_out = encode_pairs(
-        eval_records, tokenizer, config.max_length, config.truncation, config.eval_data or config.data
-    )
-    steps = total_steps(len(train), config.batch_size, config.epochs, config.max_steps)
-    set_seed(config.seed)
-    model = load_scalar_model(config.model, tokenizer)
-
-    accelerator = Accelerator()
-    optimizer, scheduler = make_optimizer(model, config.optim, steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    model.train()
-    begin(out, resume_from)
-    pad_id, device = tokenizer.pad_token_id, accelerator.device
+    run = prepare(config, "preference", encode_pairs, load_scalar_model)
+    model, accelerator = run.trainee.model, run.trainee.accelerator
+    pad_id, device, held_out = run.tokenizer.pad_token_id, accelerator.device, run.held_out
 
     def step_loss(batch: list[PairExample]) -> dict[str, float]:
         totals = torch.zeros(3)  # loss, accuracy, margin, summed over pairs
@@ -124,31 +94,22 @@ def train_reward_model(config: RewardConfig) -> Path:
         with autocast(device, config.bf16):
             return evaluate(model, held_out, pad_id, device, config.batch_size)
 
-    trainee = Trainee(model, optimizer, scheduler, accelerator)
     record = train_steps(
         "rm",
-        out,
+        run.out,
         config,
-        trainee,
-        train,
-        steps,
+        run.trainee,
+        run.train,
+        run.steps,
         step_loss,
         held_out_accuracy if held_out else None,
-        resume_from,
+        run.resume_from,
     )
-    unwrapped = accelerator.unwrap_model(model)
-    stats = reward_stats(unwrapped, train, pad_id, device, config.batch_size, config.seed)
+    stats = reward_stats(
+        accelerator.unwrap_model(model), run.train, pad_id, device, config.batch_size, config.seed
+    )
     final = {k: v for k, v in record.items() if k in ("loss", "accuracy", "eval/accuracy", "eval/margin")}
-    finish_run(
-        out,
-        "rm",
-        config,
-        unwrapped,
-        tokenizer,
-        train_pairs=len(train),
-        eval_pairs=len(held_out),
-        reward_stats=stats,
-        final=final,
+    run.finish(
+        "rm", config, train_pairs=len(run.train), eval_pairs=len(held_out), reward_stats=stats, final=final
     )
-    clear_checkpoints(out)
-    return out
+    return run.out

@@ -10,19 +10,9 @@ import torch
 from rlhfkit.config import SFTConfig
 from rlhfkit.core import ptx_loss
 from rlhfkit.data import IGNORE, SFTExample, encode_sft, pad
-from rlhfkit.models import load_causal_lm, load_tokenizer
-from rlhfkit.trainers.checkpoint import begin, check_output, clear_checkpoints
-from rlhfkit.trainers.common import (
-    autocast,
-    finish_run,
-    make_optimizer,
-    quiet_transformers,
-    set_seed,
-    split,
-    total_steps,
-    train_and_eval_records,
-)
-from rlhfkit.trainers.loop import Trainee, train_steps
+from rlhfkit.models import load_causal_lm
+from rlhfkit.trainers.common import autocast, split
+from rlhfkit.trainers.loop import prepare, train_steps
 
 
 def collate(examples: list[SFTExample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -59,30 +49,9 @@ def evaluate(
 
 def sft(config: SFTConfig) -> Path:
     """Fine-tune `config.model` on `config.data`; returns the output folder (a causal-LM folder)."""
-    from accelerate import Accelerator
-
-    out = Path(config.out)
-    # Everything the user gave is checked before the output folder is touched.
-    resume_from = check_output(out, config.overwrite, config.resume)
-    quiet_transformers()
-    tokenizer = load_tokenizer(config.model)
-    train_records, eval_records = train_and_eval_records(
-        config.data, config.eval_data, config.eval_fraction, "sft", config.seed
-    )
-    train = encode_sft(train_records, tokenizer, config.max_length, config.truncation, config.data)
-    held_out = encode_sft(
-        eval_records, tokenizer, config.max_length, config.truncation, config.eval_data or config.data
-    )
-    steps = total_steps(len(train), config.batch_size, config.epochs, config.max_steps)
-    set_seed(config.seed)
-    model = load_causal_lm(config.model, tokenizer)
-
-    accelerator = Accelerator()
-    optimizer, scheduler = make_optimizer(model, config.optim, steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    model.train()
-    begin(out, resume_from)
-    pad_id, device = tokenizer.pad_token_id, accelerator.device
+    run = prepare(config, "sft", encode_sft, load_causal_lm)
+    model, accelerator = run.trainee.model, run.trainee.accelerator
+    pad_id, device, held_out = run.tokenizer.pad_token_id, accelerator.device, run.held_out
 
     def step_loss(batch: list[SFTExample]) -> dict[str, float]:
         n_tokens = sum(1 for e in batch for t in e.labels[1:] if t != IGNORE)
@@ -100,20 +69,17 @@ def sft(config: SFTConfig) -> Path:
         with autocast(device, config.bf16):
             return {"eval/loss": evaluate(model, held_out, pad_id, device, config.batch_size)}
 
-    trainee = Trainee(model, optimizer, scheduler, accelerator)
     record = train_steps(
-        "sft", out, config, trainee, train, steps, step_loss, held_out_loss if held_out else None, resume_from
+        "sft",
+        run.out,
+        config,
+        run.trainee,
+        run.train,
+        run.steps,
+        step_loss,
+        held_out_loss if held_out else None,
+        run.resume_from,
     )
     final = {k: v for k, v in record.items() if k in ("loss", "eval/loss")}
-    finish_run(
-        out,
-        "sft",
-        config,
-        accelerator.unwrap_model(model),
-        tokenizer,
-        train_examples=len(train),
-        eval_examples=len(held_out),
-        final=final,
-    )
-    clear_checkpoints(out)
-    return out
+    run.finish("sft", config, train_examples=len(run.train), eval_examples=len(held_out), final=final)
+    return run.out
