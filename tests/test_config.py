@@ -94,6 +94,11 @@ def test_text_values_are_parsed_by_type(text, expected):
         (["response_length=0"], "response_length must be > 0"),
         (["ptx_coef=1"], "ptx_coef > 0 needs ptx_data"),
         (["micro_batch_size=3"], r"micro_batch_size \(3\) must divide"),
+        (["kl_target=0"], "kl_target must be > 0"),
+        (["kl_horizon=0"], "kl_horizon must be > 0"),
+        (["top_p=0"], r"top_p must be in \(0, 1\]"),
+        (["max_steps=0"], "max_steps must be > 0"),
+        (["max_bad_steps=0"], "max_bad_steps must be > 0"),
     ],
 )
 def test_bad_overrides_name_the_culprit(overrides, message):
@@ -108,6 +113,20 @@ def test_bad_yaml_types_name_the_field(tmp_path):
         load_config(SFTConfig, write_yaml(tmp_path, {"model": 3, "data": "d", "out": "o"}))
     with pytest.raises(ConfigError, match="'optim' is a section"):
         load_config(SFTConfig, write_yaml(tmp_path, {"model": "m", "data": "d", "out": "o", "optim": 1}))
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("batch_size=0", "batch_size must be > 0"),
+        ("grad_accum=0", "grad_accum must be > 0"),
+        ("max_bad_steps=0", "max_bad_steps must be > 0"),
+        ("eval_fraction=1", r"eval_fraction must be in \[0, 1\)"),
+    ],
+)
+def test_supervised_ranges(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(SFTConfig, overrides=["model=m", "data=d", "out=o", override])
 
 
 def test_missing_required_and_bad_files(tmp_path):

@@ -74,6 +74,20 @@ class SupervisedConfig:
     bf16: bool = option(False, "bf16 autocast for forward passes (log-probs, scores and losses stay fp32)")
     overwrite: bool = option(False, "allow writing into a folder that holds a finished run")
 
+    def __post_init__(self) -> None:
+        positive(
+            self, "max_length", "epochs", "batch_size", "grad_accum", "keep_checkpoints", "max_bad_steps"
+        )
+        if not 0 <= self.eval_fraction < 1:
+            raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+
+
+def positive(config: Any, *names: str) -> None:
+    """ConfigError naming the first of `names` whose value is not > 0."""
+    for name in names:
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{name} must be > 0, got {getattr(config, name)}")
+
 
 @dataclass(frozen=True)
 class SFTConfig(SupervisedConfig):
@@ -155,8 +169,22 @@ class PPOConfig:
     overwrite: bool = option(False, "allow writing into a folder that holds a finished run")
 
     def __post_init__(self) -> None:
-        if self.response_length <= 0:
-            raise ConfigError(f"response_length must be > 0, got {self.response_length}")
+        positive(
+            self,
+            "response_length",
+            "max_steps",
+            "ppo_epochs",
+            "max_prompt_length",
+            "kl_horizon",
+            "keep_checkpoints",
+            "max_bad_steps",
+        )
+        if self.kl_target is not None and self.kl_target <= 0:
+            raise ConfigError(f"kl_target must be > 0 (or none for a fixed beta), got {self.kl_target}")
+        if not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ConfigError(
+                f"top_p must be in (0, 1] and top_k >= 0, got top_p={self.top_p}, top_k={self.top_k}"
+            )
         if self.batch_size <= 0 or self.mini_batch_size <= 0 or self.batch_size % self.mini_batch_size:
             raise ConfigError(
                 f"mini_batch_size ({self.mini_batch_size}) must divide batch_size "

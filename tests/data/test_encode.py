@@ -92,3 +92,34 @@ def test_pad_right_and_left():
     assert ids_.tolist() == [[1, 2, 3], [4, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
     ids_, mask = pad([[1, 2, 3], [4]], value=0, side="left")
     assert ids_.tolist() == [[1, 2, 3], [0, 0, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_truncated_pairs_lose_the_same_prompt_tokens_on_both_sides(tiny_tokenizer):
+    tok = tiny_tokenizer
+    row = {
+        "prompt": "the movie was " * 6,
+        "chosen": " great and lovely and wonderful.",
+        "rejected": " awful.",
+    }
+    [pair] = encode_pairs([row], tok, max_length=24)
+    prompt = ids(tok, row["prompt"], special=True)
+    chosen_tail = ids(tok, row["chosen"]) + [tok.eos_token_id]
+    rejected_tail = ids(tok, row["rejected"]) + [tok.eos_token_id]
+    assert len(pair.chosen) == 24  # the longer side fills max_length
+    kept = 24 - len(chosen_tail)
+    assert pair.chosen == prompt[-kept:] + chosen_tail
+    assert pair.rejected == prompt[-kept:] + rejected_tail  # the same context as chosen
+
+
+def test_conversational_pairs_end_at_eos_even_if_the_template_adds_a_newline(tiny_tokenizer):
+    import copy
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = tok.chat_template.replace("{{ eos_token }}", "{{ eos_token }}\n")
+    record = {
+        "prompt": [{"role": "user", "content": "hi"}],
+        "chosen": [{"role": "assistant", "content": "great"}],
+        "rejected": [{"role": "assistant", "content": "awful"}],
+    }
+    [pair] = encode_pairs([record], tok, 64)
+    assert pair.chosen[-1] == tok.eos_token_id and pair.rejected[-1] == tok.eos_token_id

@@ -86,3 +86,11 @@ def test_folder_that_is_not_a_dataset(tmp_path):
 
 def test_write_jsonl_helper_round_trips(tmp_path):
     assert load_records(write_jsonl(tmp_path / "x.jsonl", ROWS), "sft") == ROWS
+
+
+def test_json_array_files_and_home_paths(tmp_path, monkeypatch):
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(ROWS))
+    assert load_records(str(path), "sft") == ROWS
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_records("~/rows.json", "sft") == ROWS

@@ -96,4 +96,4 @@ def test_ppo_skips_a_nan_minibatch_and_stops_after_several(rlhf_stack, tmp_path,
     poison(monkeypatch, ppo_module, "micro_batch_loss", lambda n: n >= 2)
     assert main([*args, "--out", str(tmp_path / "many")]) == 1
     assert "3 non-finite updates in a row in iteration 2" in capsys.readouterr().err
-    assert (tmp_path / "many" / "checkpoints" / "step-00000001" / "COMPLETE").is_file()
+    assert (tmp_path / "many" / "checkpoints" / "step-00000002" / "COMPLETE").is_file()

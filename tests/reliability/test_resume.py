@@ -137,3 +137,21 @@ def test_a_checkpoint_truncated_mid_write_is_ignored(rlhf_stack, tiny_dir, data,
 def test_resume_needs_a_checkpoint(rlhf_stack, tiny_dir, data, tmp_path, capsys):
     assert main([*command("sft", rlhf_stack, tiny_dir, data, tmp_path / "none"), "--resume"]) == 2
     assert "has no complete checkpoint" in capsys.readouterr().err
+
+
+def test_ppo_stopped_in_its_last_iteration_resumes_to_a_finished_run(rlhf_stack, tiny_dir, data, tmp_path):
+    out = tmp_path / "last"
+    args = command("ppo", rlhf_stack, tiny_dir, data, out)
+    assert run_child(args, at=8, signum=signal.SIGTERM).returncode == 143
+    assert main([*args, "--resume"]) == 0
+    assert json.loads((out / "rlhfkit.json").read_text())["finished"]
+    assert (out / "actor" / "config.json").is_file()
+
+
+def test_a_half_written_line_is_dropped_on_resume(tmp_path):
+    from rlhfkit.trainers.checkpoint import truncate_jsonl
+
+    path = tmp_path / "samples.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "pro')
+    truncate_jsonl(path, 2)
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'

@@ -122,17 +122,25 @@ def encode_sft(
     return examples
 
 
+def _through_last_eos(ids: list[int], eos: int) -> list[int]:
+    """Cut a rendered conversation after its last EOS (a template may add a newline after it): the RM must
+    score the token PPO's responses end with."""
+    last = max((i for i, t in enumerate(ids) if t == eos), default=None)
+    return ids + [eos] if last is None else ids[: last + 1]
+
+
 def _pair_sequences(record: dict, tokenizer: Any) -> tuple[list[int], list[int]]:
+    eos = tokenizer.eos_token_id
     if isinstance(record["chosen"], list):
         prompt = record["prompt"]
-        return tuple(
+        rendered = (
             _tokens(tokenizer, _render(tokenizer, prompt + record[k])) for k in ("chosen", "rejected")
         )
+        return tuple(_through_last_eos(ids, eos) for ids in rendered)
     prompt = _tokens(tokenizer, record["prompt"], special=True)
-    eos = [tokenizer.eos_token_id]
-    return prompt + _tokens(tokenizer, record["chosen"]) + eos, prompt + _tokens(
+    return prompt + _tokens(tokenizer, record["chosen"]) + [eos], prompt + _tokens(
         tokenizer, record["rejected"]
-    ) + eos
+    ) + [eos]
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -154,12 +162,14 @@ def encode_pairs(
     for record in records:
         chosen, rejected = _pair_sequences(record, tokenizer)
         shared = _common_prefix(chosen, rejected)  # the prompt, whatever the format
-        starts = [_fit(seq, len(seq) - shared, max_length, truncation) for seq in (chosen, rejected)]
-        if None in starts:
+        # the same number of prompt tokens goes from both sides: the RM compares them in the same context
+        start = max(len(chosen), len(rejected)) - max_length
+        if start > 0 and (truncation == "drop" or start >= shared):
             dropped += 1
             continue
-        cut += max(starts) > 0
-        pairs.append(PairExample(chosen[starts[0] :], rejected[starts[1] :], record.get("margin")))
+        start = max(start, 0)
+        cut += start > 0
+        pairs.append(PairExample(chosen[start:], rejected[start:], record.get("margin")))
     _report(source, cut, dropped, len(records), max_length)
     return pairs
 

@@ -29,7 +29,7 @@ def read_rows(source: str, split: str = "train") -> list[Row]:
 
     A missing file, an empty file and a line that is not JSON are `UsageError`s naming file and row.
     """
-    path = Path(source)
+    path = Path(source).expanduser()
     if path.is_dir():
         rows = _read_saved_dataset(path, split)
     elif path.is_file():
@@ -48,6 +48,15 @@ def read_rows(source: str, split: str = "train") -> list[Row]:
 
 
 def _read_jsonl(path: Path) -> list[Row]:
+    """JSON Lines; a .json file holding one array of objects is read as rows too."""
+    if path.suffix == ".json":
+        text = path.read_text(encoding="utf-8")
+        if text.lstrip().startswith("["):
+            try:
+                records = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+            return [Row(data, str(path), number) for number, data in enumerate(records, start=1)]
     rows = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):

@@ -591,7 +591,7 @@ def ppo(config: PPOConfig) -> Path:
     def checkpoint(step: int) -> Path:
         return save_checkpoint(out, step, run.state(), config.keep_checkpoints)
 
-    mode = "a" if resume_from is not None else "w"
+    mode, record = ("a" if resume_from is not None else "w"), {}
     with (
         MetricsLog(out / "metrics.jsonl", append=resume_from is not None) as metrics,
         (out / "samples.jsonl").open(mode) as samples_file,
@@ -607,10 +607,11 @@ def ppo(config: PPOConfig) -> Path:
                     "bad_steps": run.bad_steps,
                 }
             except Diverged as exc:
-                # the skipped updates left the models at their last good state
+                # The skipped updates left the models at their last good state, part-way through this
+                # iteration; a resume from this checkpoint continues with the next iteration.
                 raise Diverged(
-                    f"{exc} in iteration {iteration}; the last good state is checkpointed in "
-                    f"{checkpoint(iteration - 1)}"
+                    f"{exc} in iteration {iteration}; the models' last good state is checkpointed in "
+                    f"{checkpoint(iteration)}"
                 ) from None
             # 10. evaluate and save
             last = iteration == config.max_steps
@@ -619,7 +620,8 @@ def ppo(config: PPOConfig) -> Path:
                     roles, held_out, config, run.normalise, run.stop_ids, run.device
                 )
                 record.update(eval_stats)
-                samples_file.writelines(json.dumps({"step": iteration, **s}) + "\n" for s in samples)
+                # one write: a crash leaves at most one partial line, which a resume drops
+                samples_file.write("".join(json.dumps({"step": iteration, **s}) + "\n" for s in samples))
                 samples_file.flush()
             metrics.write(record)
             bar.set_postfix(score=f"{record['objective/scores']:.3f}", kl=f"{record['objective/kl']:.3f}")
