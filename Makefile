@@ -28,7 +28,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/rlhfkit demo --out $(OUT)
+	$(BIN)/rlhfkit demo --out $(OUT) --overwrite
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
