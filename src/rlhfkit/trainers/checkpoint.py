@@ -39,6 +39,7 @@ def complete_checkpoints(out: Path) -> list[Path]:
 def check_output(out: Path, overwrite: bool, resume: bool = False) -> Path | None:
     """The checkpoint to resume from (None for a fresh run), or a UsageError for a folder that must not be
     touched: a finished run without --overwrite, checkpoints without --resume, --resume with nothing to do."""
+    require_single_process()
     finished = bool(read_run_file(out).get("finished")) if out.is_dir() else False
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
@@ -59,6 +60,17 @@ def check_output(out: Path, overwrite: bool, resume: bool = False) -> Path | Non
             "--overwrite to start again"
         )
     return None
+
+
+def require_single_process() -> None:
+    """Training loops still write every file from every process and keep per-process token means and KL
+    statistics, so a multi-process launch (torchrun / accelerate launch) is refused, not run wrongly."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        raise UsageError(
+            f"launched as {world} processes; multi-process training is not supported yet: "
+            "run a single process"
+        )
 
 
 def begin(out: Path, resume_from: Path | None) -> None:
