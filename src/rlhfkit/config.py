@@ -469,16 +469,18 @@ def save_config(config: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
-def describe(cls: type, prefix: str = "") -> list[str]:
-    """Help lines `name (type, default X): help` for every field, nested sections dotted."""
+def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[str]:
+    """Help lines `name (type, default X): help` for every field, nested sections dotted. `defaults` is the
+    section's default instance when its owner sets one (the RM's optimiser has its own learning rate)."""
     lines = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
+        value = f.default if defaults is None else getattr(defaults, f.name)
         if dataclasses.is_dataclass(tp):
-            lines += describe(tp, prefix=f"{prefix}{f.name}.")
+            lines += describe(tp, prefix=f"{prefix}{f.name}.", defaults=value)
             continue
-        default = "required" if f.default is _MISSING else f"default {f.default!r}"
+        default = "required" if value is _MISSING else f"default {value!r}"
         type_name = str(tp).replace("typing.", "") if typing.get_origin(tp) else tp.__name__
         lines.append(f"  {prefix}{f.name} ({type_name}, {default}): {f.metadata.get('help', '')}")
     return lines

@@ -26,6 +26,12 @@ def test_command_help_documents_fields_with_defaults(capsys):
     assert "policy (str, required)" in text
 
 
+def test_section_defaults_are_the_owners(capsys):
+    with pytest.raises(SystemExit):
+        main(["rm", "--help"])
+    assert "optim.lr (float, default 1e-05)" in capsys.readouterr().out  # RewardConfig's, not OptimConfig's
+
+
 def test_bad_override_is_one_line_status_2_without_traceback():
     out = run_cli(
         "ppo", "--policy", "a", "--reward-model", "b", "--prompts", "c", "--out", "d", "kl_coef=big"
