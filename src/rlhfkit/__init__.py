@@ -7,18 +7,20 @@ by the modules that use them, and `rlhfkit.core` needs torch only.
 __version__ = "0.1.0"
 
 
+# The Python API, imported on first use so that `import rlhfkit` stays light.
+_API = {
+    "sft": "rlhfkit.trainers.sft",
+    "train_reward_model": "rlhfkit.trainers.reward",
+    "ppo": "rlhfkit.trainers.ppo",
+    "label": "rlhfkit.labeling",
+    "evaluate": "rlhfkit.evaluation",
+    "demo": "rlhfkit.pipeline",
+}
+
+
 def __getattr__(name: str):
-    # The Python API, imported on first use so that `import rlhfkit` stays light.
-    if name == "sft":
-        from rlhfkit.trainers.sft import sft
+    if name in _API:
+        import importlib
 
-        return sft
-    if name == "train_reward_model":
-        from rlhfkit.trainers.reward import train_reward_model
-
-        return train_reward_model
-    if name == "ppo":
-        from rlhfkit.trainers.ppo import ppo
-
-        return ppo
+        return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'rlhfkit' has no attribute {name!r}")

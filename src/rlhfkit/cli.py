@@ -37,7 +37,7 @@ SUMMARIES = {
 
 
 def run_demo(config: DemoConfig) -> int:
-    from rlhfkit.demo import demo
+    from rlhfkit.pipeline import demo
 
     out = demo(config)
     summary = json.loads((out / "summary.json").read_text())
@@ -59,7 +59,7 @@ def run_sft(config: Any) -> int:
 
 
 def run_label(config: Any) -> int:
-    from rlhfkit.label import label
+    from rlhfkit.labeling import label
 
     stats = label(config)
     print(
@@ -71,7 +71,7 @@ def run_label(config: Any) -> int:
 
 
 def run_eval(config: Any) -> int:
-    from rlhfkit.evaluate import evaluate
+    from rlhfkit.evaluation import evaluate
 
     print(json.dumps(evaluate(config)["metrics"], indent=2))
     return 0

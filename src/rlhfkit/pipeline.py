@@ -71,8 +71,8 @@ def gold_by_evaluation(samples_file: Path) -> dict[int, dict[str, float]]:
 
 def demo(config: DemoConfig) -> Path:
     """Run every stage into `config.out`; returns the folder holding summary.json and report.html."""
-    from rlhfkit.evaluate import evaluate
-    from rlhfkit.label import label
+    from rlhfkit.evaluation import evaluate
+    from rlhfkit.labeling import label
     from rlhfkit.report import write_report
     from rlhfkit.trainers.ppo import ppo
     from rlhfkit.trainers.reward import train_reward_model
