@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from rlhfkit.config import EvalConfig
+from rlhfkit.core import sequence_kl
 from rlhfkit.errors import UsageError
 from rlhfkit.models import load_causal_lm, load_scalar_model, load_tokenizer, sequence_scores
 from rlhfkit.models.forward import response_logprobs
@@ -52,7 +53,7 @@ def evaluate(config: EvalConfig, gold: Any = None) -> dict[str, Any]:
         if reference is not None:
             logp, _ = response_logprobs(model, ids, mask, context, config.temperature)  # (b, T)
             ref, _ = response_logprobs(reference, ids, mask, context, config.temperature)
-            columns["kl"] = ((logp - ref) * rollout.response_mask).sum(1).tolist()
+            columns["kl"] = sequence_kl(logp, ref, rollout.response_mask).tolist()
         if gold is not None:
             columns["gold"] = [gold(p, r) for p, r in zip(done.prompts, done.responses, strict=True)]
         for i, (prompt, response) in enumerate(zip(done.prompts, done.responses, strict=True)):

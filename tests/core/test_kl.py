@@ -66,3 +66,18 @@ def test_adaptive_controller_by_hand():
     ctl = AdaptiveKLController(0.1, target=6.0, horizon=10000)
     ctl.update(6.6, 1000)  # err = 0.1, inside the clip: 0.1 * (1 + 0.1 * 1000 / 10000)
     assert ctl.value == pytest.approx(0.101, abs=1e-15)
+
+
+def test_sequence_kl_sums_valid_tokens(dtype, tol):
+    from rlhfkit.core import sequence_kl
+
+    logp = torch.tensor([[0.5, 0.2, 9.0], [0.3, 0.1, 0.0]], dtype=dtype)
+    ref = torch.tensor([[0.1, 0.4, 0.0], [0.1, 0.1, 0.0]], dtype=dtype)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    # k1 per token: row 0: 0.4 + (-0.2) (the masked 9.0 is ignored) = 0.2; row 1: 0.2
+    torch.testing.assert_close(
+        sequence_kl(logp, ref, mask), torch.tensor([0.2, 0.2], dtype=dtype), atol=tol, rtol=0
+    )
+    # k3 of d = 0.4 and -0.2: exp(-0.4) - 1 + 0.4 + exp(0.2) - 1 - 0.2
+    k3 = math.exp(-0.4) - 0.6 + math.exp(0.2) - 1.2
+    assert sequence_kl(logp, ref, mask, "k3")[0].item() == pytest.approx(k3, abs=tol)

@@ -11,6 +11,7 @@ from rlhfkit.core.kl import (
     kl_estimate,
     kl_shaped_rewards,
     last_valid_index,
+    sequence_kl,
 )
 from rlhfkit.core.logprobs import entropy_from_logits, logprobs_from_logits
 from rlhfkit.core.losses import pairwise_loss, ppo_policy_loss, ptx_loss, value_loss
@@ -32,5 +33,6 @@ __all__ = [
     "pairwise_loss",
     "ppo_policy_loss",
     "ptx_loss",
+    "sequence_kl",
     "value_loss",
 ]

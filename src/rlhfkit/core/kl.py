@@ -24,6 +24,13 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: KLKind = "k1")
     raise ValueError(f"unknown KL estimator {kind!r}; expected 'k1', 'k2' or 'k3'")
 
 
+def sequence_kl(
+    logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, kind: KLKind = "k1"
+) -> torch.Tensor:
+    """KL(pi || pi_ref) of each sampled sequence: per-token estimates summed over valid tokens, (B, T) -> (B,)."""
+    return zero_masked(kl_estimate(logp, ref_logp, kind), mask).sum(-1)  # (B,)
+
+
 def last_valid_index(mask: torch.Tensor) -> torch.Tensor:
     """(B, T) mask -> (B,) index of each row's last valid position; -1 for a row with none."""
     positions = torch.arange(mask.shape[-1], device=mask.device)  # (T,)

@@ -30,6 +30,7 @@ from rlhfkit.core import (
     masked_mean,
     masked_whiten,
     ppo_policy_loss,
+    sequence_kl,
     value_loss,
 )
 from rlhfkit.data import encode_prompts, encode_sft, load_records, pad
@@ -372,7 +373,7 @@ def evaluate(
             logp, _ = response_logprobs(roles.actor, full_ids, full_mask, context, config.temperature)
             ref, _ = response_logprobs(roles.reference, full_ids, full_mask, context, config.temperature)
             batch_scores, _ = score(roles.reward_model, rollout, normalise, config, chunk)
-        kls.append(((logp - ref) * rollout.response_mask).sum(1))
+        kls.append(sequence_kl(logp, ref, rollout.response_mask))
         scores.append(batch_scores)
         lengths.append(rollout.response_mask.sum(1).float())
         for row in range(ids.shape[0]):
