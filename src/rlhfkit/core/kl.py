@@ -27,7 +27,7 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: KLKind = "k1")
 def sequence_kl(
     logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, kind: KLKind = "k1"
 ) -> torch.Tensor:
-    """KL(pi || pi_ref) of each sampled sequence: per-token estimates summed over valid tokens, (B, T) -> (B,)."""
+    """KL(pi || pi_ref) of each sampled sequence: the per-token estimate summed over valid tokens. -> (B,)"""
     return zero_masked(kl_estimate(logp, ref_logp, kind), mask).sum(-1)  # (B,)
 
 
