@@ -58,3 +58,20 @@ def great_rows(n: int, seed: int = 0) -> list[dict]:
 def prompt_rows(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     return [{"prompt": f"the {rng.choice(NOUNS)} was"} for _ in range(n)]
+
+
+def ppo_args(stack: tuple[str, str, str], out, *extra: str) -> list[str]:
+    """`rlhfkit ppo` arguments for the tiny (sft, rm, prompts) stack, writing to `out`."""
+    sft_dir, rm_dir, prompts = stack
+    return [
+        "ppo",
+        "--policy",
+        sft_dir,
+        "--reward-model",
+        rm_dir,
+        "--prompts",
+        prompts,
+        "--out",
+        str(out),
+        *extra,
+    ]

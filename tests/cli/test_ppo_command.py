@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from helpers import ppo_args
 from rlhfkit.cli import main
 
 METRICS = [
@@ -35,33 +36,19 @@ METRICS = [
 def test_ppo_command_writes_actor_critic_metrics_and_samples(rlhf_stack, tmp_path):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    sft_dir, rm_dir, prompts = rlhf_stack
     out = tmp_path / "ppo"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rlhfkit.cli",
-            "ppo",
-            "--policy",
-            sft_dir,
-            "--reward-model",
-            rm_dir,
-            "--prompts",
-            prompts,
-            "--out",
-            str(out),
-            "--max-steps",
-            "2",
-            "batch_size=8",
-            "mini_batch_size=4",
-            "response_length=8",
-            "eval_every=1",
-            "kl_target=6",
-        ],
-        capture_output=True,
-        text=True,
+    args = ppo_args(
+        rlhf_stack,
+        out,
+        "--max-steps",
+        "2",
+        "batch_size=8",
+        "mini_batch_size=4",
+        "response_length=8",
+        "eval_every=1",
+        "kl_target=6",
     )
+    done = subprocess.run([sys.executable, "-m", "rlhfkit.cli", *args], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
@@ -102,24 +89,9 @@ BAD = {
 
 @pytest.mark.parametrize("case", BAD)
 def test_ppo_bad_input(case, rlhf_stack, tmp_path, capsys):
-    sft_dir, rm_dir, prompts = rlhf_stack
     extra, message = BAD[case]
     out = tmp_path / "out"
-    code = main(
-        [
-            "ppo",
-            "--policy",
-            sft_dir,
-            "--reward-model",
-            rm_dir,
-            "--prompts",
-            prompts,
-            "--out",
-            str(out),
-            "batch_size=8",
-            *extra,
-        ]
-    )
+    code = main(ppo_args(rlhf_stack, out, "batch_size=8", *extra))
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1, err
     assert not out.exists()
@@ -127,18 +99,6 @@ def test_ppo_bad_input(case, rlhf_stack, tmp_path, capsys):
 
 def test_reward_model_with_another_tokenizer_is_refused(rlhf_stack, other_tokenizer_rm, tmp_path, capsys):
     sft_dir, _, prompts = rlhf_stack
-    code = main(
-        [
-            "ppo",
-            "--policy",
-            sft_dir,
-            "--reward-model",
-            other_tokenizer_rm,
-            "--prompts",
-            prompts,
-            "--out",
-            str(tmp_path / "out"),
-        ]
-    )
+    code = main(ppo_args((sft_dir, other_tokenizer_rm, prompts), tmp_path / "out"))
     assert code == 2
     assert "tokenizer does not match the policy's" in capsys.readouterr().err

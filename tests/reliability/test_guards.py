@@ -6,7 +6,7 @@ import torch
 
 import rlhfkit.trainers.ppo as ppo_module
 import rlhfkit.trainers.sft as sft_module
-from helpers import sentiment_rows, write_jsonl
+from helpers import ppo_args, sentiment_rows, write_jsonl
 from rlhfkit.cli import main
 from rlhfkit.logging import read_metrics
 
@@ -70,30 +70,26 @@ def test_repeated_nans_stop_the_run_with_a_checkpoint(tiny_dir, tmp_path, monkey
 
 
 def test_ppo_skips_a_nan_minibatch_and_stops_after_several(rlhf_stack, tmp_path, monkeypatch, capsys):
-    sft_dir, rm_dir, prompts = rlhf_stack
-    args = [
-        "ppo",
-        "--policy",
-        sft_dir,
-        "--reward-model",
-        rm_dir,
-        "--prompts",
-        prompts,
-        "batch_size=8",
-        "mini_batch_size=4",
-        "ppo_epochs=1",
-        "response_length=8",
-        "--max-steps",
-        "3",
-    ]
+    def args(out):
+        return ppo_args(
+            rlhf_stack,
+            out,
+            "batch_size=8",
+            "mini_batch_size=4",
+            "ppo_epochs=1",
+            "response_length=8",
+            "--max-steps",
+            "3",
+        )
+
     # 2 minibatch steps per iteration, 1 micro-batch each: call 3 is iteration 2's first step
     poison(monkeypatch, ppo_module, "micro_batch_loss", lambda n: n == 3)
-    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    assert main(args(tmp_path / "one")) == 0
     metrics = read_metrics(tmp_path / "one" / "metrics.jsonl")
     assert [m["bad_steps"] for m in metrics] == [0, 1, 1]
     assert all(math.isfinite(m["loss/policy"]) for m in metrics)
     monkeypatch.undo()
     poison(monkeypatch, ppo_module, "micro_batch_loss", lambda n: n >= 2)
-    assert main([*args, "--out", str(tmp_path / "many")]) == 1
+    assert main(args(tmp_path / "many")) == 1
     assert "3 non-finite updates in a row in iteration 2" in capsys.readouterr().err
     assert (tmp_path / "many" / "checkpoints" / "step-00000002" / "COMPLETE").is_file()

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from helpers import preference_rows, sentiment_rows, write_jsonl
+from helpers import ppo_args, preference_rows, sentiment_rows, write_jsonl
 from rlhfkit.cli import main
 
 TIMING = ("steps_per_s", "time/rollout", "time/score", "time/train", "episodes_per_s")
@@ -51,18 +51,11 @@ def data(tmp_path_factory):
 
 
 def command(kind, rlhf_stack, tiny_dir, data, out):
-    sft_dir, rm_dir, prompts = rlhf_stack
+    sft_dir = rlhf_stack[0]
     if kind == "ppo":
-        return [
-            "ppo",
-            "--policy",
-            sft_dir,
-            "--reward-model",
-            rm_dir,
-            "--prompts",
-            prompts,
-            "--out",
-            str(out),
+        return ppo_args(
+            rlhf_stack,
+            out,
             "--max-steps",
             "8",
             "batch_size=8",
@@ -71,7 +64,7 @@ def command(kind, rlhf_stack, tiny_dir, data, out):
             "save_every=3",
             "eval_every=2",
             "kl_target=3",
-        ]
+        )
     return [
         kind,
         "--model",
