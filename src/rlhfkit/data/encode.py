@@ -65,14 +65,14 @@ def _chat_segments(tokenizer: Any, messages: list[dict]) -> list[tuple[str, bool
     return segments
 
 
-def _fit(ids: list[int], keep_tail: int, max_length: int, truncation: Truncation) -> int | None:
-    """Start index that fits `ids` into max_length by cutting from the left without touching the last
-    `keep_tail` tokens (or None: drop the row)."""
-    if len(ids) <= max_length:
+def _fit(length: int, keep_tail: int, max_length: int, truncation: Truncation) -> int | None:
+    """How many tokens to cut from the left of a `length`-token sequence to fit max_length without touching
+    its last `keep_tail` tokens (and keeping at least one before them); None: drop the row."""
+    if length <= max_length:
         return 0
     if truncation == "drop" or keep_tail >= max_length:
         return None
-    return len(ids) - max_length
+    return length - max_length
 
 
 def _report(source: str, cut: int, dropped: int, total: int, max_length: int) -> None:
@@ -112,7 +112,7 @@ def encode_sft(
             pieces = [(_tokens(tokenizer, record["prompt"], special=True), False), (completion, True)]
         ids = [t for piece, _ in pieces for t in piece]
         labels = [t if learn else IGNORE for piece, learn in pieces for t in piece]
-        start = _fit(ids, len(pieces[-1][0]), max_length, truncation)
+        start = _fit(len(ids), len(pieces[-1][0]), max_length, truncation)
         if start is None:
             dropped += 1
             continue
@@ -138,9 +138,8 @@ def _pair_sequences(record: dict, tokenizer: Any) -> tuple[list[int], list[int]]
         )
         return tuple(_through_last_eos(ids, eos) for ids in rendered)
     prompt = _tokens(tokenizer, record["prompt"], special=True)
-    return prompt + _tokens(tokenizer, record["chosen"]) + [eos], prompt + _tokens(
-        tokenizer, record["rejected"]
-    ) + [eos]
+    chosen, rejected = (prompt + _tokens(tokenizer, record[k]) + [eos] for k in ("chosen", "rejected"))
+    return chosen, rejected
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -163,11 +162,11 @@ def encode_pairs(
         chosen, rejected = _pair_sequences(record, tokenizer)
         shared = _common_prefix(chosen, rejected)  # the prompt, whatever the format
         # the same number of prompt tokens goes from both sides: the RM compares them in the same context
-        start = max(len(chosen), len(rejected)) - max_length
-        if start > 0 and (truncation == "drop" or start >= shared):
+        longest = max(len(chosen), len(rejected))
+        start = _fit(longest, longest - shared, max_length, truncation)
+        if start is None:
             dropped += 1
             continue
-        start = max(start, 0)
         cut += start > 0
         pairs.append(PairExample(chosen[start:], rejected[start:], record.get("margin")))
     _report(source, cut, dropped, len(records), max_length)
@@ -188,7 +187,7 @@ def encode_prompts(
             ids = _tokens(tokenizer, _render(tokenizer, record["messages"], generation_prompt=True))
         else:
             ids = _tokens(tokenizer, record["prompt"], special=True)
-        start = _fit(ids, 0, max_length, truncation)
+        start = _fit(len(ids), 0, max_length, truncation)
         if start is None:
             dropped += 1
             continue
