@@ -54,7 +54,7 @@ def build_models(name: str, folder: Path) -> tuple[str, str]:
 
 def main() -> None:
     from rlhfkit.config import PPOConfig
-    from rlhfkit.trainers.ppo import load_roles, setup, split_prompts, train_iteration
+    from rlhfkit.algorithms.ppo.trainer import load_roles, setup, split_prompts, train_iteration
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["tiny", "smollm2"], choices=["tiny", "smollm2"])

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from rlhfkit.config import OptimConfig, RewardConfig, SFTConfig
-from rlhfkit.logging import read_metrics
+from rlhfkit.runtime.metrics import read_metrics
 
 WORDS = [
     "the",

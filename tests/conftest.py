@@ -52,8 +52,8 @@ def rlhf_stack(tiny_dir, tmp_path_factory):
     """(sft folder, rm folder, prompts file): a tiny SFT model and an RM that likes the word `great`."""
     from helpers import great_rows, prompt_rows, write_jsonl
     from rlhfkit.config import OptimConfig, RewardConfig, SFTConfig
-    from rlhfkit.trainers.reward import train_reward_model
-    from rlhfkit.trainers.sft import sft
+    from rlhfkit.algorithms.reward import train_reward_model
+    from rlhfkit.algorithms.sft import sft
 
     folder = tmp_path_factory.mktemp("stack")
     sft_dir = sft(

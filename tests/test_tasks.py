@@ -8,7 +8,7 @@ import pytest
 
 from rlhfkit.config import EvalConfig, LabelConfig
 from rlhfkit.errors import UsageError
-from rlhfkit.labeling import label, prefers_first
+from rlhfkit.jobs.label import label, prefers_first
 from rlhfkit.tasks import load_gold, sentiment_task
 from rlhfkit.tasks.sentiment import gold
 
@@ -92,7 +92,7 @@ def test_noisy_label_agreement_is_below_one(rlhf_stack, tmp_path):
 
 
 def test_eval_reports_reward_gold_kl_length_and_stop_rate(rlhf_stack, tmp_path):
-    from rlhfkit.evaluation import evaluate
+    from rlhfkit.jobs.evaluate import evaluate
 
     sft_dir, rm_dir, prompts = rlhf_stack
     result = evaluate(
@@ -116,9 +116,9 @@ def test_eval_reports_reward_gold_kl_length_and_stop_rate(rlhf_stack, tmp_path):
 
 def test_python_api_names_are_the_functions():
     import rlhfkit
-    import rlhfkit.evaluation  # noqa: F401  (submodules imported first must not shadow the functions)
-    import rlhfkit.labeling  # noqa: F401
-    import rlhfkit.pipeline  # noqa: F401
+    import rlhfkit.jobs.evaluate  # noqa: F401  (submodules imported first must not shadow the functions)
+    import rlhfkit.jobs.label  # noqa: F401
+    import rlhfkit.jobs.demo  # noqa: F401
 
     for name in ("sft", "train_reward_model", "ppo", "label", "evaluate", "demo"):
         assert callable(getattr(rlhfkit, name)) and getattr(rlhfkit, name).__name__ == name

@@ -9,12 +9,12 @@ __version__ = "0.1.0"
 
 # The Python API, imported on first use so that `import rlhfkit` stays light.
 _API = {
-    "sft": "rlhfkit.trainers.sft",
-    "train_reward_model": "rlhfkit.trainers.reward",
-    "ppo": "rlhfkit.trainers.ppo",
-    "label": "rlhfkit.labeling",
-    "evaluate": "rlhfkit.evaluation",
-    "demo": "rlhfkit.pipeline",
+    "sft": "rlhfkit.algorithms.sft",
+    "train_reward_model": "rlhfkit.algorithms.reward",
+    "ppo": "rlhfkit.algorithms.ppo.trainer",
+    "label": "rlhfkit.jobs.label",
+    "evaluate": "rlhfkit.jobs.evaluate",
+    "demo": "rlhfkit.jobs.demo",
 }
 
 

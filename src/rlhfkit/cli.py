@@ -37,7 +37,7 @@ SUMMARIES = {
 
 
 def run_demo(config: DemoConfig) -> int:
-    from rlhfkit.pipeline import demo
+    from rlhfkit.jobs.demo import demo
 
     out = demo(config)
     summary = json.loads((out / "summary.json").read_text())
@@ -52,14 +52,14 @@ def run_demo(config: DemoConfig) -> int:
 
 
 def run_sft(config: Any) -> int:
-    from rlhfkit.trainers.sft import sft
+    from rlhfkit.algorithms.sft import sft
 
     print(f"rlhfkit sft: model written to {sft(config)}")
     return 0
 
 
 def run_label(config: Any) -> int:
-    from rlhfkit.labeling import label
+    from rlhfkit.jobs.label import label
 
     stats = label(config)
     print(
@@ -71,21 +71,21 @@ def run_label(config: Any) -> int:
 
 
 def run_eval(config: Any) -> int:
-    from rlhfkit.evaluation import evaluate
+    from rlhfkit.jobs.evaluate import evaluate
 
     print(json.dumps(evaluate(config)["metrics"], indent=2))
     return 0
 
 
 def run_rm(config: Any) -> int:
-    from rlhfkit.trainers.reward import train_reward_model
+    from rlhfkit.algorithms.reward import train_reward_model
 
     print(f"rlhfkit rm: reward model written to {train_reward_model(config)}")
     return 0
 
 
 def run_ppo(config: Any) -> int:
-    from rlhfkit.trainers.ppo import ppo
+    from rlhfkit.algorithms.ppo import ppo
 
     print(f"rlhfkit ppo: actor and critic written to {ppo(config)}")
     return 0

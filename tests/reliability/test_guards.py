@@ -4,11 +4,11 @@ import math
 
 import torch
 
-import rlhfkit.trainers.ppo as ppo_module
-import rlhfkit.trainers.sft as sft_module
+import rlhfkit.algorithms.ppo.trainer as ppo_module
+import rlhfkit.algorithms.sft as sft_module
 from helpers import ppo_args, sentiment_rows, write_jsonl
 from rlhfkit.cli import main
-from rlhfkit.logging import read_metrics
+from rlhfkit.runtime.metrics import read_metrics
 
 
 def poison(monkeypatch, module, name, bad_calls):

@@ -17,7 +17,7 @@ TIMING = ("steps_per_s", "time/rollout", "time/score", "time/train", "episodes_p
 # Runs the CLI in a child process that sends itself `signal` right after the metrics line of step `at`.
 CHILD = textwrap.dedent("""
     import os, sys
-    import rlhfkit.logging as sink
+    import rlhfkit.runtime.metrics as sink
     write = sink.MetricsLog.write
     def write_then_signal(self, record):
         write(self, record)
@@ -142,7 +142,7 @@ def test_ppo_stopped_in_its_last_iteration_resumes_to_a_finished_run(rlhf_stack,
 
 
 def test_a_half_written_line_is_dropped_on_resume(tmp_path):
-    from rlhfkit.trainers.checkpoint import truncate_jsonl
+    from rlhfkit.runtime.checkpoint import truncate_jsonl
 
     path = tmp_path / "samples.jsonl"
     path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "pro')

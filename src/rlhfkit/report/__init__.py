@@ -1,5 +1,5 @@
 """The static HTML report of a demo run: inline SVG plots (matplotlib) and side-by-side samples."""
 
-from rlhfkit.report.html import write_report
+from rlhfkit.report.page import write_report
 
 __all__ = ["write_report"]

@@ -20,71 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlhfkit.errors import UsageError
-from rlhfkit.trainers.common import RUN_FILE, read_run_file
-
-CHECKPOINTS = "checkpoints"
-MARKER = "COMPLETE"
-
-
-def complete_checkpoints(out: Path) -> list[Path]:
-    """Whole checkpoints of `out`, oldest first."""
-    folder = out / CHECKPOINTS
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.glob("step-*") if (p / MARKER).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def check_output(out: Path, overwrite: bool, resume: bool = False) -> Path | None:
-    """The checkpoint to resume from (None for a fresh run), or a UsageError for a folder that must not be
-    touched: a finished run without --overwrite, checkpoints without --resume, --resume with nothing to do."""
-    require_single_process()
-    finished = bool(read_run_file(out).get("finished")) if out.is_dir() else False
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder")
-    if resume:
-        if finished:
-            raise UsageError(f"{out} holds a finished run: nothing to resume")
-        checkpoints = complete_checkpoints(out)
-        if not checkpoints:
-            raise UsageError(f"--resume: {out} has no complete checkpoint")
-        return checkpoints[-1]
-    if finished and not overwrite:
-        raise UsageError(
-            f"{out} holds a finished run; pass --overwrite to replace it, or choose another --out"
-        )
-    if complete_checkpoints(out) and not overwrite:
-        raise UsageError(
-            f"{out} holds checkpoints of an unfinished run; pass --resume to continue it or "
-            "--overwrite to start again"
-        )
-    return None
-
-
-def require_single_process() -> None:
-    """Training loops still write every file from every process and keep per-process token means and KL
-    statistics, so a multi-process launch (torchrun / accelerate launch) is refused, not run wrongly."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        raise UsageError(
-            f"launched as {world} processes; multi-process training is not supported yet: "
-            "run a single process"
-        )
-
-
-def begin(out: Path, resume_from: Path | None) -> None:
-    """Make the folder ready to write: an old run file goes (a run that dies midway never looks finished), and
-    so do old checkpoints unless this run resumes from one."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RUN_FILE).unlink(missing_ok=True)
-    if resume_from is None:
-        clear_checkpoints(out)
-
-
-def clear_checkpoints(out: Path) -> None:
-    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-
+from rlhfkit.runtime.outputs import CHECKPOINTS, MARKER, complete_checkpoints
 
 def rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}

@@ -23,10 +23,9 @@ from rlhfkit.config import (
     SFTConfig,
     to_dict,
 )
-from rlhfkit.logging import read_metrics
+from rlhfkit.runtime.metrics import read_metrics
 from rlhfkit.tasks.sentiment import gold, sentiment_task
-from rlhfkit.trainers.checkpoint import begin, check_output
-from rlhfkit.trainers.common import read_run_file, write_run_file
+from rlhfkit.runtime.outputs import begin, check_output, read_run_file, write_run_file
 
 GOLD = "rlhfkit.tasks.sentiment:gold"
 STAGES = 7
@@ -71,12 +70,12 @@ def gold_by_evaluation(samples_file: Path) -> dict[int, dict[str, float]]:
 
 def demo(config: DemoConfig) -> Path:
     """Run every stage into `config.out`; returns the folder holding summary.json and report.html."""
-    from rlhfkit.evaluation import evaluate
-    from rlhfkit.labeling import label
+    from rlhfkit.jobs.evaluate import evaluate
+    from rlhfkit.jobs.label import label
     from rlhfkit.report import write_report
-    from rlhfkit.trainers.ppo import ppo
-    from rlhfkit.trainers.reward import train_reward_model
-    from rlhfkit.trainers.sft import sft
+    from rlhfkit.algorithms.ppo import ppo
+    from rlhfkit.algorithms.reward import train_reward_model
+    from rlhfkit.algorithms.sft import sft
 
     out = Path(config.out)
     check_output(out, config.overwrite)

@@ -6,9 +6,9 @@ import torch
 
 from helpers import sentiment_rows, write_jsonl
 from rlhfkit.config import OptimConfig, SFTConfig
-from rlhfkit.logging import read_metrics
-from rlhfkit.trainers.common import read_run_file
-from rlhfkit.trainers.sft import sft
+from rlhfkit.runtime.metrics import read_metrics
+from rlhfkit.runtime.outputs import read_run_file
+from rlhfkit.algorithms.sft import sft
 
 
 @pytest.fixture(scope="module")

@@ -35,11 +35,11 @@ from rlhfkit.core import (
 )
 from rlhfkit.data import encode_prompts, encode_sft, load_records, pad
 from rlhfkit.errors import Diverged, Stopped, UsageError
-from rlhfkit.logging import MetricsLog, progress
+from rlhfkit.runtime.metrics import MetricsLog, progress
 from rlhfkit.models import load_causal_lm, load_scalar_model, load_tokenizer, sequence_scores
 from rlhfkit.models.forward import response_logprobs, response_values
 from rlhfkit.rollout import Rollout, SamplingSettings, generate
-from rlhfkit.trainers.checkpoint import (
+from rlhfkit.runtime.checkpoint import (
     StopSignals,
     begin,
     check_output,
@@ -48,14 +48,14 @@ from rlhfkit.trainers.checkpoint import (
     save_checkpoint,
     truncate_jsonl,
 )
-from rlhfkit.trainers.common import (
+from rlhfkit.runtime.common import (
     autocast,
     quiet_transformers,
     read_run_file,
     set_seed,
     write_run_file,
 )
-from rlhfkit.trainers.sft import completion_nll
+from rlhfkit.algorithms.sft import completion_nll
 
 log = logging.getLogger("rlhfkit")
 EVAL_PROMPTS = 32  # held out from `prompts` when no `eval_prompts` are given

@@ -11,8 +11,8 @@ from rlhfkit.config import SFTConfig
 from rlhfkit.core import ptx_loss
 from rlhfkit.data import IGNORE, SFTExample, encode_sft, pad
 from rlhfkit.models import load_causal_lm
-from rlhfkit.trainers.common import autocast, split
-from rlhfkit.trainers.loop import prepare, train_steps
+from rlhfkit.runtime.common import autocast, split
+from rlhfkit.runtime.loop import prepare, train_steps
 
 
 def collate(examples: list[SFTExample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -14,9 +14,9 @@ from rlhfkit.errors import UsageError
 from rlhfkit.models import load_causal_lm, load_scalar_model, load_tokenizer, sequence_scores
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.rollout import SamplingSettings
-from rlhfkit.sampling_jobs import load_prompts, sample_completions
+from rlhfkit.rollout.completions import load_prompts, sample_completions
 from rlhfkit.tasks import load_gold
-from rlhfkit.trainers.common import quiet_transformers
+from rlhfkit.runtime.process import quiet_transformers
 
 
 @torch.no_grad()

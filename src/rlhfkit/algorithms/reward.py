@@ -11,8 +11,8 @@ from rlhfkit.config import RewardConfig
 from rlhfkit.core import pairwise_loss
 from rlhfkit.data import PairExample, encode_pairs, pad
 from rlhfkit.models import load_scalar_model, sequence_scores
-from rlhfkit.trainers.common import autocast, split
-from rlhfkit.trainers.loop import prepare, train_steps
+from rlhfkit.runtime.common import autocast, split
+from rlhfkit.runtime.loop import prepare, train_steps
 
 STATS_SAMPLES = 2048  # chosen responses scored for the normalisation statistics
 

@@ -16,12 +16,12 @@ import torch
 
 from rlhfkit.config import LabelConfig
 from rlhfkit.errors import UsageError
-from rlhfkit.logging import progress
+from rlhfkit.runtime.metrics import progress
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.rollout import SamplingSettings
-from rlhfkit.sampling_jobs import load_prompts, sample_completions
+from rlhfkit.rollout.completions import load_prompts, sample_completions
 from rlhfkit.tasks import load_gold
-from rlhfkit.trainers.common import quiet_transformers
+from rlhfkit.runtime.process import quiet_transformers
 
 
 def prefers_first(g1: float, g2: float, tau: float, rng: random.Random) -> bool:

@@ -8,10 +8,10 @@ from safetensors.torch import load_file
 from helpers import sentiment_rows, write_jsonl
 from rlhfkit.config import PPOConfig
 from rlhfkit.core import last_valid_index, ppo_policy_loss
-from rlhfkit.logging import read_metrics
+from rlhfkit.runtime.metrics import read_metrics
 from rlhfkit.models import scalar_values, sequence_scores
 from rlhfkit.models.forward import response_logprobs
-from rlhfkit.trainers.ppo import (
+from rlhfkit.algorithms.ppo.trainer import (
     load_roles,
     make_experience,
     ppo,

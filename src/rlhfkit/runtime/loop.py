@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.errors import Diverged, Stopped
-from rlhfkit.logging import MetricsLog, progress
+from rlhfkit.runtime.metrics import MetricsLog, progress
 from rlhfkit.models import load_tokenizer
-from rlhfkit.trainers.checkpoint import (
+from rlhfkit.runtime.checkpoint import (
     StopSignals,
     begin,
     check_output,
@@ -23,7 +23,7 @@ from rlhfkit.trainers.checkpoint import (
     save_checkpoint,
     truncate_jsonl,
 )
-from rlhfkit.trainers.common import (
+from rlhfkit.runtime.common import (
     batches,
     finish_run,
     make_optimizer,

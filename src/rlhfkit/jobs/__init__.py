@@ -1,0 +1,1 @@
+"""Commands that train nothing: `label` and `eval` (sampling jobs on the rollout engine) and `demo`."""

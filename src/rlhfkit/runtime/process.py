@@ -1,0 +1,29 @@
+"""The process a command runs in: seeds, autocast, quiet third-party logs."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def quiet_transformers() -> None:
+    """Our own progress bar and messages only: transformers' load reports and bars are noise here."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def autocast(device: torch.device, bf16: bool) -> Any:
+    """bf16 autocast for forward passes when asked. Our own rather than Accelerator(mixed_precision=...):
+    accelerate fixes that setting once per process, and a Python user may run fp32 and bf16 jobs in one."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,1 +1,0 @@
-"""Thin training loops over `rlhfkit.core`: sft.py (stage 1), reward.py (stage 2)."""
