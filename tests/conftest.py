@@ -78,3 +78,36 @@ def rlhf_stack(tiny_dir, tmp_path_factory):
     )
     prompts = write_jsonl(folder / "prompts.jsonl", prompt_rows(200, seed=5))
     return str(sft_dir), str(rm_dir), prompts
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tiny_dir, tmp_path_factory):
+    """A saved tiny GPT-2 + the tokenizer of `tiny_dir`, randomly initialised, no dropout.
+
+    GPT-2 adds a learnt embedding per absolute position, so unlike RoPE (blind to a uniform shift) its
+    outputs move when `position_ids` are missing or shifted by left padding: position tests run on both.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rlhfkit.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_dir)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=512,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        summary_first_dropout=0.0,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_gpt2")
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)

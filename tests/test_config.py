@@ -5,8 +5,12 @@ import yaml
 
 from rlhfkit.config import (
     COMMAND_CONFIGS,
+    DemoConfig,
+    EvalConfig,
+    LabelConfig,
     OptimConfig,
     PPOConfig,
+    RewardConfig,
     SFTConfig,
     describe,
     load_config,
@@ -152,3 +156,348 @@ def test_configs_are_frozen_and_every_field_documented(cls):
         assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
     assert len(describe(cls)) >= len(dataclasses.fields(cls))
     assert cls.__dataclass_params__.frozen
+
+
+# ----------------------------------------------------------------------- the demo's sections and old names
+
+SMALL_OLD = ["sft_epochs=3", "sft_lr=0.1", "rm_lr=0.2", "tau=0.3", "ppo_steps=4", "ppo_epochs=1"]
+
+
+def test_old_demo_names_set_their_new_places():
+    cfg = load_config(DemoConfig, overrides=SMALL_OLD)
+    assert (cfg.sft.epochs, cfg.sft.optim.lr, cfg.rm.optim.lr) == (3, 0.1, 0.2)
+    assert (cfg.label.tau, cfg.ppo.max_steps, cfg.ppo.ppo_epochs) == (0.3, 4, 1)
+    # only the named field moves: the rest of each section keeps the demo's defaults
+    assert cfg.sft.batch_size == 32 and cfg.rm.epochs == 1 and cfg.ppo.eval_every == 5
+    assert cfg.sft.optim.warmup_ratio == OptimConfig().warmup_ratio
+
+
+def test_old_and_dotted_names_build_the_same_config():
+    dotted = ["sft.epochs=3", "sft.optim.lr=0.1", "rm.optim.lr=0.2", "label.tau=0.3"]
+    dotted += ["ppo.max_steps=4", "ppo.ppo_epochs=1"]
+    assert load_config(DemoConfig, overrides=SMALL_OLD) == load_config(DemoConfig, overrides=dotted)
+
+
+def test_response_length_alias_sets_labeling_and_ppo():
+    cfg = load_config(DemoConfig, overrides=["response_length=9"])
+    assert cfg.label.response_length == 9 and cfg.ppo.response_length == 9
+
+
+# a value for each aliased place that differs from the demo's default and passes its checks
+ALIAS_VALUES = {"ppo.batch_size": 48, "ppo.mini_batch_size": 8, "label.tau": 0.5, "label.temperature": 0.5}
+
+
+@pytest.mark.parametrize(
+    "old,place", [(old, place) for old, places in DemoConfig.ALIASES.items() for place in places]
+)
+def test_every_alias_reaches_its_place(old, place):
+    value = ALIAS_VALUES.get(place, 0.5 if place.endswith(("lr", "temperature", "kl_coef")) else 7)
+    cfg = load_config(DemoConfig, overrides=[f"{old}={value}"])
+    section = cfg
+    for part in place.split("."):
+        section = getattr(section, part)
+    assert section == value
+    assert getattr(cfg, old) == value  # the old name still reads (its first place)
+
+
+def test_aliases_work_from_yaml_and_keyword_values(tmp_path):
+    path = write_yaml(tmp_path, {"ppo_steps": 6, "rm": {"epochs": 2}, "sft.batch_size": 8})
+    cfg = load_config(DemoConfig, path, kl_coef="0.2")
+    assert (cfg.ppo.max_steps, cfg.rm.epochs, cfg.sft.batch_size, cfg.ppo.kl_coef) == (6, 2, 8, 0.2)
+
+
+def test_a_later_layer_wins_whichever_name_either_uses(tmp_path):
+    path = write_yaml(tmp_path, {"sft": {"epochs": 5}, "ppo_steps": 9})
+    cfg = load_config(DemoConfig, path, ["sft_epochs=4", "ppo.max_steps=8"], base={"sft_epochs": 1})
+    assert cfg.sft.epochs == 4 and cfg.ppo.max_steps == 8
+    cfg = load_config(DemoConfig, path, base={"sft_epochs": 1})
+    assert cfg.sft.epochs == 5  # the YAML's new name beats the preset's old one
+
+
+def test_old_and_new_name_in_one_layer_is_an_error():
+    with pytest.raises(ConfigError, match="config key 'sft.epochs' is given twice"):
+        load_config(DemoConfig, overrides=["sft_epochs=2", "sft.epochs=3"])
+
+
+def test_help_lists_the_old_names():
+    text = "\n".join(describe(DemoConfig))
+    assert "ppo_steps -> ppo.max_steps" in text
+    assert "response_length -> label.response_length and ppo.response_length" in text
+    assert "sft.model (str, set by the demo)" in text
+    assert "sft.epochs (int, default 2)" in text  # the section's default is the demo's
+
+
+def test_demo_sections_carry_the_demo_defaults():
+    cfg = DemoConfig()
+    assert (cfg.sft.epochs, cfg.sft.batch_size, cfg.sft.optim, cfg.sft.max_length) == (
+        2,
+        32,
+        OptimConfig(lr=2e-3),
+        256,
+    )
+    label = cfg.label
+    assert (label.tau, label.pairs_per_prompt, label.temperature, label.response_length) == (0.1, 8, 1.0, 24)
+    assert label.batch_size == 64  # the label command's own default
+    rm = cfg.rm
+    assert (rm.epochs, rm.batch_size, rm.optim, rm.max_length, rm.eval_every) == (
+        1,
+        32,
+        OptimConfig(lr=5e-4),
+        256,
+        10,
+    )
+    assert rm.eval_fraction == 0.1  # RewardConfig's own default
+    ppo = cfg.ppo
+    assert (ppo.max_steps, ppo.batch_size, ppo.mini_batch_size, ppo.ppo_epochs) == (150, 32, 16, 4)
+    assert (ppo.response_length, ppo.temperature, ppo.kl_coef, ppo.eval_every) == (24, 0.7, 0.05, 5)
+    assert (ppo.actor_lr, ppo.critic_lr) == (3e-4, 3e-4)
+    assert ppo.vf_coef == 0.1 and ppo.kl_estimator == "k1"  # PPOConfig's own defaults
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "sft.model",
+        "sft.data",
+        "sft.out",
+        "sft.seed",
+        "sft.overwrite",
+        "sft.bf16",
+        "label.policy",
+        "label.gold",
+    ]
+    + ["label.prompts", "label.seed", "rm.eval_data", "rm.bf16", "ppo.reward_model", "ppo.eval_prompts"]
+    + ["ppo.seed", "ppo.out", "ppo.overwrite"],
+)
+def test_a_field_the_demo_wires_is_refused(key):
+    value = "true" if key.endswith(("overwrite", "bf16")) else "1"
+    with pytest.raises(ConfigError, match=f"config key '{key}' is set by the demo"):
+        load_config(DemoConfig, overrides=[f"{key}={value}"])
+
+
+def test_a_wired_field_is_refused_from_python_too():
+    with pytest.raises(ConfigError, match="'ppo.policy' is set by the demo"):
+        DemoConfig(ppo=dataclasses.replace(DemoConfig().ppo, policy="sft"))
+
+
+def test_saved_demo_config_loads_back(tmp_path):
+    cfg = load_config(DemoConfig, overrides=["ppo_steps=3", "sft.optim.lr=0.01", "bf16=true"])
+    save_config(cfg, tmp_path / "demo.yaml")
+    assert load_config(DemoConfig, tmp_path / "demo.yaml") == cfg
+
+
+# ----------------------------------------------------------------------------------- did you mean
+
+SUPERVISED = ["model=m", "data=d", "out=o"]
+
+
+@pytest.mark.parametrize(
+    "cls,key,suggestion",
+    [
+        (PPOConfig, "learning_rate", "'actor_lr'"),
+        (PPOConfig, "lr", "'actor_lr'"),
+        (SFTConfig, "learning_rate", "'optim.lr'"),
+        (RewardConfig, "lr", "'optim.lr'"),
+        (SFTConfig, "warmup_ratio", "'optim.warmup_ratio'"),
+        (SFTConfig, "max_grad_norm", "'optim.max_grad_norm'"),
+        (SFTConfig, "optim.learning_rate", "'optim.lr'"),
+        (SFTConfig, "num_train_epochs", "'epochs'"),
+        (SFTConfig, "per_device_train_batch_size", "'batch_size'"),
+        (SFTConfig, "gradient_accumulation_steps", "'grad_accum'"),
+        (PPOConfig, "num_ppo_epochs", "'ppo_epochs'"),
+        (PPOConfig, "cliprange", "'clip'"),
+        (PPOConfig, "cliprange_value", "'value_clip'"),
+        (PPOConfig, "max_new_tokens", "'response_length'"),
+        (PPOConfig, "kl_coeff", "'kl_coef'"),
+        (DemoConfig, "learning_rate", "'sft.optim.lr', 'rm.optim.lr' or 'ppo.actor_lr'"),
+        (DemoConfig, "epochs", "'sft.epochs' or 'rm.epochs'"),
+        (DemoConfig, "kl_estimator", "'ppo.kl_estimator'"),
+        (DemoConfig, "ppo_step", "'ppo.max_steps'"),  # a typo of an old name: its new place
+        (DemoConfig, "sft.learning_rate", "'sft.optim.lr'"),
+    ],
+)
+def test_unknown_key_suggests_the_nearest_known_one(cls, key, suggestion):
+    required = {PPOConfig: list(REQUIRED_PPO_OVERRIDES), DemoConfig: []}.get(cls, SUPERVISED)
+    owner = cls.__name__ if "." not in key else ("OptimConfig" if key.startswith("optim.") else "SFTConfig")
+    message = f"unknown config key '{key}' for {owner} (did you mean {suggestion}?)"
+    with pytest.raises(ConfigError) as error:
+        load_config(cls, overrides=[*required, f"{key}=1"])
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize(
+    "cls,key",
+    [
+        (PPOConfig, "gradient_accumulation_steps"),  # a synonym whose target PPOConfig lacks
+        (SFTConfig, "cliprange"),
+        (PPOConfig, "xyzzy"),
+        (DemoConfig, "seeds_of_doubt"),
+    ],
+)
+def test_no_suggestion_of_a_name_the_class_lacks(cls, key):
+    required = {PPOConfig: list(REQUIRED_PPO_OVERRIDES), DemoConfig: []}.get(cls, SUPERVISED)
+    with pytest.raises(ConfigError) as error:
+        load_config(cls, overrides=[*required, f"{key}=1"])
+    assert str(error.value) == f"unknown config key '{key}' for {cls.__name__}"
+
+
+def test_a_wired_field_is_never_suggested():
+    with pytest.raises(ConfigError) as error:
+        load_config(DemoConfig, overrides=["model=x"])  # sft.model and rm.model are the demo's
+    assert "sft.model" not in str(error.value) and "rm.model" not in str(error.value)
+
+
+# ----------------------------------------------------------------------------------- range checks
+
+REQUIRED_PPO_OVERRIDES = [f"{k}={v}" for k, v in REQUIRED_PPO.items()]
+REQUIRED_LABEL = dict(policy="m", prompts="p", gold="mod:fn", out="o.jsonl")
+REQUIRED_EVAL = dict(model="m", prompts="p")
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("tau=-0.1", "tau must be >= 0"),
+        ("pairs_per_prompt=0", "pairs_per_prompt must be > 0"),
+        ("batch_size=0", "batch_size must be > 0"),
+        ("response_length=0", "response_length must be > 0"),
+        ("temperature=0", "temperature must be > 0"),
+        ("max_prompt_length=0", "max_prompt_length must be > 0"),
+    ],
+)
+def test_label_ranges(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(LabelConfig, overrides=[override], **REQUIRED_LABEL)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("response_length=0", "response_length must be > 0"),
+        ("batch_size=0", "batch_size must be > 0"),
+        ("temperature=-1", "temperature must be > 0"),
+        ("max_prompt_length=0", "max_prompt_length must be > 0"),
+    ],
+)
+def test_eval_ranges(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(EvalConfig, overrides=[override], **REQUIRED_EVAL)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("max_steps=0", "max_steps must be > 0"),
+        ("eval_every=-1", "eval_every must be >= 0"),
+        ("save_every=-1", "save_every must be >= 0"),
+        ("optim.lr=-1e-5", r"optim: lr must be >= 0"),
+        ("optim.warmup_ratio=-0.1", r"optim: warmup_ratio must be in \[0, 1\]"),
+        ("optim.warmup_ratio=1.5", r"optim: warmup_ratio must be in \[0, 1\]"),
+        ("optim.max_grad_norm=-1", "optim: max_grad_norm must be >= 0"),
+        ("optim.adam_eps=0", "optim: adam_eps must be > 0"),
+    ],
+)
+def test_supervised_and_optimiser_ranges(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(SFTConfig, overrides=[*SUPERVISED, override])
+
+
+def test_reward_stats_samples_range():
+    with pytest.raises(ConfigError, match="stats_samples must be > 0"):
+        load_config(RewardConfig, overrides=[*SUPERVISED, "stats_samples=0"])
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("eval_every=-1", "eval_every must be >= 0"),
+        ("save_every=-1", "save_every must be >= 0"),
+        ("clip=0", "clip must be > 0"),
+        ("value_clip=0", "value_clip must be > 0"),
+        ("vf_coef=-0.1", "vf_coef must be >= 0"),
+        ("lam=-0.1", r"lam must be in \[0, 1\]"),
+        ("lam=1.1", r"lam must be in \[0, 1\]"),
+        ("gamma=0", r"gamma must be in \(0, 1\]"),
+        ("gamma=1.01", r"gamma must be in \(0, 1\]"),
+        ("actor_lr=-1e-5", "actor_lr must be >= 0"),
+        ("critic_lr=-1e-5", "critic_lr must be >= 0"),
+        ("kl_coef=-0.1", "kl_coef must be >= 0"),
+        ("eval_holdout=0", "eval_holdout must be > 0"),
+        ("ptx_max_length=0", "ptx_max_length must be > 0"),
+        ("temperature=0", "temperature must be > 0"),
+    ],
+)
+def test_ppo_ranges(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(PPOConfig, overrides=[override], **REQUIRED_PPO)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["gamma=1", "lam=0", "eval_every=0", "save_every=0", "vf_coef=0", "actor_lr=0", "kl_coef=0"],
+        ["lam=1", "gamma=0.5"],
+    ],
+)
+def test_ppo_range_edges_are_accepted(overrides):
+    load_config(PPOConfig, overrides=overrides, **REQUIRED_PPO)
+
+
+def test_range_edges_of_the_other_commands_are_accepted():
+    load_config(LabelConfig, overrides=["tau=0"], **REQUIRED_LABEL)
+    load_config(SFTConfig, overrides=[*SUPERVISED, "optim.warmup_ratio=0", "optim.lr=0", "max_steps=1"])
+    load_config(SFTConfig, overrides=[*SUPERVISED, "optim.warmup_ratio=1", "optim.max_grad_norm=0"])
+
+
+@pytest.mark.parametrize(
+    "name", ["demonstrations", "eval_prompts", "vocab_size", "hidden_size", "num_layers", "num_heads"]
+)
+def test_demo_ranges(name):
+    with pytest.raises(ConfigError, match=f"{name} must be > 0, got 0"):
+        load_config(DemoConfig, overrides=[f"{name}=0"])
+
+
+def test_a_range_error_inside_a_demo_section_names_the_section():
+    with pytest.raises(ConfigError, match=r"^ppo: lam must be in \[0, 1\], got 2.0$"):
+        load_config(DemoConfig, overrides=["ppo.lam=2"])
+
+
+# ----------------------------------------------------------------------------------- the KL penalty's place
+
+
+@pytest.mark.parametrize(
+    "overrides,ok",
+    [
+        (["kl_penalty=loss"], False),  # with the default k1
+        (["kl_penalty=loss", "kl_estimator=k1"], False),
+        (["kl_penalty=loss", "kl_estimator=k3"], True),
+        (["kl_penalty=loss", "kl_estimator=k2"], True),
+        (["kl_penalty=reward", "kl_estimator=k1"], True),
+        (["kl_penalty=reward", "kl_estimator=k3"], True),
+    ],
+)
+def test_kl_penalty_in_the_loss_needs_k2_or_k3(overrides, ok):
+    if ok:
+        assert load_config(PPOConfig, overrides=overrides, **REQUIRED_PPO).kl_penalty in ("loss", "reward")
+        return
+    with pytest.raises(ConfigError, match="kl_penalty=loss needs kl_estimator k2 or k3"):
+        load_config(PPOConfig, overrides=overrides, **REQUIRED_PPO)
+
+
+def test_kl_penalty_takes_only_its_two_places():
+    with pytest.raises(ConfigError, match="'kl_penalty' must be one of 'reward', 'loss'"):
+        load_config(PPOConfig, overrides=["kl_penalty=both"], **REQUIRED_PPO)
+
+
+def test_new_fields_have_their_documented_defaults():
+    ppo = load_config(PPOConfig, **REQUIRED_PPO)
+    assert (ppo.eval_holdout, ppo.ptx_max_length, ppo.kl_penalty) == (32, 1024, "reward")
+    assert load_config(RewardConfig, overrides=SUPERVISED).stats_samples == 2048
+    assert load_config(LabelConfig, **REQUIRED_LABEL).max_prompt_length == 1024
+    assert load_config(EvalConfig, **REQUIRED_EVAL).max_prompt_length == 1024
+    # added last: positional construction of the old fields is undisturbed
+    assert [f.name for f in dataclasses.fields(PPOConfig)][-3:] == [
+        "eval_holdout",
+        "ptx_max_length",
+        "kl_penalty",
+    ]

@@ -4,6 +4,7 @@ import json
 import math
 
 from rlhfkit.cli import main
+from rlhfkit.config import SET_BY_DEMO, DemoConfig, load_config
 
 SMALL = [
     "demonstrations=800",
@@ -20,6 +21,20 @@ SMALL = [
     "ppo_epochs=1",
     "response_length=8",
     "ppo_eval_every=2",
+]
+# SMALL with the demo's section names (the flat ones above are their old aliases)
+SMALL_DOTTED = [
+    *SMALL[:5],
+    "sft.epochs=2",
+    "label.pairs_per_prompt=1",
+    "rm.epochs=1",
+    "ppo.max_steps=4",
+    "ppo.batch_size=8",
+    "ppo.mini_batch_size=4",
+    "ppo.ppo_epochs=1",
+    "label.response_length=8",
+    "ppo.response_length=8",
+    "ppo.eval_every=2",
 ]
 KEYS = [
     "gold_reward_sft",
@@ -43,6 +58,9 @@ def test_reduced_demo_writes_summary_and_report(tmp_path, capsys):
     assert summary["seed"] == 0
     assert set(summary["config"]) == {"demo", "sft", "label", "rm", "ppo"}
     assert summary["config"]["ppo"]["max_steps"] == 4
+    stages = {k: v for k, v in summary["config"].items() if k != "demo"}
+    assert SET_BY_DEMO not in json.dumps(stages)  # the demo filled in every field it wires
+    assert summary["config"]["sft"]["seed"] == 0 and summary["config"]["rm"]["bf16"] is False
     report = (out / "report.html").read_text()
     assert report.count("<svg") == 6 and "SFT completion" in report and "PPO completion" in report
     for folder in ("sft", "rm", "ppo/actor", "ppo/critic"):
@@ -50,3 +68,16 @@ def test_reduced_demo_writes_summary_and_report(tmp_path, capsys):
     assert "report.html" in capsys.readouterr().out
     # a finished demo folder is refused without --overwrite
     assert main(["demo", "--out", str(out), *SMALL]) == 2
+
+
+def test_dotted_names_configure_the_same_reduced_demo():
+    assert SMALL[:5] == [
+        "demonstrations=800",
+        "eval_prompts=16",
+        "vocab_size=400",
+        "hidden_size=64",
+        "num_layers=2",
+    ]
+    dotted = load_config(DemoConfig, overrides=SMALL_DOTTED)
+    assert dotted == load_config(DemoConfig, overrides=SMALL)
+    assert (dotted.ppo.max_steps, dotted.label.response_length, dotted.ppo.response_length) == (4, 8, 8)

@@ -1,27 +1,20 @@
-"""PPO on tiny models: the conventions of PPO-DETAILS.md, each as a test."""
+"""PPO on tiny models: the conventions of docs/ppo-details.md, each as a test, through `ppo()` and the trainer's
+public steps (prompt_batch, rollout, experience, update)."""
 
 import copy
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from helpers import sentiment_rows, write_jsonl
+from rlhfkit.algorithms.ppo import PPOTrainer, ppo
 from rlhfkit.config import PPOConfig
-from rlhfkit.core import last_valid_index, ppo_policy_loss
+from rlhfkit.core import masked_mean, masked_var
+from rlhfkit.models import load_causal_lm, load_scalar_model, load_tokenizer, scalar_values, sequence_scores
+from rlhfkit.runtime.loop import UpdateGuard
 from rlhfkit.runtime.metrics import read_metrics
-from rlhfkit.models import scalar_values, sequence_scores
-from rlhfkit.models.forward import response_logprobs
-from rlhfkit.algorithms.ppo.trainer import (
-    load_roles,
-    make_experience,
-    ppo,
-    ppo_update,
-    sample,
-    score,
-    setup,
-    split_prompts,
-    train_iteration,
-)
+from rlhfkit.runtime.outputs import read_run_file
 
 
 def make_config(stack, out, **overrides):
@@ -44,89 +37,104 @@ def make_config(stack, out, **overrides):
 
 
 def start(stack, tmp_path, **overrides):
-    """A set-up run and its first batch of prompts."""
-    config = make_config(stack, tmp_path / "ppo", **overrides)
-    run = setup(config, load_roles(config))
-    prompts, _ = split_prompts(config, run.roles.tokenizer)
-    return run, prompts[: config.batch_size]
+    """A trainer ready for iteration 1, and the experience of its first batch."""
+    trainer = PPOTrainer.create(make_config(stack, tmp_path / "ppo", **overrides))
+    rollout = trainer.rollout(trainer.prompt_batch(1))
+    experience, stats = trainer.experience(rollout)
+    return trainer, rollout, experience, stats
+
+
+def guard():
+    return UpdateGuard("test", max_in_a_row=3)
 
 
 def test_first_minibatch_is_the_old_policy(rlhf_stack, tmp_path):
-    run, prompts = start(rlhf_stack, tmp_path)
-    experience, _ = make_experience(run.roles, sample(run, prompts), 0.05, run.normalise, run.config)
-    rows = slice(0, run.config.mini_batch_size)
+    trainer, _, experience, _ = start(rlhf_stack, tmp_path)
+    rows = slice(0, trainer.config.mini_batch_size)
     with torch.no_grad():
-        logp, _ = response_logprobs(
-            run.roles.actor,
-            experience.input_ids[rows],
-            experience.attention_mask[rows],
-            experience.context,
-            run.config.temperature,
+        logp, _, _ = trainer.opt.model(
+            experience.input_ids[rows], experience.attention_mask[rows], experience.context, 0.7
         )
-    mask = experience.mask[rows]
-    ratio = (logp - experience.old_logp[rows]).exp()[mask]
+    ratio = (logp - experience.old_logp[rows]).exp()[experience.mask[rows]]
     assert (ratio - 1).abs().max().item() < 1e-4
-    _, stats = ppo_policy_loss(logp, experience.old_logp[rows], experience.advantages[rows], mask)
-    assert stats["approx_kl"].item() < 1e-6
     # the trainer measures the same on its own first minibatch
-    assert ppo_update(run, experience)["policy/first_ratio_deviation"] < 1e-4
+    assert trainer.update(experience, guard())["policy/first_ratio_deviation"] < 1e-4
 
 
 def test_kl_and_non_score_reward_are_exactly_zero_before_any_update(rlhf_stack, tmp_path):
     for estimator in ("k1", "k3"):
-        run, prompts = start(rlhf_stack, tmp_path, kl_estimator=estimator)
-        _, stats = make_experience(run.roles, sample(run, prompts), 0.05, run.normalise, run.config)
+        _, _, experience, stats = start(rlhf_stack, tmp_path, kl_estimator=estimator)
         assert stats["objective/kl"].item() == 0.0
         assert stats["objective/non_score_reward"].item() == 0.0
+        assert torch.equal(experience.old_logp, experience.ref_logp)
 
 
-def test_critic_value_at_the_last_response_token_is_the_rm_score_at_iteration_0(rlhf_stack, tmp_path):
-    run, prompts = start(rlhf_stack, tmp_path)
-    rollout = sample(run, prompts)
+def test_the_values_ppo_reads_are_the_rm_values_before_the_last_response_token(rlhf_stack, tmp_path):
+    """At iteration 0 the critic is the RM: the value PPO uses for response token t is the RM's head read at
+    position P - 1 + t (the state before the token), on the normalised scale of the scores."""
+    trainer, rollout, experience, _ = start(rlhf_stack, tmp_path, normalize_reward=True)
+    stats = read_run_file(rlhf_stack[1])["reward_stats"]
+    rm = load_scalar_model(rlhf_stack[1], load_tokenizer(rlhf_stack[1])).eval()
     with torch.no_grad():
-        values = scalar_values(run.roles.critic, rollout.input_ids, rollout.attention_mask)  # (B, P + T)
-        at_last = values.gather(1, last_valid_index(rollout.attention_mask)[:, None]).squeeze(1)
-        scores = sequence_scores(run.roles.reward_model, rollout.input_ids, rollout.attention_mask)
-    assert torch.equal(at_last, scores)
+        rm_values = scalar_values(rm, rollout.input_ids, rollout.attention_mask)  # (B, P + T)
+    context, mask = experience.context, experience.mask
+    expected = (rm_values[:, context - 1 : -1] - stats["mean"]) / max(stats["std"], 1e-6)  # (B, T)
+    torch.testing.assert_close(experience.old_values[mask], expected[mask], rtol=0, atol=1e-5)
+    shifted = (rm_values[:, context:] - stats["mean"]) / max(stats["std"], 1e-6)  # one position late
+    assert (experience.old_values[mask] - shifted[mask]).abs().max() > 1e-3
+
+
+def test_normalised_scores_use_the_rm_statistics(rlhf_stack, tmp_path):
+    """normalize_reward (the default): score = (raw - mean) / std with the RM's saved statistics, so the
+    logged means obey the same affine map."""
+    out = ppo(make_config(rlhf_stack, tmp_path / "norm", max_steps=2, normalize_reward=True))
+    stats = read_run_file(rlhf_stack[1])["reward_stats"]
+    assert stats["std"] > 0
+    for record in read_metrics(out / "metrics.jsonl"):
+        expected = (record["objective/scores_raw"] - stats["mean"]) / stats["std"]
+        assert record["objective/scores"] == pytest.approx(expected, abs=1e-5)
+        assert record["objective/scores"] != pytest.approx(record["objective/scores_raw"], abs=1e-3)
 
 
 def test_reference_and_rm_stay_bit_identical_while_actor_and_critic_move(rlhf_stack, tmp_path):
-    run, prompts = start(rlhf_stack, tmp_path)
-    before = {
-        name: copy.deepcopy(getattr(run.roles, name).state_dict())
-        for name in ("actor", "critic", "reference", "reward_model")
+    trainer, _, _, _ = start(rlhf_stack, tmp_path)
+    roles = {
+        "actor": trainer.roles.trainable.policy,
+        "critic": trainer.roles.trainable.value,
+        "reference": trainer.roles.reference,
+        "reward_model": trainer.roles.reward_model,
     }
-    for _ in range(3):
-        train_iteration(run, prompts)
+    before = {name: copy.deepcopy(model.state_dict()) for name, model in roles.items()}
+    for step in (1, 2, 3):
+        trainer.step(step, guard())
     for name, state in before.items():
-        after = getattr(run.roles, name).state_dict()
+        after = roles[name].state_dict()
         same = all(torch.equal(state[key], after[key]) for key in state)
         assert same == (name in ("reference", "reward_model")), name
-    assert not any(p.requires_grad for p in run.roles.reference.parameters())
-    assert not run.roles.reward_model.training and not run.roles.actor.training
+    assert not any(p.requires_grad for p in trainer.roles.reference.parameters())
+    assert not trainer.roles.reward_model.training and not roles["actor"].training
 
 
 def test_micro_batches_give_the_same_update(rlhf_stack, tmp_path):
     """1, 2 or 4 micro-batches per minibatch: the same token-mean gradient, so the same parameters.
     adam_eps = 1 makes the first step ~ lr * gradient, so float noise in tiny gradients is not magnified."""
     overrides = dict(batch_size=8, mini_batch_size=8, ppo_epochs=1, adam_eps=1.0, actor_lr=1.0, critic_lr=1.0)
-    run, prompts = start(rlhf_stack, tmp_path, **overrides)
-    experience, _ = make_experience(run.roles, sample(run, prompts), 0.05, run.normalise, run.config)
+    trainer, _, experience, _ = start(rlhf_stack, tmp_path, **overrides)
     lengths = experience.mask.sum(1)
     assert lengths.min() < lengths.max(), "rows of one length would not tell token- from row-weighting"
-    start_weights = copy.deepcopy(run.roles.actor.state_dict())
+    start_weights = copy.deepcopy(trainer.roles.trainable.state_dict())
     results = []
     for micro in (8, 4, 2):
-        run, _ = start(rlhf_stack, tmp_path, micro_batch_size=micro, **overrides)
-        ppo_update(run, experience)
-        results.append((run.roles.actor.state_dict(), run.roles.critic.state_dict()))
-    moved = max((results[0][0][k] - start_weights[k]).abs().max().item() for k in start_weights)
+        trainer = PPOTrainer.create(
+            make_config(rlhf_stack, tmp_path / "m", micro_batch_size=micro, **overrides)
+        )
+        trainer.update(experience, guard())
+        results.append(trainer.roles.trainable.state_dict())
+    moved = max((results[0][k] - start_weights[k]).abs().max().item() for k in start_weights)
     assert moved > 1e-4
-    for actor, critic in results[1:]:
-        for key, tensor in actor.items():
-            torch.testing.assert_close(tensor, results[0][0][key], rtol=1e-5, atol=1e-7)
-        for key, tensor in critic.items():
-            torch.testing.assert_close(tensor, results[0][1][key], rtol=1e-5, atol=1e-7)
+    for weights in results[1:]:
+        for key, tensor in weights.items():
+            torch.testing.assert_close(tensor, results[0][key], rtol=1e-5, atol=1e-7)
 
 
 def test_ptx_coef_zero_is_exactly_plain_ppo(rlhf_stack, tmp_path):
@@ -146,23 +154,82 @@ def test_ptx_coef_zero_is_exactly_plain_ppo(rlhf_stack, tmp_path):
 
 
 def test_score_read_at_eos_and_missing_eos_penalty(rlhf_stack, tmp_path):
-    run, prompts = start(rlhf_stack, tmp_path, missing_eos_penalty=-7.0)
-    rollout = sample(run, prompts)
-    scores, raw = score(run.roles.reward_model, rollout, run.normalise, run.config, chunk=4)
-    tok = run.roles.tokenizer
-    for row in range(len(prompts)):
+    trainer, rollout, experience, _ = start(rlhf_stack, tmp_path, missing_eos_penalty=-7.0)
+    tok, rm = trainer.roles.tokenizer, trainer.roles.reward_model
+    assert rollout.stopped.any()
+    for row in range(rollout.input_ids.shape[0]):
         if rollout.stopped[row]:
-            # the EOS-truncated sequence scored alone (no padding at all) gives the same score
-            keep = rollout.attention_mask[row].bool()
-            alone = rollout.input_ids[row][keep]
+            # the EOS-truncated sequence scored alone (no padding at all) gives the score PPO used
+            alone = rollout.input_ids[row][rollout.attention_mask[row].bool()]
             assert alone[-1] == tok.eos_token_id
             with torch.no_grad():
-                direct = sequence_scores(run.roles.reward_model, alone[None], torch.ones_like(alone)[None])
-            torch.testing.assert_close(raw[row], direct[0], rtol=0, atol=1e-5)
-            assert scores[row] == raw[row]
-    rollout.stopped[:] = False
-    penalised, _ = score(run.roles.reward_model, rollout, run.normalise, run.config, chunk=4)
-    assert (penalised == -7.0).all()
+                direct = sequence_scores(rm, alone[None], torch.ones_like(alone)[None])
+            torch.testing.assert_close(experience.scores[row], direct[0], rtol=0, atol=1e-5)
+    # two-token responses cannot reach the EOS of this task: every row gets the penalty
+    _, short, experience, _ = start(rlhf_stack, tmp_path, missing_eos_penalty=-7.0, response_length=2)
+    assert not short.stopped.any()
+    assert (experience.scores == -7.0).all()
+
+
+def test_top_k_one_samples_the_most_likely_token(rlhf_stack, tmp_path):
+    """top_k=1 reaches the engine: every sampled token is the argmax of the policy at its position."""
+    trainer, rollout, experience, _ = start(rlhf_stack, tmp_path, top_k=1, temperature=1.5)
+    policy = load_causal_lm(rlhf_stack[0], trainer.roles.tokenizer).eval()
+    with torch.no_grad():
+        logits = policy(
+            input_ids=rollout.input_ids,
+            attention_mask=rollout.attention_mask,
+            position_ids=(rollout.attention_mask.cumsum(-1) - 1).clamp(min=0),
+        ).logits[:, experience.context - 1 : -1]  # (B, T, V)
+    mask = experience.mask
+    assert torch.equal(logits.argmax(-1)[mask], rollout.response_ids[mask])
+
+
+def test_top_p_tiny_is_greedy_too(rlhf_stack, tmp_path):
+    _, greedy, _, _ = start(rlhf_stack, tmp_path, top_k=1)
+    _, nucleus, _, _ = start(rlhf_stack, tmp_path, top_p=1e-6)
+    assert torch.equal(greedy.response_ids, nucleus.response_ids)
+
+
+def test_whitened_rewards_have_unit_variance(rlhf_stack, tmp_path):
+    _, _, plain, _ = start(rlhf_stack, tmp_path)
+    _, _, whitened, _ = start(rlhf_stack, tmp_path, whiten_rewards=True)
+    mask = whitened.mask
+    assert masked_var(plain.rewards, mask).item() != pytest.approx(1.0, abs=0.05)
+    assert masked_var(whitened.rewards, mask).item() == pytest.approx(1.0, abs=1e-4)
+    # shift_mean=False: only the scale changes, so the mean is the plain mean times the same factor
+    factor = masked_var(plain.rewards, mask).add(1e-8).rsqrt()
+    assert masked_mean(whitened.rewards, mask).item() == pytest.approx(
+        (masked_mean(plain.rewards, mask) * factor).item(), abs=1e-5
+    )
+
+
+def test_reward_clip_bounds_the_scores(rlhf_stack, tmp_path):
+    _, _, plain, _ = start(rlhf_stack, tmp_path)
+    clip = plain.scores.abs().median().item()
+    _, _, clipped, _ = start(rlhf_stack, tmp_path, reward_clip=clip)
+    torch.testing.assert_close(clipped.scores, plain.scores.clamp(-clip, clip), rtol=0, atol=0)
+    assert (plain.scores.abs() > clip).any()
+
+
+def test_kl_penalty_in_the_loss_leaves_the_reward_alone(rlhf_stack, tmp_path):
+    """kl_penalty=loss: the rewards hold the score only; beta * mean(k3) joins the policy loss, so the
+    update differs from one without the term once the policy has moved off the reference."""
+    trainer, _, _, _ = start(rlhf_stack, tmp_path, kl_penalty="loss", kl_estimator="k3", kl_coef=1.0)
+    trainer.step(1, guard())  # the policy moves: KL > 0 from here on
+    experience, stats = trainer.experience(trainer.rollout(trainer.prompt_batch(2)))
+    assert stats["objective/kl"].item() > 0
+    assert stats["objective/non_score_reward"].item() == 0.0
+    last = experience.mask.cumsum(1) == experience.mask.sum(1, keepdim=True)  # (B, T) last valid token
+    assert torch.equal(
+        experience.rewards[experience.mask & ~last],
+        torch.zeros_like(experience.rewards)[experience.mask & ~last],
+    )
+    records = read_metrics(
+        ppo(make_config(rlhf_stack, tmp_path / "loss", kl_penalty="loss", kl_estimator="k3", kl_coef=1.0))
+        / "metrics.jsonl"
+    )
+    assert all("policy/ratio_var" in r for r in records)
 
 
 def test_ppo_raises_the_reward(rlhf_stack, tmp_path):

@@ -56,21 +56,25 @@ def test_new_scalar_head_initialisation(tiny_dir, tiny_tokenizer):
     assert model.score.weight.std().item() != pytest.approx(model.config.initializer_range, abs=1e-3)
 
 
-def test_score_read_at_last_real_token_with_right_and_left_padding(tiny_dir, tiny_tokenizer):
-    model = load_scalar_model(tiny_dir, tiny_tokenizer).eval()
-    eos = tiny_tokenizer.eos_token_id
+@pytest.fixture(params=["llama", "gpt2"])
+def model_dir(request):
+    """The tiny Llama and the tiny GPT-2. RoPE is blind to a uniform position shift; GPT-2's learnt absolute
+    positions are not, so only the GPT-2 case catches a missing or shifted `position_ids`."""
+    return request.getfixturevalue({"llama": "tiny_dir", "gpt2": "tiny_gpt2_dir"}[request.param])
+
+
+def test_score_read_at_last_real_token_with_right_and_left_padding(model_dir, tiny_tokenizer):
+    model = load_scalar_model(model_dir, tiny_tokenizer).eval()
+    eos, pad_id = tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id
     sequences = [[1, 20, 21, 22, eos], [1, 23, eos]]
     with torch.no_grad():
-        right = sequence_scores(model, *pad(sequences, tiny_tokenizer.pad_token_id))
-        left = sequence_scores(model, *pad(sequences, tiny_tokenizer.pad_token_id, side="left"))
-        alone = torch.stack(
-            [
-                sequence_scores(model, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long))[0]
-                for s in sequences
-            ]
-        )
+        right = sequence_scores(model, *pad(sequences, pad_id))
+        left = sequence_scores(model, *pad(sequences, pad_id, side="left"))
+        # Expected: each sequence alone through the model's own forward, which numbers the positions 0..L-1
+        # itself and pools at the last token: no padding, and no rlhfkit position or index code involved.
+        alone = torch.cat([model(torch.tensor([s])).logits[0] for s in sequences])  # (2,)
         # the value at each row's EOS position, read directly off the per-token values
-        ids, mask = pad(sequences, tiny_tokenizer.pad_token_id)
+        ids, mask = pad(sequences, pad_id)
         values = scalar_values(model, ids, mask)
     torch.testing.assert_close(right, alone, rtol=0, atol=1e-5)
     torch.testing.assert_close(left, alone, rtol=0, atol=1e-5)

@@ -43,8 +43,28 @@ def prompts(tokenizer, texts):
     return pad([tokenizer(t)["input_ids"] for t in texts], tokenizer.pad_token_id, side="left")
 
 
-def test_rollout_logprobs_equal_a_full_forward_pass(policy):
-    model, tok = policy
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def position_policy(request):
+    """The SFT Llama and a random tiny GPT-2. RoPE is blind to a uniform position shift; GPT-2's learnt
+    absolute positions are not (a missing or shifted `position_ids` moves its log-probs by ~0.2), so only the
+    GPT-2 case catches one."""
+    if request.param == "llama":
+        return request.getfixturevalue("policy")
+    folder = request.getfixturevalue("tiny_gpt2_dir")
+    tokenizer = load_tokenizer(folder)
+    return load_causal_lm(folder, tokenizer).eval(), tokenizer
+
+
+def plain_logprobs(model, ids: list[int], context: int, temperature: float) -> torch.Tensor:
+    """(T,) log-probs of `ids[context:]` from one unpadded row through the model's own forward: no mask and
+    no `position_ids`, so the model numbers the positions 0..L-1 itself; no rlhfkit position code runs."""
+    logits = model(torch.tensor([ids])).logits[0, context - 1 : -1].float() / temperature  # (T, V)
+    targets = torch.tensor(ids[context:])  # (T,)
+    return torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)  # (T,)
+
+
+def test_rollout_logprobs_equal_a_full_forward_pass(position_policy):
+    model, tok = position_policy
     ids, mask = prompts(tok, ["the movie was", "the pizza", "the hotel was really"])
     generator = torch.Generator().manual_seed(0)
     stop = torch.tensor([tok.eos_token_id])
@@ -56,6 +76,15 @@ def test_rollout_logprobs_equal_a_full_forward_pass(policy):
     valid = rollout.response_mask
     torch.testing.assert_close(rollout.logprobs[valid], full[valid], rtol=0, atol=1e-5)
     assert (rollout.logprobs[~valid] == 0).all()
+    # The prompts are 4, 3 and 5 tokens long, so two rows are left-padded. Each row's KV-cached log-probs
+    # must equal those of the same tokens unpadded and alone (positions unambiguous there); the batched full
+    # pass above shares `position_ids` with the sampler and would agree with it even were both shifted.
+    for row in range(3):
+        prompt = ids[row][mask[row].bool()].tolist()
+        response = rollout.response_ids[row][valid[row]].tolist()
+        with torch.no_grad():
+            alone = plain_logprobs(model, prompt + response, len(prompt), 0.7)  # (T_row,)
+        torch.testing.assert_close(rollout.logprobs[row][valid[row]], alone, rtol=0, atol=1e-5)
     # the response stops at EOS: only padding follows it
     for row in range(3):
         if rollout.stopped[row]:
@@ -63,18 +92,19 @@ def test_rollout_logprobs_equal_a_full_forward_pass(policy):
             assert rollout.response_ids[row, last] == tok.eos_token_id
 
 
-def test_left_padding_does_not_change_logprobs(policy):
-    model, tok = policy
+def test_left_padding_does_not_change_logprobs(position_policy):
+    model, tok = position_policy
     prompt = tok("the movie was")["input_ids"]
     response = tok(" great and lovely.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    results = []
+    with torch.no_grad():
+        # expected: the unpadded row through the model's own forward, which numbers positions 0..L-1 itself
+        expected = plain_logprobs(model, prompt + response, len(prompt), 1.0)[None]  # (1, T)
     for extra in (0, 3):
         ids = torch.tensor([[tok.pad_token_id] * extra + prompt + response])
         mask = torch.tensor([[0] * extra + [1] * (len(prompt) + len(response))])
         with torch.no_grad():
             logp, _ = response_logprobs(model, ids, mask, extra + len(prompt), 1.0)
-        results.append(logp)
-    torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-5)
+        torch.testing.assert_close(logp, expected, rtol=0, atol=1e-5)
 
 
 def test_generation_ends_early_when_every_row_has_stopped(policy):

@@ -7,14 +7,12 @@ from typing import Any
 
 import torch
 
+from rlhfkit.algorithms.supervised import prepare, split
 from rlhfkit.config import RewardConfig
 from rlhfkit.core import pairwise_loss
 from rlhfkit.data import PairExample, encode_pairs, pad
 from rlhfkit.models import load_scalar_model, sequence_scores
-from rlhfkit.runtime.common import autocast, split
-from rlhfkit.runtime.loop import prepare, train_steps
-
-STATS_SAMPLES = 2048  # chosen responses scored for the normalisation statistics
+from rlhfkit.runtime.process import autocast
 
 
 def score_sequences(
@@ -39,7 +37,7 @@ def pair_loss(
 
 
 @torch.no_grad()
-def evaluate(
+def held_out_accuracy(
     model: Any, pairs: list[PairExample], pad_id: int, device: torch.device, batch_size: int
 ) -> dict[str, float]:
     """Held-out accuracy (chosen scored above rejected) and mean score margin."""
@@ -56,11 +54,17 @@ def evaluate(
 
 @torch.no_grad()
 def reward_stats(
-    model: Any, pairs: list[PairExample], pad_id: int, device: torch.device, batch_size: int, seed: int
+    model: Any,
+    pairs: list[PairExample],
+    pad_id: int,
+    device: torch.device,
+    batch_size: int,
+    seed: int,
+    samples: int,
 ) -> dict[str, float]:
-    """Mean and std of the scores of up to STATS_SAMPLES chosen responses (PPO normalises by them)."""
+    """Mean and std of the scores of up to `samples` chosen responses (PPO normalises by them)."""
     model.eval()
-    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))[:STATS_SAMPLES].tolist()
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))[:samples].tolist()
     chosen = [pairs[i].chosen for i in order]
     scores = torch.cat(
         [
@@ -76,10 +80,10 @@ def train_reward_model(config: RewardConfig) -> Path:
     """Train a reward model on `config.data`; returns the output folder (a sequence-classification folder
     whose rlhfkit.json holds `reward_stats`)."""
     run = prepare(config, "preference", encode_pairs, load_scalar_model)
-    model, accelerator = run.trainee.model, run.trainee.accelerator
-    pad_id, device, held_out = run.tokenizer.pad_token_id, accelerator.device, run.held_out
+    model, accelerator, device = run.model, run.accelerator, run.device
+    pad_id, held_out = run.tokenizer.pad_token_id, run.held_out
 
-    def step_loss(batch: list[PairExample]) -> dict[str, float]:
+    def batch_loss(batch: list[PairExample]) -> dict[str, float]:
         totals = torch.zeros(3)  # loss, accuracy, margin, summed over pairs
         for part in split(batch, config.grad_accum):
             # Each micro-batch weighted by its share of the pairs: the mean over the whole batch.
@@ -90,26 +94,21 @@ def train_reward_model(config: RewardConfig) -> Path:
         loss, accuracy, margin = (totals / len(batch)).tolist()
         return {"loss": loss, "accuracy": accuracy, "margin": margin}
 
-    def held_out_accuracy() -> dict[str, float]:
+    def held_out_metrics() -> dict[str, float]:
         with autocast(device, config.bf16):
-            return evaluate(model, held_out, pad_id, device, config.batch_size)
+            return held_out_accuracy(model, held_out, pad_id, device, config.batch_size)
 
-    record = train_steps(
-        "rm",
-        run.out,
-        config,
-        run.trainee,
-        run.train,
-        run.steps,
-        step_loss,
-        held_out_accuracy if held_out else None,
-        run.resume_from,
-    )
+    run.batch_loss, run.held_out_metrics = batch_loss, (held_out_metrics if held_out else None)
+    record = run.run("rm")
     stats = reward_stats(
-        accelerator.unwrap_model(model), run.train, pad_id, device, config.batch_size, config.seed
+        accelerator.unwrap_model(model),
+        run.train,
+        pad_id,
+        device,
+        config.batch_size,
+        config.seed,
+        config.stats_samples,
     )
     final = {k: v for k, v in record.items() if k in ("loss", "accuracy", "eval/accuracy", "eval/margin")}
-    run.finish(
-        "rm", config, train_pairs=len(run.train), eval_pairs=len(held_out), reward_stats=stats, final=final
-    )
+    run.finish("rm", train_pairs=len(run.train), eval_pairs=len(held_out), reward_stats=stats, final=final)
     return run.out

@@ -7,12 +7,12 @@ from typing import Any
 
 import torch
 
+from rlhfkit.algorithms.supervised import prepare, split
 from rlhfkit.config import SFTConfig
 from rlhfkit.core import ptx_loss
 from rlhfkit.data import IGNORE, SFTExample, encode_sft, pad
 from rlhfkit.models import load_causal_lm
-from rlhfkit.runtime.common import autocast, split
-from rlhfkit.runtime.loop import prepare, train_steps
+from rlhfkit.runtime.process import autocast
 
 
 def collate(examples: list[SFTExample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -34,7 +34,7 @@ def completion_nll(
 
 
 @torch.no_grad()
-def evaluate(
+def held_out_nll(
     model: Any, examples: list[SFTExample], pad_id: int, device: torch.device, batch_size: int
 ) -> float:
     """Token-mean NLL of the held-out completions."""
@@ -50,10 +50,10 @@ def evaluate(
 def sft(config: SFTConfig) -> Path:
     """Fine-tune `config.model` on `config.data`; returns the output folder (a causal-LM folder)."""
     run = prepare(config, "sft", encode_sft, load_causal_lm)
-    model, accelerator = run.trainee.model, run.trainee.accelerator
-    pad_id, device, held_out = run.tokenizer.pad_token_id, accelerator.device, run.held_out
+    model, accelerator, device = run.model, run.accelerator, run.device
+    pad_id, held_out = run.tokenizer.pad_token_id, run.held_out
 
-    def step_loss(batch: list[SFTExample]) -> dict[str, float]:
+    def batch_loss(batch: list[SFTExample]) -> dict[str, float]:
         n_tokens = sum(1 for e in batch for t in e.labels[1:] if t != IGNORE)
         loss_sum = 0.0
         for part in split(batch, config.grad_accum):
@@ -67,19 +67,10 @@ def sft(config: SFTConfig) -> Path:
 
     def held_out_loss() -> dict[str, float]:
         with autocast(device, config.bf16):
-            return {"eval/loss": evaluate(model, held_out, pad_id, device, config.batch_size)}
+            return {"eval/loss": held_out_nll(model, held_out, pad_id, device, config.batch_size)}
 
-    record = train_steps(
-        "sft",
-        run.out,
-        config,
-        run.trainee,
-        run.train,
-        run.steps,
-        step_loss,
-        held_out_loss if held_out else None,
-        run.resume_from,
-    )
+    run.batch_loss, run.held_out_metrics = batch_loss, (held_out_loss if held_out else None)
+    record = run.run("sft")
     final = {k: v for k, v in record.items() if k in ("loss", "eval/loss")}
-    run.finish("sft", config, train_examples=len(run.train), eval_examples=len(held_out), final=final)
+    run.finish("sft", train_examples=len(run.train), eval_examples=len(held_out), final=final)
     return run.out

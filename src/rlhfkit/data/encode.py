@@ -195,3 +195,11 @@ def encode_prompts(
         prompts.append(ids[start:])
     _report(source, cut, dropped, len(records), max_length)
     return prompts
+
+
+def prompt_texts(records: list[dict], tokenizer: Any) -> list[str]:
+    """What a gold function sees as the prompt: the text, or the rendered conversation."""
+    return [
+        r["prompt"] if "prompt" in r else tokenizer.apply_chat_template(r["messages"], tokenize=False)
+        for r in records
+    ]

@@ -10,22 +10,14 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.config import (
-    DemoConfig,
-    EvalConfig,
-    LabelConfig,
-    OptimConfig,
-    PPOConfig,
-    RewardConfig,
-    SFTConfig,
-    to_dict,
-)
+from rlhfkit.config import DemoConfig, EvalConfig, to_dict
 from rlhfkit.runtime.metrics import read_metrics
-from rlhfkit.tasks.sentiment import gold, sentiment_task
 from rlhfkit.runtime.outputs import begin, check_output, read_run_file, write_run_file
+from rlhfkit.tasks.sentiment import gold, sentiment_task
 
 GOLD = "rlhfkit.tasks.sentiment:gold"
 STAGES = 7
@@ -70,12 +62,12 @@ def gold_by_evaluation(samples_file: Path) -> dict[int, dict[str, float]]:
 
 def demo(config: DemoConfig) -> Path:
     """Run every stage into `config.out`; returns the folder holding summary.json and report.html."""
-    from rlhfkit.jobs.evaluate import evaluate
-    from rlhfkit.jobs.label import label
-    from rlhfkit.report import write_report
     from rlhfkit.algorithms.ppo import ppo
     from rlhfkit.algorithms.reward import train_reward_model
     from rlhfkit.algorithms.sft import sft
+    from rlhfkit.jobs.evaluate import evaluate
+    from rlhfkit.jobs.label import label
+    from rlhfkit.report import write_report
 
     out = Path(config.out)
     check_output(out, config.overwrite)
@@ -87,88 +79,61 @@ def demo(config: DemoConfig) -> Path:
     sft_data = write_jsonl(data / "sft.jsonl", task.demonstrations)
     prompts = write_jsonl(data / "prompts.jsonl", [{"prompt": p} for p in task.train_prompts])
     eval_prompts = write_jsonl(data / "eval_prompts.jsonl", [{"prompt": p} for p in task.eval_prompts])
-    common = dict(seed=config.seed, overwrite=True)
+    common: dict[str, Any] = dict(seed=config.seed, overwrite=True)
 
     say(1, f"base model ({config.preset})")
     texts = [d["prompt"] + d["completion"] for d in task.demonstrations] + task.eval_prompts
     base = base_model(config, texts, out / "base")
 
     say(2, "SFT on the demonstrations")
-    sft_config = SFTConfig(
-        model=base,
-        data=sft_data,
-        out=str(out / "sft"),
-        epochs=config.sft_epochs,
-        batch_size=config.sft_batch_size,
-        optim=OptimConfig(lr=config.sft_lr),
-        max_length=256,
-        bf16=config.bf16,
-        **common,
+    # each stage is its section of the demo config with the demo's wiring filled in (the placeholders)
+    sft_config = replace(
+        config.sft, model=base, data=sft_data, out=str(out / "sft"), bf16=config.bf16, **common
     )
     sft_dir = str(sft(sft_config))
 
     say(3, "the simulated human labels pairs sampled from the SFT model")
-    label_config = LabelConfig(
+    label_config = replace(
+        config.label,
         policy=sft_dir,
         prompts=prompts,
         gold=GOLD,
         out=str(data / "preferences.jsonl"),
-        tau=config.tau,
-        pairs_per_prompt=config.pairs_per_prompt,
-        response_length=config.response_length,
-        temperature=config.label_temperature,
         **common,
     )
     labeling = label(label_config)
     # held-out pairs labeled by the gold ordering itself (tau 0): the RM's accuracy is measured against them
-    gold_pairs_config = LabelConfig(
-        policy=sft_dir,
+    gold_pairs_config = replace(
+        label_config,
         prompts=eval_prompts,
-        gold=GOLD,
         out=str(data / "gold_preferences.jsonl"),
         tau=0.0,
         pairs_per_prompt=2,
-        response_length=config.response_length,
-        temperature=config.label_temperature,
         seed=config.seed + 1,
-        overwrite=True,
     )
     label(gold_pairs_config)
 
     say(4, "reward model on the labeled pairs")
-    rm_config = RewardConfig(
+    rm_config = replace(
+        config.rm,
         model=sft_dir,
         data=label_config.out,
         eval_data=gold_pairs_config.out,
         out=str(out / "rm"),
-        epochs=config.rm_epochs,
-        batch_size=config.rm_batch_size,
-        optim=OptimConfig(lr=config.rm_lr),
-        max_length=256,
         bf16=config.bf16,
-        eval_every=10,  # a held-out accuracy curve for the report
         **common,
     )
     rm_dir = str(train_reward_model(rm_config))
     rm_accuracy = read_run_file(rm_dir)["final"]["eval/accuracy"]
 
     say(5, "PPO against the learned reward model")
-    ppo_config = PPOConfig(
+    ppo_config = replace(
+        config.ppo,
         policy=sft_dir,
         reward_model=rm_dir,
         prompts=prompts,
         eval_prompts=eval_prompts,
         out=str(out / "ppo"),
-        max_steps=config.ppo_steps,
-        batch_size=config.ppo_batch_size,
-        mini_batch_size=config.ppo_mini_batch_size,
-        ppo_epochs=config.ppo_epochs,
-        response_length=config.response_length,
-        temperature=config.temperature,
-        kl_coef=config.kl_coef,
-        actor_lr=config.actor_lr,
-        critic_lr=config.critic_lr,
-        eval_every=config.ppo_eval_every,
         bf16=config.bf16,
         **common,
     )
@@ -182,8 +147,8 @@ def demo(config: DemoConfig) -> Path:
             prompts=eval_prompts,
             reward_model=rm_dir,
             reference=sft_dir,
-            response_length=config.response_length,
-            temperature=config.temperature,
+            response_length=ppo_config.response_length,  # evaluated as PPO samples
+            temperature=ppo_config.temperature,
             seed=config.seed,
             out=str(out / f"eval_{name}"),
         )

@@ -13,10 +13,10 @@ from rlhfkit.core import sequence_kl
 from rlhfkit.errors import UsageError
 from rlhfkit.models import load_causal_lm, load_scalar_model, load_tokenizer, sequence_scores
 from rlhfkit.models.forward import response_logprobs
-from rlhfkit.rollout import SamplingSettings
+from rlhfkit.rollout import LocalSampler, SamplingSettings, stop_token_ids
 from rlhfkit.rollout.completions import load_prompts, sample_completions
-from rlhfkit.tasks import load_gold
 from rlhfkit.runtime.process import quiet_transformers
+from rlhfkit.tasks import load_gold
 
 
 @torch.no_grad()
@@ -32,15 +32,16 @@ def evaluate(config: EvalConfig, gold: Any = None) -> dict[str, Any]:
     gold = gold or (load_gold(config.gold) if config.gold else None)
     quiet_transformers()
     tokenizer = load_tokenizer(config.model)
-    texts, prompt_ids = load_prompts(config.prompts, tokenizer)
+    texts, prompt_ids = load_prompts(config.prompts, tokenizer, config.max_prompt_length)
     model = load_causal_lm(config.model, tokenizer).eval()
     reward_model = load_scalar_model(config.reward_model, tokenizer).eval() if config.reward_model else None
     reference = load_causal_lm(config.reference, tokenizer).eval() if config.reference else None
     settings = SamplingSettings(config.response_length, config.temperature)
     generator = torch.Generator().manual_seed(config.seed)
     samples: list[dict[str, Any]] = []
+    engine = LocalSampler(model, tokenizer, stop_token_ids(tokenizer))
     for done in sample_completions(
-        model, tokenizer, texts, prompt_ids, settings, config.batch_size, generator
+        engine, tokenizer, texts, prompt_ids, settings, config.batch_size, generator
     ):
         rollout, context = done.rollout, done.rollout.prompt_ids.shape[1]
         ids, mask = rollout.input_ids, rollout.attention_mask  # (b, P + T)

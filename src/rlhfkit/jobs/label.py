@@ -16,12 +16,12 @@ import torch
 
 from rlhfkit.config import LabelConfig
 from rlhfkit.errors import UsageError
-from rlhfkit.runtime.metrics import progress
 from rlhfkit.models import load_causal_lm, load_tokenizer
-from rlhfkit.rollout import SamplingSettings
+from rlhfkit.rollout import LocalSampler, SamplingSettings, stop_token_ids
 from rlhfkit.rollout.completions import load_prompts, sample_completions
-from rlhfkit.tasks import load_gold
+from rlhfkit.runtime.metrics import progress
 from rlhfkit.runtime.process import quiet_transformers
+from rlhfkit.tasks import load_gold
 
 
 def prefers_first(g1: float, g2: float, tau: float, rng: random.Random) -> bool:
@@ -37,13 +37,13 @@ def label(config: LabelConfig) -> dict:
     out = Path(config.out)
     if out.exists() and not config.overwrite:
         raise UsageError(f"{out} exists; pass --overwrite to replace it")
-    if config.tau < 0 or config.pairs_per_prompt <= 0:
-        raise UsageError("tau must be >= 0 and pairs_per_prompt > 0")
     gold = load_gold(config.gold)
     quiet_transformers()
     tokenizer = load_tokenizer(config.policy)
-    texts, prompt_ids = load_prompts(config.prompts, tokenizer)
-    model = load_causal_lm(config.policy, tokenizer).eval()
+    texts, prompt_ids = load_prompts(config.prompts, tokenizer, config.max_prompt_length)
+    engine = LocalSampler(
+        load_causal_lm(config.policy, tokenizer).eval(), tokenizer, stop_token_ids(tokenizer)
+    )
     # each prompt twice in a row: rows 2i and 2i + 1 are a pair
     texts = [t for t in texts for _ in range(2 * config.pairs_per_prompt)]
     prompt_ids = [p for p in prompt_ids for _ in range(2 * config.pairs_per_prompt)]
@@ -53,7 +53,7 @@ def label(config: LabelConfig) -> dict:
     rows, ties, agree = [], 0, 0
     batch = config.batch_size + config.batch_size % 2  # even, so pairs never straddle two batches
     with progress(len(prompt_ids) // batch + 1, "label") as bar:
-        for done in sample_completions(model, tokenizer, texts, prompt_ids, settings, batch, generator):
+        for done in sample_completions(engine, tokenizer, texts, prompt_ids, settings, batch, generator):
             for i in range(0, len(done.responses), 2):
                 prompt, first, second = done.prompts[i], done.responses[i], done.responses[i + 1]
                 g1, g2 = gold(prompt, first), gold(prompt, second)

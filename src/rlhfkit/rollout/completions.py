@@ -1,4 +1,4 @@
-"""Sampling a model on a prompt set: shared by `label` (pairs for the reward model) and `eval`."""
+"""Sampling a model on a prompt set, as text: shared by `label` (pairs for the reward model) and `eval`."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import Any
 
 import torch
 
-from rlhfkit.data import load_records, pad
-from rlhfkit.data.encode import encode_prompts
-from rlhfkit.rollout import Rollout, SamplingSettings, generate
+from rlhfkit.data import load_records
+from rlhfkit.data.encode import encode_prompts, prompt_texts
+from rlhfkit.rollout.engine import RolloutEngine
+from rlhfkit.rollout.sampling import Rollout, SamplingSettings
 
 
 @dataclass
@@ -22,21 +23,14 @@ class Completions:
     rollout: Rollout
 
 
-def prompt_texts(records: list[dict], tokenizer: Any) -> list[str]:
-    """What a gold function sees as the prompt: the text, or the rendered conversation."""
-    return [
-        r["prompt"] if "prompt" in r else tokenizer.apply_chat_template(r["messages"], tokenize=False)
-        for r in records
-    ]
-
-
-def load_prompts(source: str, tokenizer: Any, max_length: int = 1024) -> tuple[list[str], list[list[int]]]:
+def load_prompts(source: str, tokenizer: Any, max_length: int) -> tuple[list[str], list[list[int]]]:
+    """The prompts of `source` as text (for a gold function) and as token ids cut from the left."""
     records = load_records(source, "prompt")
     return prompt_texts(records, tokenizer), encode_prompts(records, tokenizer, max_length, "left", source)
 
 
 def sample_completions(
-    model: Any,
+    engine: RolloutEngine,
     tokenizer: Any,
     texts: list[str],
     prompt_ids: list[list[int]],
@@ -45,10 +39,8 @@ def sample_completions(
     generator: torch.Generator,
 ) -> Iterator[Completions]:
     """Batches of sampled responses (decoded without special tokens) for the prompts in order."""
-    stop = torch.tensor([tokenizer.eos_token_id])
     for start in range(0, len(prompt_ids), batch_size):
-        ids, mask = pad(prompt_ids[start : start + batch_size], tokenizer.pad_token_id, side="left")  # (b, P)
-        rollout = generate(model, ids, mask, settings, stop, tokenizer.pad_token_id, generator)
+        rollout = engine.generate(prompt_ids[start : start + batch_size], settings, generator)
         responses = [
             tokenizer.decode(row[keep], skip_special_tokens=True)
             for row, keep in zip(rollout.response_ids, rollout.response_mask, strict=True)

@@ -1,7 +1,7 @@
 """Batched sampling with a KV cache, stop-token truncation and the sampled tokens' log-probs.
 
-The engine is one function, `generate(model, prompts, settings)`, behind a small interface (prompts in;
-tokens, mask and log-probs out) so a faster engine can replace it.
+The kernel of the in-process engine (`rlhfkit.rollout.engine.LocalSampler`): left-padded prompt tensors in;
+tokens, mask and log-probs out.
 """
 
 from __future__ import annotations

@@ -20,18 +20,34 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlhfkit.errors import UsageError
 from rlhfkit.runtime.outputs import CHECKPOINTS, MARKER, complete_checkpoints
 
+
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The python, numpy, torch (and CUDA) random states, as types `torch.load(weights_only=True)` accepts."""
+    name, key, pos, has_gauss, cached_gaussian = np.random.get_state()  # key: (624,) uint32 ndarray
+    numpy_state = {
+        "bit_generator": str(name),
+        "key": torch.from_numpy(key.astype(np.int64)),  # (624,) int64: every uint32 fits, no ndarray pickled
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached_gaussian),
+    }
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():  # dropout on a GPU draws from the CUDA generators
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` returned."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    saved = state["numpy"]
+    key = saved["key"].numpy().astype(np.uint32)  # (624,)
+    np.random.set_state(
+        (saved["bit_generator"], key, saved["pos"], saved["has_gauss"], saved["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -55,8 +71,23 @@ def save_checkpoint(out: Path, step: int, state: dict[str, Any], keep: int) -> P
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """The state of a checkpoint, its random states already restored."""
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    """The state of a checkpoint, its random states already restored.
+
+    Loaded with `weights_only=True`: tensors, containers and plain values only, so a `state.pt` dropped into
+    an output folder cannot run code. Anything else is refused as a UsageError.
+    """
+    try:
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:  # a foreign pickle, a truncated or missing file
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        # torch's first line suggests weights_only=False; its WeightsUnpickler line names what was refused
+        refused = [line for line in lines if line.startswith("WeightsUnpickler error: ")]
+        reason = (
+            refused[0].removeprefix("WeightsUnpickler error: ").split(". Please")[0] if refused else lines[0]
+        )
+        raise UsageError(f"{path}: not a checkpoint rlhfkit can load safely ({reason})") from None
+    if not isinstance(state, dict) or "rng" not in state:
+        raise UsageError(f"{path}: not a checkpoint rlhfkit can load safely (no random states in state.pt)")
     set_rng_state(state["rng"])
     return state
 

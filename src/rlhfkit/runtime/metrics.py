@@ -1,12 +1,13 @@
-"""Metrics sinks and progress bars. `metrics.jsonl` is always written, one flushed line per record."""
+"""Metrics files and progress bars. `metrics.jsonl` is always written, one flushed line per record."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 from tqdm.auto import tqdm
 
@@ -20,18 +21,29 @@ def _plain(value: Any) -> Any:
 
 
 class MetricsLog:
-    """Appends JSON records to a file, flushed line by line: a crash loses at most the line being written."""
+    """Appends JSON records to a file, flushed at each write: a crash loses at most the line being written.
+    A `lazy` log creates its file on the first write only."""
 
-    def __init__(self, path: str | Path, append: bool = False) -> None:
-        self.path = Path(path)
-        self._file = self.path.open("a" if append else "w", encoding="utf-8")
+    def __init__(self, path: str | Path, append: bool = False, lazy: bool = False) -> None:
+        self.path, self._mode = Path(path), "a" if append else "w"
+        self._file: IO[str] | None = None if lazy else self.path.open(self._mode, encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps({k: _plain(v) for k, v in record.items()}) + "\n")
+        self.write_many([record])
+
+    def write_many(self, records: Iterable[dict[str, Any]]) -> None:
+        """All `records` in one write: a crash leaves at most one partial line, which a resume drops."""
+        text = "".join(json.dumps({k: _plain(v) for k, v in r.items()}) + "\n" for r in records)
+        if not text:
+            return
+        if self._file is None:
+            self._file = self.path.open(self._mode, encoding="utf-8")
+        self._file.write(text)
         self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
     def __enter__(self) -> MetricsLog:
         return self

@@ -1,5 +1,10 @@
-"""Stage 3: PPO with four roles — actor and critic (trained, one module), reference and reward model (frozen)."""
+"""Stage 3: PPO with four roles — actor and critic (trained, one module), reference and reward model (frozen).
 
-from rlhfkit.algorithms.ppo.trainer import ppo
+`ppo(config)` runs it; `PPOTrainer.create(config)` gives the steps one by one (prompt_batch, rollout,
+experience, update), for tests and for users who drive the loop themselves.
+"""
 
-__all__ = ["ppo"]
+from rlhfkit.algorithms.ppo.experience import Experience
+from rlhfkit.algorithms.ppo.trainer import PPOTrainer, ppo
+
+__all__ = ["Experience", "PPOTrainer", "ppo"]

@@ -1,0 +1,134 @@
+"""Steps 3-7 of a PPO iteration: from one rollout, everything the PPO epochs need, fixed during them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.algorithms.ppo.roles import PolicyAndValue, Roles
+from rlhfkit.config import PPOConfig
+from rlhfkit.core import (
+    explained_variance,
+    gae,
+    kl_shaped_rewards,
+    masked_mean,
+    masked_whiten,
+)
+from rlhfkit.rollout import Rollout
+from rlhfkit.runtime.outputs import read_run_file
+from rlhfkit.runtime.process import autocast
+
+log = logging.getLogger("rlhfkit")
+Normalise = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Experience:
+    """One iteration's batch. Response tensors are (B, T); `mask` is True at valid response tokens."""
+
+    input_ids: torch.Tensor  # (B, P + T)
+    attention_mask: torch.Tensor  # (B, P + T)
+    context: int  # P
+    mask: torch.Tensor  # (B, T) bool
+    old_logp: torch.Tensor  # (B, T) the policy that sampled, recomputed by a full pass
+    ref_logp: torch.Tensor  # (B, T) the reference
+    old_values: torch.Tensor  # (B, T) normalised critic values
+    scores: torch.Tensor  # (B,) the scores PPO uses (normalised, clipped, penalised)
+    rewards: torch.Tensor  # (B, T) per-token rewards given to GAE
+    advantages: torch.Tensor  # (B, T) whitened
+    returns: torch.Tensor  # (B, T)
+
+
+def reward_normaliser(config: PPOConfig) -> Normalise:
+    """Raw RM scores -> the scale PPO uses: normalised with the RM's saved mean/std when asked
+    (docs/ppo-details.md #9). The critic's values go through the same map."""
+    stats = read_run_file(config.reward_model).get("reward_stats")
+    if not config.normalize_reward:
+        return lambda scores: scores
+    if not stats:
+        log.warning(
+            "%s has no reward_stats (not trained by `rlhfkit rm`): scores are not normalised",
+            config.reward_model,
+        )
+        return lambda scores: scores
+    mean, std = stats["mean"], max(stats["std"], 1e-6)
+    return lambda scores: (scores - mean) / std
+
+
+def shape_scores(
+    raw: torch.Tensor, stopped: torch.Tensor, normalise: Normalise, config: PPOConfig
+) -> torch.Tensor:
+    """(B,) raw RM scores -> the scores in the reward: normalised, clipped, and replaced by the configured
+    penalty for responses without a stop token (docs/ppo-details.md #4)."""
+    scores = normalise(raw)
+    if config.reward_clip is not None:
+        scores = scores.clamp(-config.reward_clip, config.reward_clip)
+    if config.missing_eos_penalty is not None:
+        scores = torch.where(stopped, scores, torch.full_like(scores, config.missing_eos_penalty))
+    return scores
+
+
+def row_slices(rows: int, chunk: int) -> list[slice]:
+    """Slices of at most `chunk` rows: no-grad passes go by chunks to bound their memory."""
+    return [slice(s, min(s + chunk, rows)) for s in range(0, rows, chunk)]
+
+
+@torch.no_grad()
+def make_experience(
+    model: PolicyAndValue,
+    roles: Roles,
+    rollout: Rollout,
+    kl_coef: float,
+    normalise: Normalise,
+    config: PPOConfig,
+) -> tuple[Experience, dict[str, torch.Tensor]]:
+    """Steps 3-7: everything PPO needs from one rollout, and the iteration's objective statistics."""
+    ids, attention = rollout.input_ids, rollout.attention_mask  # (B, P + T)
+    context, mask = rollout.prompt_ids.shape[1], rollout.response_mask  # P, (B, T)
+    chunks = row_slices(ids.shape[0], config.micro_batch_size or config.mini_batch_size)
+    with autocast(ids.device, config.bf16):
+        # 3. old log-probs and values. The log-probs come from the same full pass as the reference's (not from
+        # the KV-cached rollout), so the KL is exactly 0 before the first update.
+        parts = [model(ids[s], attention[s], context, config.temperature, True) for s in chunks]
+        old_logp, values, entropy = (torch.cat([p[i] for p in parts]) for i in range(3))  # (B, T) each
+        # The critic starts as the RM: its head is read through the same normalisation as the scores, so at
+        # iteration 0 its values are on the scale of the returns it must predict.
+        old_values = normalise(values)  # (B, T)
+        # 4. scores
+        raw_scores = torch.cat([roles.scores(ids[s], attention[s]) for s in chunks])  # (B,)
+        scores = shape_scores(raw_scores, rollout.stopped, normalise, config)  # (B,)
+        # 5. reference log-probs
+        ref_logp = torch.cat(
+            [roles.reference_logprobs(ids[s], attention[s], context, config.temperature) for s in chunks]
+        )  # (B, T)
+    # 6. per-token rewards: the score on the last response token, and -beta * KL on every token when the
+    # penalty is in the reward (with `kl_penalty: loss` it is added to the policy loss instead)
+    in_reward = kl_coef if config.kl_penalty == "reward" else 0.0
+    rewards, kl = kl_shaped_rewards(
+        scores, old_logp, ref_logp, mask, in_reward, config.kl_estimator
+    )  # (B, T), (B, T)
+    if config.whiten_rewards:
+        rewards = masked_whiten(rewards, mask, shift_mean=False)
+    # 7. advantages (computed once, then frozen for the epochs) and masked whitening
+    advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)  # (B, T)
+    advantages = masked_whiten(advantages, mask)
+    experience = Experience(
+        ids, attention, context, mask, old_logp, ref_logp, old_values, scores, rewards, advantages, returns
+    )
+    non_score = (-in_reward * kl).sum(1)  # (B,)
+    stats = {
+        "objective/scores": scores.mean(),
+        "objective/scores_raw": raw_scores.mean(),
+        "objective/kl": kl.sum(1).mean(),
+        "objective/non_score_reward": non_score.mean(),
+        "objective/rlhf_reward": (scores + non_score).mean(),
+        "objective/entropy": masked_mean(entropy, mask),
+        "val/explained_variance": explained_variance(old_values, returns, mask),
+        "response/length_mean": mask.sum(1).float().mean(),
+        "response/stop_rate": rollout.stopped.float().mean(),
+        "rollout/logprob_mismatch": ((old_logp - rollout.logprobs).abs() * mask).max(),
+    }
+    return experience, stats

@@ -1,0 +1,119 @@
+"""The four roles of PPO behind one interface.
+
+Experience and update code ask for what PPO needs — policy log-probs and values (through the trained
+`PolicyAndValue` module), reference log-probs and scores (through the `Roles` object) — never for models.
+`SeparateModels` is four full models; a LoRA implementation can answer the same questions with two bases and
+their adapters switched off, without touching the code that asks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from rlhfkit.config import PPOConfig
+from rlhfkit.errors import UsageError
+from rlhfkit.models import load_causal_lm, load_scalar_model, load_tokenizer, sequence_scores
+from rlhfkit.models.forward import response_logprobs, response_values
+from rlhfkit.runtime.outputs import save_model
+
+
+class PolicyAndValue(torch.nn.Module):
+    """Actor and critic as one module: what the optimiser trains and accelerate prepares once (DeepSpeed and
+    FSDP take one model per engine). `policy` is a causal LM, `value` a scalar-head model."""
+
+    def __init__(self, policy: Any, value: Any) -> None:
+        super().__init__()
+        self.policy, self.value = policy, value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        context: int,
+        temperature: float,
+        with_entropy: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(B, P + T) prompt + response -> (B, T) response log-probs at `temperature`, (B, T) raw values of
+        the states before each response token, and (B, T) entropies when asked."""
+        logp, entropy = response_logprobs(
+            self.policy, input_ids, attention_mask, context, temperature, with_entropy
+        )  # (B, T)
+        values = response_values(self.value, input_ids, attention_mask, context)  # (B, T)
+        return logp, values, entropy
+
+
+class Roles(Protocol):
+    """What PPO asks of its roles besides the trained module."""
+
+    tokenizer: Any
+    trainable: PolicyAndValue
+
+    def reference_logprobs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, context: int, temperature: float
+    ) -> torch.Tensor:
+        """(B, T) response log-probs under the frozen reference (the SFT model)."""
+        ...
+
+    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B,) raw reward-model scores, read at each sequence's last real token."""
+        ...
+
+    def to(self, device: torch.device) -> None:
+        """Move the frozen roles to `device` (the trained module goes through accelerate)."""
+        ...
+
+
+def freeze(model: Any) -> Any:
+    """Frozen role: no gradients, eval mode (dropout off), never stepped."""
+    model.requires_grad_(False)
+    return model.eval()
+
+
+@dataclass
+class SeparateModels:
+    """Four full models: actor and reference loaded from the SFT folder, critic and RM from the RM folder."""
+
+    trainable: PolicyAndValue
+    reference: Any
+    reward_model: Any
+    tokenizer: Any
+
+    def reference_logprobs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, context: int, temperature: float
+    ) -> torch.Tensor:
+        return response_logprobs(self.reference, input_ids, attention_mask, context, temperature)[0]
+
+    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return sequence_scores(self.reward_model, input_ids, attention_mask)
+
+    def to(self, device: torch.device) -> None:
+        self.reference.to(device)
+        self.reward_model.to(device)
+
+
+def load_roles(config: PPOConfig) -> SeparateModels:
+    """The four roles, dropout off in all of them (docs/ppo-details.md #10): the trained ones stay in eval mode
+    through rollout and training, so the ratio on the first minibatch is exactly 1."""
+    tokenizer = load_tokenizer(config.policy)
+    rm_tokenizer = load_tokenizer(config.reward_model)
+    if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise UsageError(
+            f"{config.reward_model}: the reward model's tokenizer does not match the policy's "
+            f"({config.policy}); train the RM from the SFT model"
+        )
+    actor = load_causal_lm(config.policy, tokenizer).eval()
+    critic = load_scalar_model(config.reward_model, tokenizer).eval()
+    reference = freeze(load_causal_lm(config.policy, tokenizer))
+    reward_model = freeze(load_scalar_model(config.reward_model, tokenizer))
+    return SeparateModels(PolicyAndValue(actor, critic).eval(), reference, reward_model, tokenizer)
+
+
+def save_trained(trainable: PolicyAndValue, tokenizer: Any, out: Path) -> None:
+    """`OUT/actor` (a causal-LM folder) and `OUT/critic` (a sequence-classification folder), each with the
+    tokenizer: plain Hugging Face folders every downstream tool loads."""
+    save_model(trainable.policy, tokenizer, out / "actor")
+    save_model(trainable.value, tokenizer, out / "critic")

@@ -1,0 +1,141 @@
+"""Step 8 of a PPO iteration: `ppo_epochs` passes of clipped policy and value updates over the experience."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rlhfkit.algorithms.ppo.experience import Experience, Normalise
+from rlhfkit.algorithms.sft import completion_nll
+from rlhfkit.config import PPOConfig
+from rlhfkit.core import kl_estimate, masked_mean, ppo_policy_loss, value_loss
+from rlhfkit.data import encode_sft, load_records
+from rlhfkit.runtime.loop import UpdateGuard, guarded_update
+from rlhfkit.runtime.process import autocast
+
+
+@dataclass
+class Optimisation:
+    """The trained module (prepared by accelerate) with its optimiser, schedule and random stream."""
+
+    model: Any  # PolicyAndValue, possibly wrapped by accelerate
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    accelerator: Any
+    generator: torch.Generator  # minibatch shuffles and ptx draws
+    normalise: Normalise
+    ptx: Callable[[], list] | None  # draws a ptx batch, or None when the term is off
+    pad_id: int
+
+
+def ptx_sampler(config: PPOConfig, tokenizer: Any, generator: torch.Generator) -> Callable[[], list] | None:
+    """Batches of the pretraining/SFT data for the ptx term, or None when the term is off (nothing is drawn,
+    so the random stream is the same as without ptx data)."""
+    if config.ptx_coef <= 0 or not config.ptx_data:
+        return None
+    examples = encode_sft(
+        load_records(config.ptx_data, "sft"), tokenizer, config.ptx_max_length, source=config.ptx_data
+    )
+
+    def sample() -> list:
+        picks = torch.randint(len(examples), (config.mini_batch_size,), generator=generator).tolist()
+        return [examples[i] for i in picks]
+
+    return sample
+
+
+def micro_batch_loss(
+    opt: Optimisation, exp: Experience, rows: torch.Tensor, kl_coef: float, config: PPOConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO loss of actor and critic on the experience rows `rows` (token means over those rows)."""
+    mask = exp.mask[rows]  # (m, T)
+    with autocast(exp.input_ids.device, config.bf16):
+        logp, values, _ = opt.model(
+            exp.input_ids[rows], exp.attention_mask[rows], exp.context, config.temperature
+        )  # (m, T), (m, T)
+    values = opt.normalise(values)  # (m, T)
+    pg_loss, pg = ppo_policy_loss(logp, exp.old_logp[rows], exp.advantages[rows], mask, config.clip)
+    vf_loss, vf = value_loss(values, exp.old_values[rows], exp.returns[rows], mask, config.value_clip)
+    loss = pg_loss + config.vf_coef * vf_loss
+    if config.kl_penalty == "loss":  # the GRPO placement: beta * KL estimate, with its gradient
+        loss = loss + kl_coef * masked_mean(kl_estimate(logp, exp.ref_logp[rows], config.kl_estimator), mask)
+    ratio_deviation = ((logp.detach() - exp.old_logp[rows]).exp() - 1).abs().masked_fill(~mask, 0).max()
+    stats = {
+        "loss/policy": pg_loss.detach(),
+        "loss/value": vf_loss.detach(),
+        "policy/approx_kl": pg["approx_kl"],
+        "policy/clipfrac": pg["clipfrac"],
+        "policy/ratio_mean": pg["ratio_mean"],
+        "policy/ratio_var": pg["ratio_var"],  # within each micro-batch, averaged
+        "val/clipfrac": vf["clipfrac"],
+    }
+    return loss, {**stats, "ratio_deviation": ratio_deviation}
+
+
+def minibatch_step(
+    opt: Optimisation,
+    exp: Experience,
+    rows: torch.Tensor,
+    kl_coef: float,
+    config: PPOConfig,
+    guard: UpdateGuard,
+) -> dict[str, float]:
+    """One optimiser step of actor and critic on a minibatch, accumulated over micro-batches. Each micro-batch
+    is weighted by its share of the minibatch's tokens: their sum is the token mean, however split."""
+    tokens = exp.mask[rows].sum()
+    stats: dict[str, float] = {"loss/ptx": 0.0}  # stays 0 with the ptx term off
+    for part in rows.split(config.micro_batch_size or config.mini_batch_size):
+        weight = exp.mask[part].sum() / tokens
+        loss, part_stats = micro_batch_loss(opt, exp, part, kl_coef, config)
+        opt.accelerator.backward(loss * weight)
+        deviation = part_stats.pop("ratio_deviation").item()
+        stats["ratio_deviation"] = max(stats.get("ratio_deviation", 0.0), deviation)
+        for key, value in part_stats.items():
+            stats[key] = stats.get(key, 0.0) + (value * weight).item()
+    policy = opt.accelerator.unwrap_model(opt.model).policy
+    if opt.ptx is not None:
+        with autocast(exp.input_ids.device, config.bf16):
+            ptx, _ = completion_nll(policy, opt.ptx(), opt.pad_id, exp.input_ids.device)
+        opt.accelerator.backward(config.ptx_coef * ptx)
+        stats["loss/ptx"] = ptx.item()
+    # Both roles step, or neither: a non-finite loss or gradient norm skips the update (docs/ppo-details.md
+    # #21). Each role's gradient is clipped on its own.
+    value = opt.accelerator.unwrap_model(opt.model).value
+    _, applied = guarded_update(
+        opt.optimizer,
+        opt.scheduler,
+        opt.accelerator,
+        [policy.parameters(), value.parameters()],
+        config.max_grad_norm,
+        [stats["loss/policy"], stats["loss/value"], stats["loss/ptx"]],
+        guard,
+    )
+    return {**stats, "skipped": float(not applied)}
+
+
+def ppo_update(
+    opt: Optimisation, experience: Experience, kl_coef: float, config: PPOConfig, guard: UpdateGuard
+) -> dict[str, float]:
+    """Step 8: `ppo_epochs` passes over shuffled minibatches of `mini_batch_size` episodes; returns the mean
+    statistics, and the ratio deviation of the very first minibatch (still the old policy: ~0). Stops early
+    when the guard has seen too many non-finite updates in a row."""
+    rows, history = experience.input_ids.shape[0], []
+    for _ in range(config.ppo_epochs):
+        order = torch.randperm(rows, generator=opt.generator)  # (B,)
+        for start in range(0, rows, config.mini_batch_size):
+            rows_here = order[start : start + config.mini_batch_size]
+            history.append(minibatch_step(opt, experience, rows_here, kl_coef, config, guard))
+            if guard.diverged:
+                break
+        if guard.diverged:
+            break
+    applied = [h for h in history if not h["skipped"]] or history  # a skipped step's numbers are not finite
+    means = {
+        k: sum(h[k] for h in applied) / len(applied)
+        for k in history[0]
+        if k not in ("ratio_deviation", "skipped")
+    }
+    return {**means, "policy/first_ratio_deviation": history[0]["ratio_deviation"]}

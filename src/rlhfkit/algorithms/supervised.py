@@ -1,0 +1,157 @@
+"""What `sft` and `rm` share: data and model set-up, and the run-loop trainer that takes one guarded optimiser
+step per batch. Each stage passes in its batch loss and its held-out metrics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from rlhfkit.config import OptimConfig, SupervisedConfig
+from rlhfkit.data import load_records
+from rlhfkit.data.order import batch_indices
+from rlhfkit.models import load_tokenizer
+from rlhfkit.runtime.loop import UpdateGuard, guarded_update, run_loop
+from rlhfkit.runtime.outputs import begin, check_output, clear_checkpoints, save_model, write_run_file
+from rlhfkit.runtime.process import quiet_transformers, set_seed
+
+T = TypeVar("T")
+
+
+def train_and_eval_records(
+    data: str, eval_data: str | None, eval_fraction: float, kind: str, seed: int
+) -> tuple[list[dict], list[dict]]:
+    """Validated training and held-out records; without `eval_data` a seeded `eval_fraction` is held out."""
+    records = load_records(data, kind)
+    if eval_data:
+        return records, load_records(eval_data, kind)
+    if len(records) < 2 or eval_fraction <= 0:
+        return records, []
+    n_eval = min(len(records) - 1, max(1, round(eval_fraction * len(records))))
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [records[i] for i in order[n_eval:]], [records[i] for i in order[:n_eval]]
+
+
+def split(items: Sequence[T], parts: int) -> list[list[T]]:
+    """`items` in `parts` contiguous, nearly equal, non-empty chunks (gradient-accumulation micro-batches)."""
+    parts = max(1, min(parts, len(items)))
+    size, extra = divmod(len(items), parts)
+    bounds = [i * size + min(i, extra) for i in range(parts + 1)]
+    return [list(items[bounds[i] : bounds[i + 1]]) for i in range(parts)]
+
+
+def make_optimizer(model: torch.nn.Module, optim: OptimConfig, steps: int) -> tuple[Any, Any]:
+    """AdamW and a warm-up + decay schedule over `steps` optimiser steps."""
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=optim.lr,
+        weight_decay=optim.weight_decay,
+        eps=optim.adam_eps,
+    )
+    name = "constant_with_warmup" if optim.schedule == "constant" else optim.schedule
+    warmup = math.ceil(optim.warmup_ratio * steps)
+    return optimizer, get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+
+
+@dataclass
+class Supervised:
+    """A supervised run ready for its first step: the run loop's trainer for `sft` and `rm`."""
+
+    config: SupervisedConfig
+    out: Path
+    resume_from: Path | None  # the checkpoint to continue from, or None
+    tokenizer: Any
+    train: list
+    held_out: list
+    steps: int
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    accelerator: Any
+    batch_loss: Callable[[list], dict[str, float]] | None = None  # forward + backward; stats with "loss"
+    held_out_metrics: Callable[[], dict[str, float]] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def step(self, step: int, guard: UpdateGuard) -> dict[str, Any]:
+        config, accelerator = self.config, self.accelerator
+        epoch, indices = batch_indices(
+            len(self.train), config.batch_size, config.seed, step - 1, drop_last=False
+        )
+        batch = [self.train[i] for i in indices]
+        stats = self.batch_loss(batch[accelerator.process_index :: accelerator.num_processes])
+        (grad_norm,), _ = guarded_update(
+            self.optimizer,
+            self.scheduler,
+            accelerator,
+            [self.model.parameters()],
+            config.optim.max_grad_norm,
+            [stats["loss"]],
+            guard,
+        )
+        return {"epoch": epoch, **stats, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
+
+    def evaluate(self, step: int) -> tuple[dict[str, Any], list[dict]] | None:
+        return None if self.held_out_metrics is None else (self.held_out_metrics(), [])
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.accelerator.unwrap_model(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.accelerator.unwrap_model(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def postfix(self, record: dict[str, Any]) -> dict[str, str]:
+        return {"loss": f"{record['loss']:.3f}"}
+
+    def run(self, name: str) -> dict[str, Any]:
+        """All steps through the run loop; returns the last record."""
+        return run_loop(self, self.out, self.config, self.steps, name, self.resume_from)
+
+    def finish(self, command: str, **summary: Any) -> None:
+        """Save the model folder and the run file; drop the checkpoints (the model is saved)."""
+        save_model(self.accelerator.unwrap_model(self.model), self.tokenizer, self.out)
+        write_run_file(self.out, command, self.config, **summary)
+        clear_checkpoints(self.out)
+
+
+def prepare(config: SupervisedConfig, kind: str, encode: Callable, load_model: Callable) -> Supervised:
+    """Everything before the first step of `sft` / `rm`. All user input (folder, data rows, model) is checked
+    before the output folder is touched."""
+    from accelerate import Accelerator
+
+    out = Path(config.out)
+    resume_from = check_output(out, config.overwrite, config.resume)
+    quiet_transformers()
+    tokenizer = load_tokenizer(config.model)
+    train_records, eval_records = train_and_eval_records(
+        config.data, config.eval_data, config.eval_fraction, kind, config.seed
+    )
+    train = encode(train_records, tokenizer, config.max_length, config.truncation, config.data)
+    held_out = encode(
+        eval_records, tokenizer, config.max_length, config.truncation, config.eval_data or config.data
+    )
+    steps = config.max_steps or config.epochs * math.ceil(len(train) / config.batch_size)
+    set_seed(config.seed)
+    model = load_model(config.model, tokenizer)
+    accelerator = Accelerator()
+    optimizer, scheduler = make_optimizer(model, config.optim, steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    begin(out, resume_from)
+    return Supervised(
+        config, out, resume_from, tokenizer, train, held_out, steps, model, optimizer, scheduler, accelerator
+    )

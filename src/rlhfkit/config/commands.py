@@ -1,0 +1,139 @@
+"""The configs of `sft`, `rm`, `label` and `eval` (and the optimiser section `sft`/`rm` share).
+
+Each is a frozen dataclass documented field by field; `__post_init__` holds every range check, so a config
+that exists is one the command can run with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from rlhfkit.config.options import non_negative, option, positive, within
+from rlhfkit.errors import ConfigError
+
+PROMPT_CUT = "maximum prompt tokens (cut from the left)"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and learning-rate schedule (AdamW), shared by `sft` and `rm`."""
+
+    lr: float = option(2e-5, "peak learning rate")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    adam_eps: float = option(1e-8, "AdamW epsilon")
+    warmup_ratio: float = option(0.03, "fraction of the steps spent warming the learning rate up from 0")
+    schedule: Literal["linear", "cosine", "constant"] = option("linear", "decay after the warm-up")
+    max_grad_norm: float = option(1.0, "clip the global gradient norm to this value (0 = no clipping)")
+
+    def __post_init__(self) -> None:
+        non_negative(self, "lr", "weight_decay", "max_grad_norm")
+        positive(self, "adam_eps")
+        within(self, "warmup_ratio", 0, 1)
+
+
+@dataclass(frozen=True)
+class SupervisedConfig:
+    """The fields `sft` and `rm` share: data, length of training, evaluation, checkpoints."""
+
+    model: str = option(help="model to start from: a local folder or a hub name")
+    data: str = option(help="training data: JSONL/Parquet file, a `datasets` folder, or a hub dataset name")
+    out: str = option(help="output folder for the model, tokenizer, config.yaml, metrics.jsonl")
+    eval_data: str | None = option(None, "held-out data; None = split `eval_fraction` off `data`")
+    eval_fraction: float = option(0.05, "fraction of `data` held out when `eval_data` is None")
+    max_length: int = option(512, "maximum tokens of prompt + response")
+    truncation: Literal["left", "drop"] = option(
+        "left", "over-long prompts: cut from the left or drop the row"
+    )
+    epochs: int = option(1, "passes over the training data")
+    max_steps: int | None = option(None, "stop after this many optimiser steps (overrides `epochs`)")
+    batch_size: int = option(8, "examples per optimiser step (split into micro-batches by `grad_accum`)")
+    grad_accum: int = option(1, "micro-batches per optimiser step (gradient accumulation)")
+    optim: OptimConfig = option(OptimConfig(), "optimiser settings, e.g. `optim.lr=1e-4`")
+    eval_every: int = option(100, "evaluate on the held-out data every N steps (0 = only at the end)")
+    save_every: int = option(
+        0, "write a resumable checkpoint every N steps (0 = none; SIGINT/SIGTERM always write one)"
+    )
+    keep_checkpoints: int = option(2, "how many of the newest checkpoints to keep")
+    resume: bool = option(False, "continue from the newest complete checkpoint in `out`")
+    max_bad_steps: int = option(3, "stop after this many non-finite updates in a row (each is skipped)")
+    seed: int = option(0, "random seed")
+    bf16: bool = option(False, "bf16 autocast for forward passes (log-probs, scores and losses stay fp32)")
+    overwrite: bool = option(False, "allow writing into a folder that holds a finished run")
+
+    def __post_init__(self) -> None:
+        positive(
+            self, "max_length", "epochs", "batch_size", "grad_accum", "keep_checkpoints", "max_bad_steps"
+        )
+        if self.max_steps is not None:
+            positive(self, "max_steps")
+        non_negative(self, "eval_every", "save_every")
+        if not 0 <= self.eval_fraction < 1:
+            raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+
+
+@dataclass(frozen=True)
+class SFTConfig(SupervisedConfig):
+    """`rlhfkit sft`: supervised fine-tuning on demonstrations; the loss covers the completion only.
+    `data` holds {prompt, completion} or {messages} rows."""
+
+
+@dataclass(frozen=True)
+class RewardConfig(SupervisedConfig):
+    """`rlhfkit rm`: a scalar-head reward model trained on preference pairs (Bradley-Terry loss).
+    `data` holds {prompt, chosen, rejected} rows (optional margin); `model` is usually the SFT model."""
+
+    eval_fraction: float = option(0.1, "fraction of `data` held out when `eval_data` is None")
+    epochs: int = option(1, "passes over the pairs (about 1 is right: more overfits)")
+    optim: OptimConfig = option(OptimConfig(lr=1e-5), "optimiser settings, e.g. `optim.lr=1e-4`")
+    stats_samples: int = option(
+        2048, "chosen responses scored for the reward normalisation statistics PPO uses"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive(self, "stats_samples")
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """`rlhfkit label`: sample two responses per prompt and let a gold function pick the preferred one."""
+
+    policy: str = option(help="model that samples the responses (usually the SFT model)")
+    prompts: str = option(help="prompt data: {prompt} or {messages} rows")
+    gold: str = option(help="gold reward as `module:function`, called as fn(prompt, response) -> float")
+    out: str = option(help="output JSONL of {prompt, chosen, rejected} rows")
+    tau: float = option(0.1, "labeler noise: chosen with probability sigmoid((g1 - g2) / tau); 0 = perfect")
+    pairs_per_prompt: int = option(1, "response pairs sampled for each prompt")
+    batch_size: int = option(64, "prompts sampled at once")
+    response_length: int = option(32, "maximum new tokens per response")
+    temperature: float = option(1.0, "sampling temperature")
+    seed: int = option(0, "random seed")
+    overwrite: bool = option(False, "allow replacing an existing output file")
+    max_prompt_length: int = option(1024, PROMPT_CUT)
+
+    def __post_init__(self) -> None:
+        non_negative(self, "tau")
+        positive(
+            self, "pairs_per_prompt", "batch_size", "response_length", "temperature", "max_prompt_length"
+        )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """`rlhfkit eval`: mean reward, KL to a reference, length and stop rate of a model on prompts."""
+
+    model: str = option(help="model to evaluate")
+    prompts: str = option(help="prompt data: {prompt} or {messages} rows")
+    reward_model: str | None = option(None, "reward model folder to score with")
+    gold: str | None = option(None, "gold reward as `module:function` to score with")
+    reference: str | None = option(None, "reference model for the KL (usually the SFT model)")
+    out: str | None = option(None, "write eval.json and samples.jsonl to this folder")
+    response_length: int = option(32, "maximum new tokens per response")
+    temperature: float = option(0.7, "sampling temperature (log-probs for the KL are taken at it too)")
+    batch_size: int = option(64, "prompts sampled at once")
+    seed: int = option(0, "random seed")
+    max_prompt_length: int = option(1024, PROMPT_CUT)
+
+    def __post_init__(self) -> None:
+        positive(self, "response_length", "batch_size", "temperature", "max_prompt_length")

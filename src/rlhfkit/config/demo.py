@@ -1,0 +1,122 @@
+"""The config of `rlhfkit demo`: its own fields plus one section per stage, holding the demo's defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from rlhfkit.config.commands import LabelConfig, OptimConfig, RewardConfig, SFTConfig
+from rlhfkit.config.options import SET_BY_DEMO, option, positive
+from rlhfkit.config.ppo import PPOConfig
+from rlhfkit.errors import ConfigError
+
+# The fields of each stage that the demo wires from its own (paths between stages, seed, bf16, overwrite).
+WIRED: dict[str, tuple[str, ...]] = {
+    "sft": ("model", "data", "out", "seed", "overwrite", "bf16"),
+    "label": ("policy", "prompts", "gold", "out", "seed", "overwrite"),
+    "rm": ("model", "data", "eval_data", "out", "seed", "overwrite", "bf16"),
+    "ppo": ("policy", "reward_model", "prompts", "eval_prompts", "out", "seed", "overwrite", "bf16"),
+}
+
+
+def _wired(section: str) -> dict[str, Any]:
+    return dict.fromkeys(WIRED[section], SET_BY_DEMO)
+
+
+# Short stages sized for a CPU laptop; the rest of each stage keeps its command's default.
+DEMO_SFT = SFTConfig(**_wired("sft"), epochs=2, batch_size=32, optim=OptimConfig(lr=2e-3), max_length=256)
+DEMO_LABEL = LabelConfig(**_wired("label"), tau=0.1, pairs_per_prompt=8, temperature=1.0, response_length=24)
+DEMO_RM = RewardConfig(
+    **_wired("rm"),
+    epochs=1,
+    batch_size=32,
+    optim=OptimConfig(lr=5e-4),
+    max_length=256,
+    eval_every=10,  # a held-out accuracy curve for the report
+)
+DEMO_PPO = PPOConfig(
+    **_wired("ppo"),
+    max_steps=150,
+    batch_size=32,
+    mini_batch_size=16,
+    ppo_epochs=4,
+    response_length=24,
+    temperature=0.7,
+    kl_coef=0.05,
+    actor_lr=3e-4,
+    critic_lr=3e-4,
+    eval_every=5,  # points of the reward-KL frontier in the report
+)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """`rlhfkit demo`: SFT -> simulated labeling -> RM -> PPO -> evaluation on the bundled sentiment task.
+    Each stage's settings are a section (`sft.epochs=3`, `ppo.kl_coef=0.1`); the evaluation samples with
+    `ppo.response_length` and `ppo.temperature`."""
+
+    # Flat names of the old DemoConfig -> the dotted field(s) they set now; accepted wherever keys are.
+    ALIASES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "sft_epochs": ("sft.epochs",),
+        "sft_lr": ("sft.optim.lr",),
+        "sft_batch_size": ("sft.batch_size",),
+        "pairs_per_prompt": ("label.pairs_per_prompt",),
+        "tau": ("label.tau",),
+        "label_temperature": ("label.temperature",),
+        "rm_epochs": ("rm.epochs",),
+        "rm_lr": ("rm.optim.lr",),
+        "rm_batch_size": ("rm.batch_size",),
+        "ppo_steps": ("ppo.max_steps",),
+        "ppo_batch_size": ("ppo.batch_size",),
+        "ppo_mini_batch_size": ("ppo.mini_batch_size",),
+        "ppo_epochs": ("ppo.ppo_epochs",),
+        "response_length": ("label.response_length", "ppo.response_length"),
+        "temperature": ("ppo.temperature",),
+        "kl_coef": ("ppo.kl_coef",),
+        "actor_lr": ("ppo.actor_lr",),
+        "critic_lr": ("ppo.critic_lr",),
+        "ppo_eval_every": ("ppo.eval_every",),
+    }
+
+    out: str = option("runs/demo", "output folder for every stage, summary.json and report.html")
+    preset: Literal["tiny", "smollm2"] = option(
+        "tiny", "tiny model built from scratch, or SmolLM2-135M (configs/demo-smollm2.yaml, slower)"
+    )
+    seed: int = option(0, "random seed of every stage")
+    overwrite: bool = option(False, "allow writing into a folder that holds a finished run")
+    # the task
+    demonstrations: int = option(4000, "SFT demonstrations generated for the task")
+    eval_prompts: int = option(128, "held-out prompts for the final evaluation (never trained on)")
+    # the tiny model (preset tiny)
+    vocab_size: int = option(1024, "BPE vocabulary trained on the task's text")
+    hidden_size: int = option(128, "width of the tiny Llama")
+    num_layers: int = option(3, "layers of the tiny Llama")
+    num_heads: int = option(4, "attention heads of the tiny Llama")
+    bf16: bool = option(False, "bf16 autocast in every stage (sets `bf16` of sft, rm and ppo)")
+    # the stages
+    sft: SFTConfig = option(DEMO_SFT, "stage 1, supervised fine-tuning on the demonstrations")
+    label: LabelConfig = option(DEMO_LABEL, "pairs sampled from the SFT model, judged by the noisy labeler")
+    rm: RewardConfig = option(DEMO_RM, "stage 2, the reward model on the labeled pairs")
+    ppo: PPOConfig = option(DEMO_PPO, "stage 3, PPO against the learned reward model")
+
+    def __post_init__(self) -> None:
+        positive(
+            self, "demonstrations", "eval_prompts", "vocab_size", "hidden_size", "num_layers", "num_heads"
+        )
+        for section, names in WIRED.items():
+            for name in names:
+                if getattr(getattr(self, section), name) != SET_BY_DEMO:
+                    raise ConfigError(
+                        f"config key '{section}.{name}' is set by the demo itself "
+                        f"(from out, seed, bf16 and the earlier stages); leave it out"
+                    )
+
+    def __getattr__(self, name: str) -> Any:
+        # Reading an old flat name still works (the first place it sets), for code written against them.
+        targets = type(self).ALIASES.get(name)
+        if targets is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        value: Any = self
+        for part in targets[0].split("."):
+            value = getattr(value, part)
+        return value

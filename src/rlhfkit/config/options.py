@@ -1,0 +1,44 @@
+"""The pieces every config class is made of: `option` (a field with its help text) and the range checks that
+`__post_init__` runs, each a `ConfigError` naming the field."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import field
+from typing import Any
+
+from rlhfkit.errors import ConfigError
+
+MISSING = dataclasses.MISSING
+# Default of a field that an owning config fills in itself (the demo wires paths, seeds and flags between its
+# stages); the owner refuses any other value. A string whatever the field's type, so `--help` shows it.
+SET_BY_DEMO = "(set by the demo)"
+
+
+def option(default: Any = MISSING, help: str = "") -> Any:
+    """A config field with its documentation. No default means the field is required."""
+    if default is MISSING:
+        return field(metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def positive(config: Any, *names: str) -> None:
+    """ConfigError naming the first of `names` whose value is not > 0."""
+    for name in names:
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{name} must be > 0, got {getattr(config, name)}")
+
+
+def non_negative(config: Any, *names: str) -> None:
+    """ConfigError naming the first of `names` whose value is < 0."""
+    for name in names:
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)}")
+
+
+def within(config: Any, name: str, low: float, high: float, *, open_low: bool = False) -> None:
+    """ConfigError unless `low <= value <= high` (`low < value` with `open_low`)."""
+    value = getattr(config, name)
+    if value > high or value < low or (open_low and value == low):
+        interval = f"{'(' if open_low else '['}{low}, {high}]"
+        raise ConfigError(f"{name} must be in {interval}, got {value}")
