@@ -53,8 +53,9 @@ def build_models(name: str, folder: Path) -> tuple[str, str]:
 
 
 def main() -> None:
+    from rlhfkit.algorithms.ppo import PPOTrainer
     from rlhfkit.config import PPOConfig
-    from rlhfkit.algorithms.ppo.trainer import load_roles, setup, split_prompts, train_iteration
+    from rlhfkit.runtime.loop import UpdateGuard
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["tiny", "smollm2"], choices=["tiny", "smollm2"])
@@ -92,14 +93,12 @@ def main() -> None:
                 normalize_reward=False,
                 bf16=args.bf16,
             )
-            roles = load_roles(config)
+            trainer = PPOTrainer.create(config)
             # forbid EOS so every response has the full 32 tokens
-            run = setup(config, roles)
-            run.stop_ids = run.stop_ids.new_tensor([-1])
-            train, _ = split_prompts(config, roles.tokenizer)
-            rows = []
+            trainer.engine.stop_ids = trainer.engine.stop_ids.new_tensor([-1])
+            guard, rows = UpdateGuard("bench", config.max_bad_steps), []
             for i in range(args.iterations):
-                record = train_iteration(run, train[16 * i : 16 * (i + 1)])
+                record = trainer.step(i + 1, guard)
                 rows.append(record)
                 phases = [record["time/rollout"], record["time/score"], record["time/train"]]
                 label = "first" if i == 0 else str(i + 1)

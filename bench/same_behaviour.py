@@ -2,15 +2,17 @@
 
     .venv/bin/python bench/same_behaviour.py --before COMMIT [--full-demo]
 
-Checks out COMMIT's `src/` into a temporary git worktree, runs the same fixed-seed fp32 commands with that code
-and with this checkout's (`python -m rlhfkit.cli`, a fresh process each), and compares: every record of every
-`metrics.jsonl` (timing fields aside), `samples.jsonl`, `summary.json` (wall time aside; stage configs compared
-on the keys both versions have), the `label` output, `eval.json`, and the bytes of every saved weight file.
-Prints one line per difference and a closing `N same, N different` line; exit status 1 on any difference.
+Checks out COMMIT into a temporary git worktree, runs the same fixed-seed fp32 commands with its `src/` and
+with this checkout's (`python -m rlhfkit.cli`, a fresh process each), and compares: every record of every
+JSONL file written (metrics, samples, labels, data; timing fields aside), `eval.json`, `summary.json` (wall
+time aside; stage configs on the keys both versions have), and the bytes of every saved weight file. Keys
+only the new version writes are listed as additions, not differences. Prints one line per difference and a
+closing count; exit status 1 on any difference.
 
 The commands: sft (2 micro-batches, held-out eval), rm, label, eval (RM + gold + reference), ppo three ways
-(defaults with reward normalisation; top-k/top-p + k3 + adaptive KL + whitened rewards + reward clip + missing-EOS
-penalty + micro-batches; ptx), and the reduced demo of the tests (`--full-demo`: also the default `make demo`).
+(defaults with reward normalisation; top-k/top-p + k3 + adaptive KL + whitened rewards + reward clip +
+missing-EOS penalty + micro-batches; ptx), the reduced demo of the tests, and with `--full-demo` the default
+demo of `make demo`.
 """
 
 from __future__ import annotations
@@ -64,7 +66,6 @@ def write_inputs(folder: Path) -> None:
     """A tiny Llama with a BPE tokenizer and the task's data (the same for both versions)."""
     sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "src")]
     from helpers import great_rows, prompt_rows, sentiment_rows, write_jsonl
-
     from rlhfkit.models import tiny_llama, train_tokenizer
 
     texts = [r["prompt"] + r["completion"] for r in sentiment_rows(400)]
@@ -136,33 +137,44 @@ def record(src: Path, work: Path, full_demo: bool) -> dict[str, Any]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=str(src))
     data, out = work / "data", work / "out"
     for name, args in commands(data, out, full_demo).items():
-        done = subprocess.run([sys.executable, "-m", "rlhfkit.cli", *args], env=env, capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "rlhfkit.cli", *args], env=env, capture_output=True, text=True
+        )
         if done.returncode != 0:
             raise SystemExit(f"{name} failed with {src}:\n{done.stderr[-3000:]}")
         print(f"  ran {name}", flush=True)
     return fingerprint(out)
 
 
-def differences(before: Any, after: Any, where: str = "") -> list[str]:
-    """One line per leaf that differs; dict keys present on one side only are differences, except config
-    fields added after (new options with their defaults)."""
+def compare(before: Any, after: Any, where: str = "") -> tuple[list[str], list[str]]:
+    """(differences, additions): one line per leaf that differs or exists before only; keys that only the new
+    version writes (new metrics, new config fields at their defaults) are additions."""
     if isinstance(before, dict) and isinstance(after, dict):
-        found = []
+        found: tuple[list[str], list[str]] = ([], [])
         for key in sorted(set(before) | set(after), key=str):
             if key not in after:
-                found.append(f"{where}{key}: removed")
-            elif key in before:
-                found += differences(before[key], after[key], f"{where}{key}.")
-            elif ":config." not in where:
-                found.append(f"{where}{key}: added")
+                found[0].append(f"{where}{key}: removed")
+            elif key not in before:
+                found[1].append(f"{where}{key}")
+            else:
+                inner = compare(before[key], after[key], f"{where}{key}.")
+                found[0].extend(inner[0])
+                found[1].extend(inner[1])
         return found
     if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
-        return [d for i, (b, a) in enumerate(zip(before, after)) for d in differences(b, a, f"{where}{i}.")]
-    return [] if before == after else [f"{where.rstrip('.')}: {before!r} -> {after!r}"]
+        found = ([], [])
+        for i, (b, a) in enumerate(zip(before, after, strict=True)):
+            inner = compare(b, a, f"{where}{i}.")
+            found[0].extend(inner[0])
+            found[1].extend(inner[1])
+        return found
+    return ([] if before == after else [f"{where.rstrip('.')}: {before!r} -> {after!r}"]), []
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--before", required=True, help="git commit whose code gives the reference outputs")
     parser.add_argument("--full-demo", action="store_true", help="also the default demo (minutes)")
     args = parser.parse_args()
@@ -182,9 +194,13 @@ def main() -> int:
             after = record(ROOT / "src", work, args.full_demo)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
-    found = differences(before, after)
+    found, added = compare(before, after)
     for line in found:
         print(line)
+    # an added key repeats on every record: list each name once, without the record index
+    names = sorted({".".join(p for p in line.split(".") if not p.isdigit()) for line in added})
+    if names:
+        print("written only after (new keys):", ", ".join(names))
     print(f"{len(before)} outputs compared, {len(found)} differences")
     return 1 if found else 0
 

@@ -51,9 +51,9 @@ def tiny_tokenizer(tiny_dir):
 def rlhf_stack(tiny_dir, tmp_path_factory):
     """(sft folder, rm folder, prompts file): a tiny SFT model and an RM that likes the word `great`."""
     from helpers import great_rows, prompt_rows, write_jsonl
-    from rlhfkit.config import OptimConfig, RewardConfig, SFTConfig
     from rlhfkit.algorithms.reward import train_reward_model
     from rlhfkit.algorithms.sft import sft
+    from rlhfkit.config import OptimConfig, RewardConfig, SFTConfig
 
     folder = tmp_path_factory.mktemp("stack")
     sft_dir = sft(

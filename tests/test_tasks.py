@@ -116,9 +116,9 @@ def test_eval_reports_reward_gold_kl_length_and_stop_rate(rlhf_stack, tmp_path):
 
 def test_python_api_names_are_the_functions():
     import rlhfkit
+    import rlhfkit.jobs.demo  # noqa: F401
     import rlhfkit.jobs.evaluate  # noqa: F401  (submodules imported first must not shadow the functions)
     import rlhfkit.jobs.label  # noqa: F401
-    import rlhfkit.jobs.demo  # noqa: F401
 
     for name in ("sft", "train_reward_model", "ppo", "label", "evaluate", "demo"):
         assert callable(getattr(rlhfkit, name)) and getattr(rlhfkit, name).__name__ == name

@@ -2,12 +2,12 @@ import pytest
 import torch
 
 from helpers import preference_rows, write_jsonl
+from rlhfkit.algorithms.reward import train_reward_model
 from rlhfkit.config import OptimConfig, RewardConfig
 from rlhfkit.data import encode_pairs, load_records, pad
-from rlhfkit.runtime.metrics import read_metrics
 from rlhfkit.models import load_tokenizer, sequence_scores
+from rlhfkit.runtime.metrics import read_metrics
 from rlhfkit.runtime.outputs import read_run_file
-from rlhfkit.algorithms.reward import train_reward_model
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from helpers import sentiment_rows, write_jsonl
+from rlhfkit.algorithms.sft import sft
 from rlhfkit.config import OptimConfig, SFTConfig
 from rlhfkit.runtime.metrics import read_metrics
 from rlhfkit.runtime.outputs import read_run_file
-from rlhfkit.algorithms.sft import sft
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ import torch
 from rlhfkit.config import OptimConfig, SupervisedConfig
 from rlhfkit.data import load_records
 from rlhfkit.data.order import batch_indices
-from rlhfkit.models import load_tokenizer
+from rlhfkit.models import load_tokenizer, save_model
 from rlhfkit.runtime.loop import UpdateGuard, guarded_update, run_loop
-from rlhfkit.runtime.outputs import begin, check_output, clear_checkpoints, save_model, write_run_file
+from rlhfkit.runtime.outputs import begin, check_output, clear_checkpoints, write_run_file
 from rlhfkit.runtime.process import quiet_transformers, set_seed
 
 T = TypeVar("T")

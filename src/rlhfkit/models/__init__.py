@@ -6,6 +6,7 @@ from rlhfkit.models.loading import (
     load_causal_lm,
     load_scalar_model,
     load_tokenizer,
+    save_model,
 )
 from rlhfkit.models.scalar import position_ids, scalar_values, sequence_scores
 from rlhfkit.models.smollm2 import smollm2
@@ -17,6 +18,7 @@ __all__ = [
     "load_causal_lm",
     "load_scalar_model",
     "load_tokenizer",
+    "save_model",
     "position_ids",
     "scalar_values",
     "sequence_scores",

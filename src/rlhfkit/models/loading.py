@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +98,22 @@ def load_scalar_model(name: str, tokenizer: Any, dtype: torch.dtype = torch.floa
         init_scalar_head(model.score)
     _match_tokenizer(model, tokenizer)
     return model
+
+
+def save_model(model: Any, tokenizer: Any, target: Path) -> None:
+    """`save_pretrained` of model and tokenizer into a staging folder beside `target`, then moved into place:
+    the whole folder in one rename when `target` is new, else file by file (an `sft`/`rm` output folder also
+    holds metrics and config). Never a half-written weight file under `target`."""
+    staging = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, target)
+        return
+    for path in staging.iterdir():
+        if (target / path.name).is_dir():
+            shutil.rmtree(target / path.name)
+        os.replace(path, target / path.name)
+    staging.rmdir()

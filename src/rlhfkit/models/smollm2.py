@@ -6,10 +6,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from rlhfkit.errors import UsageError
+from rlhfkit.models.loading import save_model
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -47,14 +47,7 @@ def smollm2() -> Path:
         del config.quantization_config
     model = LlamaForCausalLM(config)
     model.load_state_dict(loaded.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(target, ignore_errors=True)  # a leftover without config.json is not a finished folder
-    # Written beside the target and renamed into place: a crash never leaves a half folder that looks whole.
-    staging = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    # staged, then renamed into place: never a half folder that looks whole
+    save_model(model, tokenizer, target)
     return target

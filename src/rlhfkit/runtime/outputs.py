@@ -1,5 +1,4 @@
-"""Output folders: what may be written where, the run file that marks a finished run, and the one atomic way
-to save a model folder."""
+"""Output folders: what may be written where, and the run file that marks a finished run."""
 
 from __future__ import annotations
 
@@ -75,25 +74,6 @@ def begin(out: Path, resume_from: Path | None) -> None:
     (out / RUN_FILE).unlink(missing_ok=True)
     if resume_from is None:
         clear_checkpoints(out)
-
-
-def save_model(model: Any, tokenizer: Any, target: Path) -> None:
-    """`save_pretrained` of model and tokenizer into a staging folder beside `target`, then moved into place:
-    the whole folder in one rename when `target` is new, else file by file (an `sft`/`rm` output folder also
-    holds metrics and config). Never a half-written weight file under `target`."""
-    staging = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, target)
-        return
-    for path in staging.iterdir():
-        if (target / path.name).is_dir():
-            shutil.rmtree(target / path.name)
-        os.replace(path, target / path.name)
-    staging.rmdir()
 
 
 def write_run_file(out: Path, command: str, config: Any, **summary: Any) -> None:

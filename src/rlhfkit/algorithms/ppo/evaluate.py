@@ -1,4 +1,5 @@
-"""Step 10 of a PPO iteration: fixed-seed samples on held-out prompts, scored, with their KL to the reference."""
+"""Step 10 of a PPO iteration: fixed-seed samples on held-out prompts, scored, with their KL to the
+reference."""
 
 from __future__ import annotations
 

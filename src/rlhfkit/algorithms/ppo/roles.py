@@ -16,9 +16,8 @@ import torch
 
 from rlhfkit.config import PPOConfig
 from rlhfkit.errors import UsageError
-from rlhfkit.models import load_causal_lm, load_scalar_model, load_tokenizer, sequence_scores
+from rlhfkit.models import load_causal_lm, load_scalar_model, load_tokenizer, save_model, sequence_scores
 from rlhfkit.models.forward import response_logprobs, response_values
-from rlhfkit.runtime.outputs import save_model
 
 
 class PolicyAndValue(torch.nn.Module):
@@ -96,8 +95,8 @@ class SeparateModels:
 
 
 def load_roles(config: PPOConfig) -> SeparateModels:
-    """The four roles, dropout off in all of them (docs/ppo-details.md #10): the trained ones stay in eval mode
-    through rollout and training, so the ratio on the first minibatch is exactly 1."""
+    """The four roles, dropout off in all of them (docs/ppo-details.md #10): the trained ones stay in eval
+    mode through rollout and training, so the ratio on the first minibatch is exactly 1."""
     tokenizer = load_tokenizer(config.policy)
     rm_tokenizer = load_tokenizer(config.reward_model)
     if rm_tokenizer.get_vocab() != tokenizer.get_vocab():

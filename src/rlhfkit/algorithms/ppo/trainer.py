@@ -110,7 +110,8 @@ class PPOTrainer:
         return cls(config, roles, opt, engine, kl_ctl, sampling, prompts, held_out)
 
     def prompt_batch(self, step: int) -> list[list[int]]:
-        """1. The prompts of iteration `step`: reshuffled every pass over the set, a pure function of the seed."""
+        """1. The prompts of iteration `step`: reshuffled every pass over the set; a pure function of the
+        seed and the step."""
         seed = self.config.seed + self.opt.accelerator.process_index
         _, indices = batch_indices(len(self.prompts), self.config.batch_size, seed, step - 1, drop_last=True)
         return [self.prompts[i] for i in indices]
