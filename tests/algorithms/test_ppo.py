@@ -74,7 +74,7 @@ def test_the_values_ppo_reads_are_the_rm_values_before_the_last_response_token(r
     position P - 1 + t (the state before the token), on the normalised scale of the scores."""
     trainer, rollout, experience, _ = start(rlhf_stack, tmp_path, normalize_reward=True)
     stats = read_run_file(rlhf_stack[1])["reward_stats"]
-    rm = load_scalar_model(rlhf_stack[1], load_tokenizer(rlhf_stack[1])).eval()
+    rm = load_scalar_model(rlhf_stack[1], load_tokenizer(rlhf_stack[1])).eval().to(rollout.input_ids.device)
     with torch.no_grad():
         rm_values = scalar_values(rm, rollout.input_ids, rollout.attention_mask)  # (B, P + T)
     context, mask = experience.context, experience.mask
@@ -174,7 +174,7 @@ def test_score_read_at_eos_and_missing_eos_penalty(rlhf_stack, tmp_path):
 def test_top_k_one_samples_the_most_likely_token(rlhf_stack, tmp_path):
     """top_k=1 reaches the engine: every sampled token is the argmax of the policy at its position."""
     trainer, rollout, experience, _ = start(rlhf_stack, tmp_path, top_k=1, temperature=1.5)
-    policy = load_causal_lm(rlhf_stack[0], trainer.roles.tokenizer).eval()
+    policy = load_causal_lm(rlhf_stack[0], trainer.roles.tokenizer).eval().to(rollout.input_ids.device)
     with torch.no_grad():
         logits = policy(
             input_ids=rollout.input_ids,
