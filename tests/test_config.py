@@ -347,6 +347,15 @@ def test_a_wired_field_is_never_suggested():
     assert "sft.model" not in str(error.value) and "rm.model" not in str(error.value)
 
 
+@pytest.mark.parametrize("key", ["sft.modle", "sft.sed", "ppo.polcy"])
+def test_a_wired_field_is_not_suggested_inside_its_section(key):
+    """Inside a section the suggestion knows the demo wires `sft.model`, `sft.seed`, `ppo.policy`."""
+    with pytest.raises(ConfigError) as error:
+        load_config(DemoConfig, overrides=[f"{key}=x"])
+    wired = {"sft.modle": "'sft.model'", "sft.sed": "'sft.seed'", "ppo.polcy": "'ppo.policy'"}[key]
+    assert f"unknown config key '{key}'" in str(error.value) and wired not in str(error.value)
+
+
 # ----------------------------------------------------------------------------------- range checks
 
 REQUIRED_PPO_OVERRIDES = [f"{k}={v}" for k, v in REQUIRED_PPO.items()]

@@ -212,23 +212,37 @@ def test_reward_clip_bounds_the_scores(rlhf_stack, tmp_path):
 
 
 def test_kl_penalty_in_the_loss_leaves_the_reward_alone(rlhf_stack, tmp_path):
-    """kl_penalty=loss: the rewards hold the score only; beta * mean(k3) joins the policy loss, so the
-    update differs from one without the term once the policy has moved off the reference."""
-    trainer, _, _, _ = start(rlhf_stack, tmp_path, kl_penalty="loss", kl_estimator="k3", kl_coef=1.0)
+    """kl_penalty=loss: the rewards hold the score only, beta * mean(k3) joins the policy loss: once the
+    policy has moved off the reference, the same update with beta = 1 and beta = 0 gives other weights."""
+    options = dict(kl_penalty="loss", kl_estimator="k3", kl_coef=1.0)
+    trainer, _, _, _ = start(rlhf_stack, tmp_path, **options)
     trainer.step(1, guard())  # the policy moves: KL > 0 from here on
     experience, stats = trainer.experience(trainer.rollout(trainer.prompt_batch(2)))
     assert stats["objective/kl"].item() > 0
-    assert stats["objective/non_score_reward"].item() == 0.0
-    last = experience.mask.cumsum(1) == experience.mask.sum(1, keepdim=True)  # (B, T) last valid token
-    assert torch.equal(
-        experience.rewards[experience.mask & ~last],
-        torch.zeros_like(experience.rewards)[experience.mask & ~last],
+    # the objective's KL term is logged as in the reward placement: -beta * KL summed over tokens
+    assert stats["objective/non_score_reward"].item() == pytest.approx(
+        -stats["objective/kl"].item(), rel=1e-5
     )
-    records = read_metrics(
-        ppo(make_config(rlhf_stack, tmp_path / "loss", kl_penalty="loss", kl_estimator="k3", kl_coef=1.0))
-        / "metrics.jsonl"
-    )
-    assert all("policy/ratio_var" in r for r in records)
+    mask = experience.mask
+    last = mask & (mask.cumsum(1) == mask.sum(1, keepdim=True))  # (B, T) the last valid token
+    assert (experience.rewards[experience.mask & ~last] == 0).all()
+    assert torch.equal(experience.rewards[last], experience.scores)
+    state = copy.deepcopy(trainer.state())
+    weights = {}
+    for beta in (1.0, 0.0):
+        trainer.restore(copy.deepcopy(state))
+        trainer.kl_ctl.value = beta
+        stats = trainer.update(experience, guard())
+        assert stats["loss/kl"] > 0
+        weights[beta] = copy.deepcopy(trainer.roles.trainable.policy.state_dict())
+    moved = max((weights[1.0][k] - weights[0.0][k]).abs().max().item() for k in weights[1.0])
+    assert moved > 1e-6
+
+
+def test_ratio_variance_is_logged(rlhf_stack, tmp_path):
+    records = read_metrics(ppo(make_config(rlhf_stack, tmp_path / "var", max_steps=2)) / "metrics.jsonl")
+    assert all(r["policy/ratio_var"] >= 0 for r in records)
+    assert any(r["policy/ratio_var"] > 0 for r in records)  # the policy moves within an iteration
 
 
 def test_ppo_raises_the_reward(rlhf_stack, tmp_path):

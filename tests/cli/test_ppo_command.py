@@ -83,6 +83,10 @@ BAD = {
     "multi-token stop": (["stop_tokens=the movie was"], "stop token 'the movie was' is"),
     "ptx without data": (["ptx_coef=1"], "ptx_coef > 0 needs ptx_data"),
     "too few prompts": (["batch_size=400", "mini_batch_size=8"], "fewer than batch_size=400"),
+    "too few with eval prompts": (
+        ["batch_size=400", "mini_batch_size=8", "eval_prompts={prompts}"],
+        "fewer than batch_size=400",
+    ),
     "missing prompts": (["prompts=nowhere/prompts.jsonl"], "nowhere/prompts.jsonl: file does not exist"),
 }
 
@@ -90,6 +94,7 @@ BAD = {
 @pytest.mark.parametrize("case", BAD)
 def test_ppo_bad_input(case, rlhf_stack, tmp_path, capsys):
     extra, message = BAD[case]
+    extra = [e.format(prompts=rlhf_stack[2]) for e in extra]
     out = tmp_path / "out"
     code = main(ppo_args(rlhf_stack, out, "batch_size=8", *extra))
     err = capsys.readouterr().err.strip()

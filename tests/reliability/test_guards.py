@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from helpers import ppo_args, sentiment_rows, write_jsonl
 from rlhfkit.cli import main
 from rlhfkit.config import SFTConfig
-from rlhfkit.runtime.checkpoint import load_checkpoint
+from rlhfkit.runtime.checkpoint import load_checkpoint, save_checkpoint
 from rlhfkit.runtime.loop import UpdateGuard, guarded_update, run_loop
 from rlhfkit.runtime.metrics import read_metrics
 
@@ -135,3 +135,49 @@ def test_guarded_update_leaves_the_weights_alone_on_a_nan():
     _, applied = guarded_update(optimizer, scheduler, Plain, [layer.parameters()], 1.0, [1.0], guard)
     assert applied and guard.in_a_row == 0 and guard.total == 1
     assert not all(torch.equal(a, b) for a, b in zip(before, layer.parameters(), strict=True))
+
+
+class SamplingTrainer(CountingTrainer):
+    """Evaluates with one sample per evaluation."""
+
+    def evaluate(self, step):
+        return {"eval/x": float(step)}, [{"text": f"sample {step}"}]
+
+
+def test_a_fresh_run_does_not_keep_an_old_samples_file(tmp_path):
+    (tmp_path / "samples.jsonl").write_text('{"step": 1, "text": "an old run"}\n')
+    run_loop(CountingTrainer(bad=set()), tmp_path, loop_config(tmp_path), steps=2, name="t")
+    assert not (tmp_path / "samples.jsonl").exists()  # this trainer writes no samples
+    run_loop(SamplingTrainer(bad=set()), tmp_path, loop_config(tmp_path), steps=2, name="t")
+    assert [s["text"] for s in read_metrics(tmp_path / "samples.jsonl")] == ["sample 2"]
+
+
+def test_a_resume_continues_the_run_of_bad_steps(tmp_path):
+    """Three bad steps stop a run with a checkpoint; after a resume the next bad step is the fourth in a row,
+    not the first."""
+    config = SFTConfig(model="m", data="d", out=str(tmp_path), eval_every=0)
+    trainer = CountingTrainer(bad={1, 2, 3})
+    try:
+        run_loop(trainer, tmp_path, config, steps=3, name="t")
+        raise AssertionError("no Diverged")
+    except Exception as exc:  # Diverged
+        assert "3 non-finite updates in a row at step 3" in str(exc)
+    resumed = CountingTrainer(bad={4})
+    last = tmp_path / "checkpoints" / "step-00000003"
+    try:
+        run_loop(resumed, tmp_path, config, steps=4, name="t", resume_from=last)
+        raise AssertionError("no Diverged")
+    except Exception as exc:  # 4 bad in a row counting the 3 before the checkpoint
+        assert "4 non-finite updates in a row at step 4" in str(exc)
+
+
+def test_a_resume_with_no_step_left_returns_the_last_record(tmp_path):
+    """A stop in the last step leaves a checkpoint of it; resuming runs nothing and returns its record."""
+    config = SFTConfig(model="m", data="d", out=str(tmp_path), eval_every=0)
+    first = run_loop(CountingTrainer(bad=set()), tmp_path, config, steps=2, name="t")
+    save_checkpoint(tmp_path, 2, {"updates": 2, "bad_steps": 0, "bad_in_a_row": 0}, keep=2)
+    trainer = CountingTrainer(bad=set())
+    again = run_loop(
+        trainer, tmp_path, config, steps=2, name="t", resume_from=tmp_path / "checkpoints" / "step-00000002"
+    )
+    assert again == first and trainer.updates == 2

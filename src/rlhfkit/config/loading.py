@@ -106,7 +106,7 @@ def build(cls: type[C], values: Mapping[str, Any], where: str = "", defaults: An
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [key for key in values if key not in fields]
     if unknown:
-        raise unknown_key(cls, unknown[0], where)
+        raise unknown_key(cls, unknown[0], where, defaults)
     hints = typing.get_type_hints(cls)
     kwargs = {} if defaults is None else {name: getattr(defaults, name) for name in fields}
     for name, value in values.items():

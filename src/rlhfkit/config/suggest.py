@@ -65,9 +65,9 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
 MAX_SUGGESTIONS = 3
 
 
-def unknown_key(cls: type, key: Any, where: str = "") -> ConfigError:
+def unknown_key(cls: type, key: Any, where: str = "", defaults: Any = None) -> ConfigError:
     """`unknown config key 'X' for Cls (did you mean 'Y'?)`, the hint left out when nothing is near."""
-    names = [repr(where + name) for name in nearest(cls, str(key))]
+    names = [repr(where + name) for name in nearest(cls, str(key), defaults)]
     hint = ""
     if names:
         either = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
@@ -75,10 +75,10 @@ def unknown_key(cls: type, key: Any, where: str = "") -> ConfigError:
     return ConfigError(f"unknown config key {where + str(key)!r} for {cls.__name__}{hint}")
 
 
-def nearest(cls: type, key: str) -> list[str]:
+def nearest(cls: type, key: str, defaults: Any = None) -> list[str]:
     """Dotted names of `cls` that `key` most likely meant: a synonym, a section's field of that name, else
     the closest spelling (of a field, a section's field or an old name)."""
-    paths = field_paths(cls)
+    paths = field_paths(cls, "", defaults)
     found = [p for name in SYNONYMS.get(key, ()) for p in _matching(paths, name)]
     found = found or _matching(paths, key)
     if not found:

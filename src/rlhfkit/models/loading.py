@@ -100,18 +100,28 @@ def load_scalar_model(name: str, tokenizer: Any, dtype: torch.dtype = torch.floa
     return model
 
 
+WEIGHT_FILES = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin*")
+
+
 def save_model(model: Any, tokenizer: Any, target: Path) -> None:
-    """`save_pretrained` of model and tokenizer into a staging folder beside `target`, then moved into place:
-    the whole folder in one rename when `target` is new, else file by file (an `sft`/`rm` output folder also
-    holds metrics and config). Never a half-written weight file under `target`."""
-    staging = target.with_name(f".{target.name}.tmp")
+    """`save_pretrained` of model and tokenizer into a staging folder, then moved into place: the whole folder
+    in one rename when `target` is new, else file by file, after removing the old weight files the new save
+    does not have (an `sft`/`rm` output folder also holds metrics and config, which stay). The staging folder
+    sits on `target`'s own file system: beside a new target, inside an existing one (a mount point too)."""
+    target = Path(target).resolve()
+    exists = target.exists()
+    staging = target / ".save.tmp" if exists else target.with_name(f".{target.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    if not target.exists():
+    if not exists:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging, target)
         return
+    for pattern in WEIGHT_FILES:  # a leftover shard or single file would be loaded instead of the new one
+        for old in target.glob(pattern):
+            if not (staging / old.name).exists():
+                old.unlink()
     for path in staging.iterdir():
         if (target / path.name).is_dir():
             shutil.rmtree(target / path.name)

@@ -16,7 +16,7 @@ import torch
 
 from rlhfkit.errors import Diverged, Stopped
 from rlhfkit.runtime.checkpoint import StopSignals, load_checkpoint, save_checkpoint, truncate_jsonl
-from rlhfkit.runtime.metrics import MetricsLog, progress
+from rlhfkit.runtime.metrics import MetricsLog, progress, read_metrics
 
 log = logging.getLogger("rlhfkit")
 
@@ -103,20 +103,23 @@ def run_loop(
     Writes `metrics.jsonl` (one flushed line per step) and, when the trainer's evaluation returns samples,
     `samples.jsonl`. `config` provides eval_every, save_every, keep_checkpoints and max_bad_steps.
     """
-    first, guard = 0, UpdateGuard(name, config.max_bad_steps)
-    if resume_from is not None:
+    first, guard, record = 0, UpdateGuard(name, config.max_bad_steps), {}
+    if resume_from is None:
+        (out / "samples.jsonl").unlink(missing_ok=True)  # written lazily: an old run's must not survive
+    else:
         state = load_checkpoint(resume_from)
         trainer.restore(state)
-        first, guard.total = state["step"], state["bad_steps"]
+        first, guard.total, guard.in_a_row = state["step"], state["bad_steps"], state["bad_in_a_row"]
         for log_name in ("metrics.jsonl", "samples.jsonl"):
             truncate_jsonl(out / log_name, first)
+        if first == steps:  # stopped in the last step: nothing left but its record
+            record = read_metrics(out / "metrics.jsonl")[-1]
 
     def checkpoint(step: int) -> Path:
-        return save_checkpoint(
-            out, step, {**trainer.state(), "bad_steps": guard.total}, config.keep_checkpoints
-        )
+        counters = {"bad_steps": guard.total, "bad_in_a_row": guard.in_a_row}
+        return save_checkpoint(out, step, {**trainer.state(), **counters}, config.keep_checkpoints)
 
-    append, record = resume_from is not None, {}
+    append = resume_from is not None
     with (
         MetricsLog(out / "metrics.jsonl", append=append) as metrics,
         MetricsLog(out / "samples.jsonl", append=append, lazy=True) as samples,

@@ -118,7 +118,7 @@ def make_experience(
     experience = Experience(
         ids, attention, context, mask, old_logp, ref_logp, old_values, scores, rewards, advantages, returns
     )
-    non_score = (-in_reward * kl).sum(1)  # (B,)
+    non_score = (-kl_coef * kl).sum(1)  # (B,) the objective's KL term, wherever the penalty is applied
     stats = {
         "objective/scores": scores.mean(),
         "objective/scores_raw": raw_scores.mean(),

@@ -9,6 +9,7 @@ The run loop (`rlhfkit.runtime.loop`) drives the iterations: checkpoints, resume
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +41,11 @@ def split_prompts(config: PPOConfig, tokenizer: Any) -> tuple[list[list[int]], l
 
     prompts = encode(config.prompts)
     if config.eval_prompts:
-        return prompts, encode(config.eval_prompts)
-    n_eval = min(config.eval_holdout, len(prompts) // 4)
-    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(config.seed)).tolist()
-    train, held_out = [prompts[i] for i in order[n_eval:]], [prompts[i] for i in order[:n_eval]]
+        train, held_out = prompts, encode(config.eval_prompts)
+    else:
+        n_eval = min(config.eval_holdout, len(prompts) // 4)
+        order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(config.seed)).tolist()
+        train, held_out = [prompts[i] for i in order[n_eval:]], [prompts[i] for i in order[:n_eval]]
     if len(train) < config.batch_size:
         raise UsageError(
             f"{config.prompts}: {len(train)} training prompts, fewer than batch_size={config.batch_size}"
@@ -143,7 +145,9 @@ class PPOTrainer:
         experience, stats = self.experience(rollout)  # 3-7
         t_score = time.perf_counter()
         train_stats = self.update(experience, guard)  # 8
-        self.kl_ctl.update(stats["objective/kl"].item(), self.config.batch_size)
+        kl = stats["objective/kl"].item()
+        if math.isfinite(kl):  # a NaN would poison an adaptive beta for good
+            self.kl_ctl.update(kl, self.config.batch_size)
         t_train = time.perf_counter()
         return {  # 9
             **{k: v.item() for k, v in stats.items()},

@@ -59,9 +59,10 @@ def micro_batch_loss(
     values = opt.normalise(values)  # (m, T)
     pg_loss, pg = ppo_policy_loss(logp, exp.old_logp[rows], exp.advantages[rows], mask, config.clip)
     vf_loss, vf = value_loss(values, exp.old_values[rows], exp.returns[rows], mask, config.value_clip)
-    loss = pg_loss + config.vf_coef * vf_loss
+    loss, extra = pg_loss + config.vf_coef * vf_loss, {}
     if config.kl_penalty == "loss":  # the GRPO placement: beta * KL estimate, with its gradient
-        loss = loss + kl_coef * masked_mean(kl_estimate(logp, exp.ref_logp[rows], config.kl_estimator), mask)
+        kl_loss = masked_mean(kl_estimate(logp, exp.ref_logp[rows], config.kl_estimator), mask)
+        loss, extra = loss + kl_coef * kl_loss, {"loss/kl": kl_loss.detach()}
     ratio_deviation = ((logp.detach() - exp.old_logp[rows]).exp() - 1).abs().masked_fill(~mask, 0).max()
     stats = {
         "loss/policy": pg_loss.detach(),
@@ -71,6 +72,7 @@ def micro_batch_loss(
         "policy/ratio_mean": pg["ratio_mean"],
         "policy/ratio_var": pg["ratio_var"],  # within each micro-batch, averaged
         "val/clipfrac": vf["clipfrac"],
+        **extra,
     }
     return loss, {**stats, "ratio_deviation": ratio_deviation}
 
