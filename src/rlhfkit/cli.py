@@ -15,6 +15,7 @@ from typing import Any
 from rlhfkit import __version__
 from rlhfkit.config import COMMAND_CONFIGS, DemoConfig, describe, load_config, preset
 from rlhfkit.errors import Diverged, Stopped, UsageError
+from rlhfkit.runtime.distributed import finish, world
 
 # Config fields that also get a --flag of their own (the rest are set with field=value or --config).
 FLAGS: dict[str, tuple[str, ...]] = {
@@ -149,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(cls, args.config, args.overrides, **flags)
         if isinstance(config, DemoConfig) and config.preset != "tiny":  # the preset's values under the user's
             config = load_config(cls, args.config, args.overrides, base=preset(config.preset), **flags)
+        if world() > 1 and args.command not in ("sft", "rm", "ppo"):
+            raise UsageError(f"launched as {world()} processes; `{args.command}` runs as one process")
         return RUNNERS[args.command](config)
     except UsageError as exc:
         print(f"rlhfkit {args.command}: error: {exc}", file=sys.stderr)
@@ -164,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rlhfkit {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        finish()  # leave the process group, if any
 
 
 if __name__ == "__main__":

@@ -1,37 +1,145 @@
-"""A multi-process launch is refused with a clear message until the trainers support it."""
+"""Two gloo processes on CPU (`torchrun --nproc_per_node 2 -m rlhfkit.cli ...`) give the metrics of one
+process with the same global batch; only the main process writes; a run stopped on two processes resumes on
+two."""
 
+import json
+import signal
 import subprocess
 import sys
+import time
 
-from helpers import sentiment_rows, write_jsonl
+import pytest
+
+from helpers import ppo_args, sentiment_rows, write_jsonl
+from rlhfkit.cli import main
+
+TIMING = ("time/", "steps_per_s", "episodes_per_s")
+PORTS = iter(range(29541, 29600))
 
 
-def test_torchrun_with_two_processes_is_refused(tiny_dir, tmp_path):
-    data = write_jsonl(tmp_path / "sft.jsonl", sentiment_rows(16))
+def torchrun(args: list[str], processes: int = 2) -> list[str]:
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+        "--master_port", str(next(PORTS)), "-m", "rlhfkit.cli", *args,
+    ]  # fmt: skip
+
+
+def launch(args: list[str]) -> subprocess.CompletedProcess:
+    done = subprocess.run(torchrun(args), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def records(folder, name="metrics.jsonl"):
+    rows = [json.loads(line) for line in (folder / name).read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]
+
+
+def assert_close_records(one, two, rel, keys=None):
+    assert len(one) == len(two)
+    for a, b in zip(one, two, strict=True):
+        assert set(a) == set(b)
+        for key in keys or a:
+            assert b[key] == pytest.approx(a[key], rel=rel, abs=rel), (a["step"], key, a[key], b[key])
+
+
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory):
+    return write_jsonl(tmp_path_factory.mktemp("mp") / "sft.jsonl", sentiment_rows(96))
+
+
+def test_sft_on_two_processes_matches_one(tiny_dir, sft_data, tmp_path):
+    args = ["--model", tiny_dir, "--data", sft_data, "max_steps=4", "batch_size=16", "eval_every=2",
+            "grad_accum=2", "optim.lr=3e-3"]  # fmt: skip
+    assert main(["sft", "--out", str(tmp_path / "one"), *args]) == 0
+    launch(["sft", "--out", str(tmp_path / "two"), *args])
+    one, two = records(tmp_path / "one"), records(tmp_path / "two")
+    assert_close_records(one, two, rel=1e-5, keys=["loss", "grad_norm", "tokens"])
+    assert [r["eval/loss"] for r in two if "eval/loss" in r] == pytest.approx(
+        [r["eval/loss"] for r in one if "eval/loss" in r], rel=1e-5
+    )
+    assert (tmp_path / "two" / "config.json").is_file() and (tmp_path / "two" / "rlhfkit.json").is_file()
+
+
+def test_rm_on_two_processes_matches_one(rlhf_stack, tmp_path):
+    from helpers import great_rows
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", great_rows(96))
+    args = ["--model", rlhf_stack[0], "--data", data, "max_steps=4", "batch_size=16", "eval_every=2",
+            "optim.lr=1e-3"]  # fmt: skip
+    assert main(["rm", "--out", str(tmp_path / "one"), *args]) == 0
+    launch(["rm", "--out", str(tmp_path / "two"), *args])
+    one, two = records(tmp_path / "one"), records(tmp_path / "two")
+    assert_close_records(one, two, rel=1e-5, keys=["loss", "accuracy", "margin", "grad_norm"])
+    stats = [
+        json.loads((tmp_path / name / "rlhfkit.json").read_text())["reward_stats"] for name in ("one", "two")
+    ]
+    assert stats[1]["mean"] == pytest.approx(stats[0]["mean"], rel=1e-5)
+
+
+PPO = ["batch_size=8", "mini_batch_size=4", "micro_batch_size=2", "ppo_epochs=2", "response_length=8",
+       "eval_every=2", "--max-steps", "3"]  # fmt: skip
+
+
+def test_ppo_on_two_processes_matches_one(rlhf_stack, tmp_path):
+    assert main(ppo_args(rlhf_stack, tmp_path / "one", *PPO)) == 0
+    launch(ppo_args(rlhf_stack, tmp_path / "two", *PPO))
+    one, two = records(tmp_path / "one"), records(tmp_path / "two")
+    assert_close_records(one[:1], two[:1], rel=1e-5)  # the first iteration: equal within 1e-5
+    assert_close_records(one[1:], two[1:], rel=1e-3)  # later ones: float-summation noise only
+    # the main process alone wrote: one line per iteration, one set of samples per evaluation
+    samples = [[s["step"] for s in records(tmp_path / name, "samples.jsonl")] for name in ("one", "two")]
+    assert samples[0] == samples[1]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one").iterdir()
+    )
+
+
+def test_a_batch_the_processes_do_not_divide_stops_every_process_with_status_2(rlhf_stack, tmp_path):
     out = tmp_path / "out"
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29517",
-            "-m",
-            "rlhfkit.cli",
-            "sft",
-            "--model",
-            tiny_dir,
-            "--data",
-            data,
-            "--out",
-            str(out),
-        ],
+        torchrun(ppo_args(rlhf_stack, out, "batch_size=6", "mini_batch_size=3")),
         capture_output=True,
         text=True,
-        timeout=300,
     )
     assert done.returncode != 0
-    assert "launched as 2 processes; multi-process training is not supported yet" in done.stderr
+    assert (
+        done.stderr.count("rlhfkit ppo: error: mini_batch_size (3) must be divisible by the 2 processes") == 2
+    )
     assert not out.exists()
+
+
+def test_label_refuses_two_processes(rlhf_stack, tmp_path):
+    out = tmp_path / "pairs.jsonl"
+    args = [
+        "label",
+        "--policy",
+        rlhf_stack[0],
+        "--prompts",
+        rlhf_stack[2],
+        "--gold",
+        "m:f",
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(torchrun(args), capture_output=True, text=True)
+    assert done.returncode != 0 and "`label` runs as one process" in done.stderr
+    assert not out.exists()
+
+
+def test_a_two_process_run_stopped_by_sigterm_resumes_to_the_uninterrupted_metrics(rlhf_stack, tmp_path):
+    args = [*PPO[:-2], "--max-steps", "5"]
+    launch(ppo_args(rlhf_stack, tmp_path / "whole", *args))
+    out = tmp_path / "stopped"
+    run = subprocess.Popen(torchrun(ppo_args(rlhf_stack, out, *args)), stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and run.poll() is None:
+        if (out / "metrics.jsonl").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) >= 2:
+            run.send_signal(signal.SIGTERM)  # torchrun passes it on to both processes
+            break
+        time.sleep(0.05)
+    run.communicate(timeout=300)
+    checkpoints = list((out / "checkpoints").glob("step-*"))
+    assert len(checkpoints) == 1 and not (out / "rlhfkit.json").exists()
+    launch(ppo_args(rlhf_stack, out, *args, "--resume"))
+    assert records(out) == records(tmp_path / "whole")

@@ -7,20 +7,22 @@ from typing import Any
 
 import torch
 
-from rlhfkit.algorithms.supervised import prepare, split
+from rlhfkit.algorithms.supervised import local_share, prepare, split
 from rlhfkit.config import RewardConfig
 from rlhfkit.core import pairwise_loss
 from rlhfkit.data import PairExample, encode_pairs, pad
-from rlhfkit.models import load_scalar_model, sequence_scores
+from rlhfkit.models import load_scalar_model
+from rlhfkit.models.scalar import SequenceScores
+from rlhfkit.runtime.distributed import all_sum, world
 from rlhfkit.runtime.process import autocast
 
 
 def score_sequences(
     model: Any, sequences: list[list[int]], pad_id: int, device: torch.device
 ) -> torch.Tensor:
-    """(N,) reward of each token sequence, read at its last token."""
+    """(N,) reward of each token sequence, read at its last token by `model`, a `SequenceScores`."""
     ids, mask = pad(sequences, pad_id)  # (N, L), (N, L)
-    return sequence_scores(model, ids.to(device), mask.to(device))  # (N,)
+    return model(ids.to(device), mask.to(device))  # (N,)
 
 
 def pair_loss(
@@ -79,24 +81,26 @@ def reward_stats(
 def train_reward_model(config: RewardConfig) -> Path:
     """Train a reward model on `config.data`; returns the output folder (a sequence-classification folder
     whose rlhfkit.json holds `reward_stats`)."""
-    run = prepare(config, "preference", encode_pairs, load_scalar_model)
+    run = prepare(config, "preference", encode_pairs, load_scalar_model, wrap=SequenceScores)
     model, accelerator, device = run.model, run.accelerator, run.device
     pad_id, held_out = run.tokenizer.pad_token_id, run.held_out
 
     def batch_loss(batch: list[PairExample]) -> dict[str, float]:
         totals = torch.zeros(3)  # loss, accuracy, margin, summed over pairs
-        for part in split(batch, config.grad_accum):
-            # Each micro-batch weighted by its share of the pairs: the mean over the whole batch.
+        for part in split(local_share(batch), config.grad_accum):
+            # Each micro-batch weighted by its share of the global batch's pairs: the mean over the batch
+            # (times N: DDP averages the gradients).
             with autocast(device, config.bf16):
                 loss, accuracy, margins = pair_loss(model, part, pad_id, device)
-            accelerator.backward(loss * len(part) / len(batch))
+            accelerator.backward(loss * len(part) / len(batch) * world())
             totals += torch.tensor([loss.item(), accuracy.item(), margins.mean().item()]) * len(part)
-        loss, accuracy, margin = (totals / len(batch)).tolist()
+        loss, accuracy, margin = (all_sum(totals) / len(batch)).tolist()
         return {"loss": loss, "accuracy": accuracy, "margin": margin}
 
     def held_out_metrics() -> dict[str, float]:
         with autocast(device, config.bf16):
-            return held_out_accuracy(model, held_out, pad_id, device, config.batch_size)
+            scorer = accelerator.unwrap_model(model)  # no DDP hooks: the main process evaluates alone
+            return held_out_accuracy(scorer, held_out, pad_id, device, config.batch_size)
 
     run.batch_loss, run.held_out_metrics = batch_loss, (held_out_metrics if held_out else None)
     record = run.run("rm")

@@ -7,11 +7,12 @@ from typing import Any
 
 import torch
 
-from rlhfkit.algorithms.supervised import prepare, split
+from rlhfkit.algorithms.supervised import local_share, prepare, split
 from rlhfkit.config import SFTConfig
 from rlhfkit.core import ptx_loss
 from rlhfkit.data import IGNORE, SFTExample, encode_sft, pad
 from rlhfkit.models import load_causal_lm
+from rlhfkit.runtime.distributed import all_sum, world
 from rlhfkit.runtime.process import autocast
 
 
@@ -54,20 +55,21 @@ def sft(config: SFTConfig) -> Path:
     pad_id, held_out = run.tokenizer.pad_token_id, run.held_out
 
     def batch_loss(batch: list[SFTExample]) -> dict[str, float]:
-        n_tokens = sum(1 for e in batch for t in e.labels[1:] if t != IGNORE)
-        loss_sum = 0.0
-        for part in split(batch, config.grad_accum):
-            # Weighted by its share of the batch's tokens: the sum over micro-batches is the token mean of the
-            # whole batch, however it is split.
+        n_tokens = sum(1 for e in batch for t in e.labels[1:] if t != IGNORE)  # of the global batch
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for part in split(local_share(batch), config.grad_accum):
+            # Weighted by its share of the global batch's tokens: the sum over micro-batches and processes is
+            # the token mean of the whole batch, however it is split (times N: DDP averages the gradients).
             with autocast(device, config.bf16):
                 loss, n = completion_nll(model, part, pad_id, device)
-            accelerator.backward(loss * n / n_tokens)
+            accelerator.backward(loss * n / n_tokens * world())
             loss_sum += loss.item() * n
-        return {"loss": loss_sum / n_tokens, "tokens": n_tokens}
+        return {"loss": all_sum(loss_sum).item() / n_tokens, "tokens": n_tokens}
 
     def held_out_loss() -> dict[str, float]:
         with autocast(device, config.bf16):
-            return {"eval/loss": held_out_nll(model, held_out, pad_id, device, config.batch_size)}
+            policy = accelerator.unwrap_model(model)  # no DDP hooks: the main process evaluates alone
+            return {"eval/loss": held_out_nll(policy, held_out, pad_id, device, config.batch_size)}
 
     run.batch_loss, run.held_out_metrics = batch_loss, (held_out_loss if held_out else None)
     record = run.run("sft")

@@ -14,10 +14,12 @@ import torch
 from rlhfkit.config import OptimConfig, SupervisedConfig
 from rlhfkit.data import load_records
 from rlhfkit.data.order import batch_indices
+from rlhfkit.errors import UsageError
 from rlhfkit.models import load_tokenizer, save_model
+from rlhfkit.runtime.distributed import barrier, is_main, rank, world
 from rlhfkit.runtime.loop import UpdateGuard, guarded_update, run_loop
 from rlhfkit.runtime.outputs import begin, check_output, clear_checkpoints, write_run_file
-from rlhfkit.runtime.process import quiet_transformers, set_seed
+from rlhfkit.runtime.process import make_accelerator, quiet_transformers, set_seed
 
 T = TypeVar("T")
 
@@ -34,6 +36,11 @@ def train_and_eval_records(
     n_eval = min(len(records) - 1, max(1, round(eval_fraction * len(records))))
     order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
     return [records[i] for i in order[n_eval:]], [records[i] for i in order[:n_eval]]
+
+
+def local_share(batch: Sequence[T]) -> list[T]:
+    """This process's examples of a global batch (every N-th, from its rank)."""
+    return list(batch[rank() :: world()])
 
 
 def split(items: Sequence[T], parts: int) -> list[list[T]]:
@@ -70,11 +77,13 @@ class Supervised:
     train: list
     held_out: list
     steps: int
-    model: Any
+    model: Any  # the trained module, prepared by accelerate
+    hf_model: Any  # the Hugging Face model inside it: what is saved and checkpointed
     optimizer: Any
     scheduler: Any
     accelerator: Any
-    batch_loss: Callable[[list], dict[str, float]] | None = None  # forward + backward; stats with "loss"
+    # forward + backward of this process's share of a global batch; returns the stats of the whole batch
+    batch_loss: Callable[[list], dict[str, float]] | None = None
     held_out_metrics: Callable[[], dict[str, float]] | None = None
 
     @property
@@ -86,8 +95,7 @@ class Supervised:
         epoch, indices = batch_indices(
             len(self.train), config.batch_size, config.seed, step - 1, drop_last=False
         )
-        batch = [self.train[i] for i in indices]
-        stats = self.batch_loss(batch[accelerator.process_index :: accelerator.num_processes])
+        stats = self.batch_loss([self.train[i] for i in indices])
         (grad_norm,), _ = guarded_update(
             self.optimizer,
             self.scheduler,
@@ -100,17 +108,20 @@ class Supervised:
         return {"epoch": epoch, **stats, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
 
     def evaluate(self, step: int) -> tuple[dict[str, Any], list[dict]] | None:
-        return None if self.held_out_metrics is None else (self.held_out_metrics(), [])
+        """The main process evaluates (it alone writes the metrics); the others go on to the next step."""
+        if self.held_out_metrics is None or not is_main():
+            return None
+        return self.held_out_metrics(), []
 
     def state(self) -> dict[str, Any]:
         return {
-            "model": self.accelerator.unwrap_model(self.model).state_dict(),
+            "model": self.hf_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.accelerator.unwrap_model(self.model).load_state_dict(state["model"])
+        self.hf_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
@@ -122,16 +133,24 @@ class Supervised:
         return run_loop(self, self.out, self.config, self.steps, name, self.resume_from)
 
     def finish(self, command: str, **summary: Any) -> None:
-        """Save the model folder and the run file; drop the checkpoints (the model is saved)."""
-        save_model(self.accelerator.unwrap_model(self.model), self.tokenizer, self.out)
-        write_run_file(self.out, command, self.config, **summary)
-        clear_checkpoints(self.out)
+        """Save the model folder and the run file; drop the checkpoints (the model is saved). Main process."""
+        if is_main():
+            save_model(self.hf_model, self.tokenizer, self.out)
+            write_run_file(self.out, command, self.config, **summary)
+            clear_checkpoints(self.out)
+        barrier()
 
 
-def prepare(config: SupervisedConfig, kind: str, encode: Callable, load_model: Callable) -> Supervised:
+def prepare(
+    config: SupervisedConfig,
+    kind: str,
+    encode: Callable,
+    load_model: Callable,
+    wrap: Callable[[Any], torch.nn.Module] = lambda model: model,
+) -> Supervised:
     """Everything before the first step of `sft` / `rm`. All user input (folder, data rows, model) is checked
-    before the output folder is touched."""
-    from accelerate import Accelerator
+    before the output folder is touched. `wrap` makes the module whose forward the trainer calls (prepared
+    once by accelerate) around the Hugging Face model."""
 
     out = Path(config.out)
     resume_from = check_output(out, config.overwrite, config.resume)
@@ -144,14 +163,27 @@ def prepare(config: SupervisedConfig, kind: str, encode: Callable, load_model: C
     held_out = encode(
         eval_records, tokenizer, config.max_length, config.truncation, config.eval_data or config.data
     )
+    if config.batch_size % world():
+        raise UsageError(f"batch_size ({config.batch_size}) must be divisible by the {world()} processes")
     steps = config.max_steps or config.epochs * math.ceil(len(train) / config.batch_size)
     set_seed(config.seed)
-    model = load_model(config.model, tokenizer)
-    accelerator = Accelerator()
-    optimizer, scheduler = make_optimizer(model, config.optim, steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    hf_model = load_model(config.model, tokenizer)
+    accelerator = make_accelerator()
+    optimizer, scheduler = make_optimizer(hf_model, config.optim, steps)
+    model, optimizer = accelerator.prepare(wrap(hf_model), optimizer)
     model.train()
     begin(out, resume_from)
     return Supervised(
-        config, out, resume_from, tokenizer, train, held_out, steps, model, optimizer, scheduler, accelerator
+        config,
+        out,
+        resume_from,
+        tokenizer,
+        train,
+        held_out,
+        steps,
+        model,
+        hf_model,
+        optimizer,
+        scheduler,
+        accelerator,
     )

@@ -34,3 +34,15 @@ def sequence_scores(model: Any, input_ids: torch.Tensor, attention_mask: torch.T
     values = scalar_values(model, input_ids, attention_mask)  # (B, L)
     last = last_valid_index(attention_mask)  # (B,)
     return values.gather(1, last[:, None]).squeeze(1)  # (B,)
+
+
+class SequenceScores(torch.nn.Module):
+    """A scalar-head model as a module whose forward is `sequence_scores`: what accelerate prepares (and DDP
+    wraps) to train a reward model, since the scores read the backbone and the head directly."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.scorer = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return sequence_scores(self.scorer, input_ids, attention_mask)  # (B,)

@@ -18,9 +18,15 @@ from rlhfkit.runtime.process import autocast
 
 class RolloutEngine(Protocol):
     def generate(
-        self, prompts: list[list[int]], settings: SamplingSettings, generator: torch.Generator | None = None
+        self,
+        prompts: list[list[int]],
+        settings: SamplingSettings,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> Rollout:
-        """One sampled response per prompt; prompts left-padded, responses cut after the first stop token."""
+        """One sampled response per prompt; prompts left-padded, responses cut after the first stop token.
+        `noise` ((max_new_tokens, len(prompts)) uniforms), when given, decides the draws instead of
+        `generator`."""
         ...
 
     def sync_weights(self) -> None:
@@ -38,11 +44,15 @@ class LocalSampler:
         self.stop_ids = stop_ids.to(self.device)
 
     def generate(
-        self, prompts: list[list[int]], settings: SamplingSettings, generator: torch.Generator | None = None
+        self,
+        prompts: list[list[int]],
+        settings: SamplingSettings,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> Rollout:
         ids, mask = (t.to(self.device) for t in pad(prompts, self.pad_id, side="left"))  # (B, P)
         with autocast(self.device, self.bf16):
-            return generate(self.model, ids, mask, settings, self.stop_ids, self.pad_id, generator)
+            return generate(self.model, ids, mask, settings, self.stop_ids, self.pad_id, generator, noise)
 
     def sync_weights(self) -> None:
         """Nothing to do: the sampler reads the trained module's parameters directly."""

@@ -76,6 +76,14 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """(B, V) probabilities and (B,) uniforms in [0, 1) -> (B,) the token whose cumulative-probability
+    interval holds each uniform; a token of probability 0 is never drawn."""
+    cdf = probs.cumsum(dim=-1)  # (B, V)
+    target = (uniform * cdf[:, -1]).unsqueeze(1)  # (B, 1) scaled by the total mass: rounding cannot pass it
+    return torch.searchsorted(cdf, target, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)  # (B,)
+
+
 def _forward_options(model: Any) -> tuple[str, dict]:
     """The name of the KV-cache argument (`cache` in transformers >= 5.x, `past_key_values` before) and, where
     supported, `logits_to_keep=1`: sampling needs the last position's logits only, not (B, P, V)."""
@@ -93,13 +101,22 @@ def generate(
     stop_ids: torch.Tensor,
     pad_id: int,
     generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> Rollout:
     """Sample up to `settings.max_new_tokens` tokens per left-padded prompt, with the KV cache.
 
-    Log-probs are those of `softmax(logits / temperature)` — the same distribution training recomputes —
-    even when top-k/top-p narrow what is sampled. Stops early once every row has produced a stop token.
+    Row b's token at step t is drawn by inverting the cumulative distribution at the uniform `noise[t, b]`
+    ((max_new_tokens, B); drawn from `generator` when not given). A row's tokens thus depend on its own noise
+    only: a process that samples some rows of a global batch, given those rows' noise, samples what one
+    process sampling them all would. Log-probs are those of `softmax(logits / temperature)` — the same
+    distribution training recomputes — even when top-k/top-p narrow what is sampled. Stops early once every
+    row has produced a stop token.
     """
     batch = prompt_ids.shape[0]
+    if noise is None and not settings.greedy:
+        noise = torch.rand(
+            settings.max_new_tokens, batch, generator=generator, device=prompt_ids.device
+        )  # (max_new_tokens, B)
     cache_name, extra = _forward_options(model)
     mask = prompt_mask.long()  # (B, P + t) grows by one column per step
     positions = position_ids(mask)  # (B, P)
@@ -107,13 +124,13 @@ def generate(
     next_position = positions[:, -1:] + 1  # (B, 1)
     tokens, logprobs = [], []
     finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)  # (B,)
-    for _ in range(settings.max_new_tokens):
+    for step in range(settings.max_new_tokens):
         scaled = out.logits[:, -1].float() / settings.temperature  # (B, V)
         if settings.greedy:
             token = scaled.argmax(dim=-1)  # (B,)
         else:
             probs = torch.softmax(filter_logits(scaled, settings.top_k, settings.top_p), dim=-1)  # (B, V)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+            token = inverse_cdf(probs, noise[step])  # (B,)
         logprobs.append(torch.log_softmax(scaled, dim=-1).gather(1, token[:, None]).squeeze(1))  # (B,)
         tokens.append(token)
         finished |= torch.isin(token, stop_ids)
@@ -134,3 +151,22 @@ def generate(
     )  # (B, T)
     logp = torch.stack(logprobs, dim=1) * response_mask  # (B, T)
     return Rollout(prompt_ids, prompt_mask, response, response_mask, logp, stopped)
+
+
+def widen(rollout: Rollout, prompt_width: int, response_width: int, pad_id: int) -> Rollout:
+    """The same rollout with prompts left-padded to `prompt_width` and responses right-padded to
+    `response_width` (so that the rollouts of several processes stack into one batch)."""
+    left = prompt_width - rollout.prompt_ids.shape[1]
+    right = response_width - rollout.response_ids.shape[1]
+
+    def grow(x: torch.Tensor, before: int, after: int, value: float) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (before, after), value=value)  # (B, width)
+
+    return Rollout(
+        grow(rollout.prompt_ids, left, 0, pad_id),
+        grow(rollout.prompt_mask, left, 0, 0),
+        grow(rollout.response_ids, 0, right, pad_id),
+        grow(rollout.response_mask, 0, right, False),
+        grow(rollout.logprobs, 0, right, 0.0),
+        rollout.stopped,
+    )

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from rlhfkit.errors import UsageError
+from rlhfkit.runtime.distributed import rank, world
 from rlhfkit.runtime.outputs import CHECKPOINTS, MARKER, complete_checkpoints
 
 
@@ -53,15 +54,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(out: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Write `state` (+ random states) for `step` atomically; keep the newest `keep` checkpoints."""
+def save_checkpoint(
+    out: Path, step: int, state: dict[str, Any], keep: int, rng: list[dict[str, Any]] | None = None
+) -> Path:
+    """Write `state` and the random states of every process (`rng`, in rank order; this process's alone by
+    default) for `step` atomically; keep the newest `keep` checkpoints."""
     folder = out / CHECKPOINTS
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"step-{step:08d}"
     staging = folder / f".tmp-step-{step:08d}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    torch.save({**state, "step": step, "rng": rng_state()}, staging / "state.pt")
+    torch.save({**state, "step": step, "rng": rng or [rng_state()]}, staging / "state.pt")
     (staging / MARKER).write_text(json.dumps({"step": step}) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)
@@ -88,7 +92,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path}: not a checkpoint rlhfkit can load safely ({reason})") from None
     if not isinstance(state, dict) or "rng" not in state:
         raise UsageError(f"{path}: not a checkpoint rlhfkit can load safely (no random states in state.pt)")
-    set_rng_state(state["rng"])
+    saved = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+    if len(saved) != world():
+        raise UsageError(f"{path} was written by {len(saved)} processes; resume it with {len(saved)}")
+    set_rng_state(saved[rank()])  # each process continues its own random streams
     return state
 
 

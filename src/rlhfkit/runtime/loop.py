@@ -15,8 +15,16 @@ from typing import Any, Protocol
 import torch
 
 from rlhfkit.errors import Diverged, Stopped
-from rlhfkit.runtime.checkpoint import StopSignals, load_checkpoint, save_checkpoint, truncate_jsonl
+from rlhfkit.runtime.checkpoint import (
+    StopSignals,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    truncate_jsonl,
+)
+from rlhfkit.runtime.distributed import all_max, all_objects, barrier, is_main
 from rlhfkit.runtime.metrics import MetricsLog, progress, read_metrics
+from rlhfkit.runtime.outputs import CHECKPOINTS
 
 log = logging.getLogger("rlhfkit")
 
@@ -103,28 +111,35 @@ def run_loop(
     Writes `metrics.jsonl` (one flushed line per step) and, when the trainer's evaluation returns samples,
     `samples.jsonl`. `config` provides eval_every, save_every, keep_checkpoints and max_bad_steps.
     """
-    first, guard, record = 0, UpdateGuard(name, config.max_bad_steps), {}
-    if resume_from is None:
+    first, guard, record, main = 0, UpdateGuard(name, config.max_bad_steps), {}, is_main()
+    if resume_from is None and main:
         (out / "samples.jsonl").unlink(missing_ok=True)  # written lazily: an old run's must not survive
-    else:
+    if resume_from is not None:
         state = load_checkpoint(resume_from)
         trainer.restore(state)
         first, guard.total, guard.in_a_row = state["step"], state["bad_steps"], state["bad_in_a_row"]
-        for log_name in ("metrics.jsonl", "samples.jsonl"):
-            truncate_jsonl(out / log_name, first)
-        if first == steps:  # stopped in the last step: nothing left but its record
-            record = read_metrics(out / "metrics.jsonl")[-1]
+        if main:
+            for log_name in ("metrics.jsonl", "samples.jsonl"):
+                truncate_jsonl(out / log_name, first)
+            if first == steps:  # stopped in the last step: nothing left but its record
+                record = read_metrics(out / "metrics.jsonl")[-1]
 
     def checkpoint(step: int) -> Path:
+        """Every process's random states, the main process writes (the models are the same everywhere)."""
         counters = {"bad_steps": guard.total, "bad_in_a_row": guard.in_a_row}
-        return save_checkpoint(out, step, {**trainer.state(), **counters}, config.keep_checkpoints)
+        rng, state = all_objects(rng_state()), {**trainer.state(), **counters}
+        path = out / CHECKPOINTS / f"step-{step:08d}"
+        if main:
+            save_checkpoint(out, step, state, config.keep_checkpoints, rng)
+        barrier()
+        return path
 
     append = resume_from is not None
     with (
-        MetricsLog(out / "metrics.jsonl", append=append) as metrics,
-        MetricsLog(out / "samples.jsonl", append=append, lazy=True) as samples,
+        MetricsLog(out / "metrics.jsonl", append=append, enabled=main) as metrics,
+        MetricsLog(out / "samples.jsonl", append=append, lazy=True, enabled=main) as samples,
         StopSignals() as signals,
-        progress(steps, name) as bar,
+        progress(steps, name, enabled=main) as bar,
     ):
         bar.update(first)
         started = time.perf_counter()
@@ -145,8 +160,10 @@ def run_loop(
                     f"{guard.in_a_row} non-finite updates in a row at {unit} {step}; the last good state "
                     f"is checkpointed in {checkpoint(step)}"
                 )
-            if signals.received or (config.save_every and step % config.save_every == 0 and not last):
+            # a signal any process received stops them all after the same step
+            received = int(all_max(torch.tensor(signals.received or 0)))
+            if received or (config.save_every and step % config.save_every == 0 and not last):
                 path = checkpoint(step)
-                if signals.received:
-                    raise Stopped(signals.received, path)
+                if received:
+                    raise Stopped(received, path)
     return record

@@ -22,11 +22,15 @@ def _plain(value: Any) -> Any:
 
 class MetricsLog:
     """Appends JSON records to a file, flushed at each write: a crash loses at most the line being written.
-    A `lazy` log creates its file on the first write only."""
+    A `lazy` log creates its file on the first write only; a disabled one (not the main process) writes
+    nothing."""
 
-    def __init__(self, path: str | Path, append: bool = False, lazy: bool = False) -> None:
-        self.path, self._mode = Path(path), "a" if append else "w"
-        self._file: IO[str] | None = None if lazy else self.path.open(self._mode, encoding="utf-8")
+    def __init__(
+        self, path: str | Path, append: bool = False, lazy: bool = False, enabled: bool = True
+    ) -> None:
+        self.path, self._mode, self.enabled = Path(path), "a" if append else "w", enabled
+        opened = enabled and not lazy
+        self._file: IO[str] | None = self.path.open(self._mode, encoding="utf-8") if opened else None
 
     def write(self, record: dict[str, Any]) -> None:
         self.write_many([record])
@@ -34,7 +38,7 @@ class MetricsLog:
     def write_many(self, records: Iterable[dict[str, Any]]) -> None:
         """All `records` in one write: a crash leaves at most one partial line, which a resume drops."""
         text = "".join(json.dumps({k: _plain(v) for k, v in r.items()}) + "\n" for r in records)
-        if not text:
+        if not text or not self.enabled:
             return
         if self._file is None:
             self._file = self.path.open(self._mode, encoding="utf-8")

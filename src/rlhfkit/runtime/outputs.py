@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from rlhfkit import __version__
 from rlhfkit.config import save_config, to_dict
 from rlhfkit.errors import UsageError
+from rlhfkit.runtime.distributed import is_main
 
 RUN_FILE = "rlhfkit.json"  # written last: its presence with finished=true marks a finished run
 CHECKPOINTS = "checkpoints"
@@ -33,7 +33,6 @@ def clear_checkpoints(out: Path) -> None:
 def check_output(out: Path, overwrite: bool, resume: bool = False) -> Path | None:
     """The checkpoint to resume from (None for a fresh run), or a UsageError for a folder that must not be
     touched: a finished run without --overwrite, checkpoints without --resume, --resume with nothing to do."""
-    require_single_process()
     finished = bool(read_run_file(out).get("finished")) if out.is_dir() else False
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
@@ -56,20 +55,11 @@ def check_output(out: Path, overwrite: bool, resume: bool = False) -> Path | Non
     return None
 
 
-def require_single_process() -> None:
-    """Training loops still write every file from every process and keep per-process token means and KL
-    statistics, so a multi-process launch (torchrun / accelerate launch) is refused, not run wrongly."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        raise UsageError(
-            f"launched as {world} processes; multi-process training is not supported yet: "
-            "run a single process"
-        )
-
-
 def begin(out: Path, resume_from: Path | None) -> None:
-    """Make the folder ready to write: an old run file goes (a run that dies midway never looks finished), and
-    so do old checkpoints unless this run resumes from one."""
+    """Make the folder ready to write (the main process only): an old run file goes (a run that dies midway
+    never looks finished), and so do old checkpoints unless this run resumes from one."""
+    if not is_main():
+        return
     out.mkdir(parents=True, exist_ok=True)
     (out / RUN_FILE).unlink(missing_ok=True)
     if resume_from is None:

@@ -27,3 +27,13 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def make_accelerator() -> Any:
+    """The run's `Accelerator`. Several processes without CUDA take accelerate's CPU path (gloo): without
+    `cpu=True` accelerate treats each of them as a run of its own."""
+    from accelerate import Accelerator
+
+    from rlhfkit.runtime.distributed import world
+
+    return Accelerator(cpu=world() > 1 and not torch.cuda.is_available())

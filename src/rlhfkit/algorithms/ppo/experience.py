@@ -18,6 +18,7 @@ from rlhfkit.core import (
     masked_whiten,
 )
 from rlhfkit.rollout import Rollout
+from rlhfkit.runtime.distributed import all_rows, local_rows
 from rlhfkit.runtime.outputs import read_run_file
 from rlhfkit.runtime.process import autocast
 
@@ -88,21 +89,29 @@ def make_experience(
     """Steps 3-7: everything PPO needs from one rollout, and the iteration's objective statistics."""
     ids, attention = rollout.input_ids, rollout.attention_mask  # (B, P + T)
     context, mask = rollout.prompt_ids.shape[1], rollout.response_mask  # P, (B, T)
-    chunks = row_slices(ids.shape[0], config.micro_batch_size or config.mini_batch_size)
+    # Each process runs the passes of its own rows, by chunks; then every process holds the whole batch, and
+    # every statistic below (whitening, explained variance, means) is over the global batch.
+    mine = local_rows(ids.shape[0])
+    chunks = [
+        slice(mine.start + s.start, mine.start + s.stop)
+        for s in row_slices(mine.stop - mine.start, config.micro_batch_size or config.mini_batch_size)
+    ]
     with autocast(ids.device, config.bf16):
         # 3. old log-probs and values. The log-probs come from the same full pass as the reference's (not from
         # the KV-cached rollout), so the KL is exactly 0 before the first update.
         parts = [model(ids[s], attention[s], context, config.temperature, True) for s in chunks]
-        old_logp, values, entropy = (torch.cat([p[i] for p in parts]) for i in range(3))  # (B, T) each
+        old_logp, values, entropy = (all_rows(torch.cat([p[i] for p in parts])) for i in range(3))  # (B, T)
         # The critic starts as the RM: its head is read through the same normalisation as the scores, so at
         # iteration 0 its values are on the scale of the returns it must predict.
         old_values = normalise(values)  # (B, T)
         # 4. scores
-        raw_scores = torch.cat([roles.scores(ids[s], attention[s]) for s in chunks])  # (B,)
+        raw_scores = all_rows(torch.cat([roles.scores(ids[s], attention[s]) for s in chunks]))  # (B,)
         scores = shape_scores(raw_scores, rollout.stopped, normalise, config)  # (B,)
         # 5. reference log-probs
-        ref_logp = torch.cat(
-            [roles.reference_logprobs(ids[s], attention[s], context, config.temperature) for s in chunks]
+        ref_logp = all_rows(
+            torch.cat(
+                [roles.reference_logprobs(ids[s], attention[s], context, config.temperature) for s in chunks]
+            )
         )  # (B, T)
     # 6. per-token rewards: the score on the last response token, and -beta * KL on every token when the
     # penalty is in the reward (with `kl_penalty: loss` it is added to the policy loss instead)

@@ -9,6 +9,7 @@ The run loop (`rlhfkit.runtime.loop`) drives the iterations: checkpoints, resume
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -27,9 +28,11 @@ from rlhfkit.data import encode_prompts, load_records
 from rlhfkit.data.order import batch_indices
 from rlhfkit.errors import UsageError
 from rlhfkit.rollout import LocalSampler, Rollout, RolloutEngine, SamplingSettings, stop_token_ids
+from rlhfkit.rollout.sampling import widen
+from rlhfkit.runtime.distributed import all_max, all_rows, barrier, is_main, local_rows, world
 from rlhfkit.runtime.loop import UpdateGuard, run_loop
 from rlhfkit.runtime.outputs import begin, check_output, clear_checkpoints, write_run_file
-from rlhfkit.runtime.process import quiet_transformers, set_seed
+from rlhfkit.runtime.process import make_accelerator, quiet_transformers, set_seed
 
 
 def split_prompts(config: PPOConfig, tokenizer: Any) -> tuple[list[list[int]], list[list[int]]]:
@@ -69,14 +72,19 @@ class PPOTrainer:
     @classmethod
     def create(cls, config: PPOConfig) -> PPOTrainer:
         """Roles loaded, prompts read, optimiser and random streams set: ready for iteration 1."""
-        from accelerate import Accelerator
 
         quiet_transformers()
+        for name in ("batch_size", "mini_batch_size"):  # global sizes: every process takes its share
+            if getattr(config, name) % world():
+                raise UsageError(
+                    f"{name} ({getattr(config, name)}) must be divisible by the {world()} processes"
+                )
+        if world() > 1 and config.ptx_coef > 0:
+            raise UsageError("the ptx term is not supported with several processes yet: set ptx_coef=0")
         set_seed(config.seed)
         roles = load_roles(config)
         prompts, held_out = split_prompts(config, roles.tokenizer)
-        accelerator = Accelerator()
-        rank = accelerator.process_index  # a different random stream per process (docs/ppo-details.md #24)
+        accelerator = make_accelerator()
         updates = config.max_steps * config.ppo_epochs * (config.batch_size // config.mini_batch_size)
         policy, value = roles.trainable.policy, roles.trainable.value
         optimizer = torch.optim.AdamW(
@@ -90,7 +98,8 @@ class PPOTrainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / updates))
         model, optimizer = accelerator.prepare(roles.trainable, optimizer)
         roles.to(accelerator.device)
-        generator = torch.Generator().manual_seed(config.seed + rank)
+        # Every process draws the same streams: episodes depend on their global index, not on the processes.
+        generator = torch.Generator().manual_seed(config.seed)
         opt = Optimisation(
             model,
             optimizer,
@@ -108,27 +117,38 @@ class PPOTrainer:
             if config.kl_target is None
             else AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
         )
-        sampling = torch.Generator(device=accelerator.device).manual_seed(config.seed + 1000 + rank)
+        sampling = torch.Generator(device=accelerator.device).manual_seed(config.seed + 1000)
         return cls(config, roles, opt, engine, kl_ctl, sampling, prompts, held_out)
 
     def prompt_batch(self, step: int) -> list[list[int]]:
-        """1. The prompts of iteration `step`: reshuffled every pass over the set; a pure function of the
-        seed and the step."""
-        seed = self.config.seed + self.opt.accelerator.process_index
-        _, indices = batch_indices(len(self.prompts), self.config.batch_size, seed, step - 1, drop_last=True)
+        """1. The global batch of prompts of iteration `step`: reshuffled every pass over the set; a pure
+        function of the seed and the step."""
+        config = self.config
+        _, indices = batch_indices(
+            len(self.prompts), config.batch_size, config.seed, step - 1, drop_last=True
+        )
         return [self.prompts[i] for i in indices]
 
     def rollout(self, prompts: list[list[int]]) -> Rollout:
-        """2. One sampled response per prompt from the current policy."""
-        config = self.config
+        """2. One sampled response per prompt of the global batch from the current policy: each process
+        samples its rows with their share of one stream of noise, then every process gets the whole batch."""
+        config, rows = self.config, local_rows(len(prompts))
         settings = SamplingSettings(config.response_length, config.temperature, config.top_k, config.top_p)
-        return self.engine.generate(prompts, settings, self.sampling_generator)
+        device = self.opt.accelerator.device
+        noise = torch.rand(
+            config.response_length, len(prompts), generator=self.sampling_generator, device=device
+        )  # (T_max, B) for the whole batch, whichever rows this process samples
+        rollout = self.engine.generate(prompts[rows], settings, noise=noise[:, rows])
+        if world() == 1:
+            return rollout
+        width = int(all_max(torch.tensor(rollout.response_ids.shape[1])))
+        mine = widen(rollout, max(map(len, prompts)), width, self.roles.tokenizer.pad_token_id)
+        return Rollout(*(all_rows(getattr(mine, f.name)) for f in dataclasses.fields(Rollout)))
 
     def experience(self, rollout: Rollout) -> tuple[Experience, dict[str, torch.Tensor]]:
         """3-7. Old log-probs and values, scores, reference log-probs, rewards, advantages."""
-        return make_experience(
-            self.opt.model, self.roles, rollout, self.kl_ctl.value, self.opt.normalise, self.config
-        )
+        model = self.opt.accelerator.unwrap_model(self.opt.model)  # no gradients: no DDP hooks either
+        return make_experience(model, self.roles, rollout, self.kl_ctl.value, self.opt.normalise, self.config)
 
     def update(self, experience: Experience, guard: UpdateGuard) -> dict[str, float]:
         """8. The PPO epochs; then the engine's weights are brought up to date."""
@@ -162,7 +182,7 @@ class PPOTrainer:
 
     def evaluate(self, step: int) -> tuple[dict[str, Any], list[dict]] | None:
         """10. Held-out samples and their metrics (None when nothing is held out)."""
-        if not self.held_out:
+        if not self.held_out or not is_main():  # the main process evaluates alone (it alone writes)
             return None
         policy = self.opt.accelerator.unwrap_model(self.opt.model).policy
         return evaluate_policy(
@@ -199,9 +219,10 @@ def ppo(config: PPOConfig) -> Path:
     trainer = PPOTrainer.create(config)
     begin(out, resume_from)
     record = run_loop(trainer, out, config, config.max_steps, "ppo", resume_from, unit="iteration")
-    model = trainer.opt.accelerator.unwrap_model(trainer.opt.model)
-    save_trained(model, trainer.roles.tokenizer, out)
-    final = {k: v for k, v in record.items() if k.startswith(("objective/", "eval/"))}
-    write_run_file(out, "ppo", config, final=final)
-    clear_checkpoints(out)
+    if is_main():
+        save_trained(trainer.opt.accelerator.unwrap_model(trainer.opt.model), trainer.roles.tokenizer, out)
+        final = {k: v for k, v in record.items() if k.startswith(("objective/", "eval/"))}
+        write_run_file(out, "ppo", config, final=final)
+        clear_checkpoints(out)
+    barrier()
     return out

@@ -13,6 +13,7 @@ from rlhfkit.algorithms.sft import completion_nll
 from rlhfkit.config import PPOConfig
 from rlhfkit.core import kl_estimate, masked_mean, ppo_policy_loss, value_loss
 from rlhfkit.data import encode_sft, load_records
+from rlhfkit.runtime.distributed import all_max, all_sum, local_rows, world
 from rlhfkit.runtime.loop import UpdateGuard, guarded_update
 from rlhfkit.runtime.process import autocast
 
@@ -70,7 +71,8 @@ def micro_batch_loss(
         "policy/approx_kl": pg["approx_kl"],
         "policy/clipfrac": pg["clipfrac"],
         "policy/ratio_mean": pg["ratio_mean"],
-        "policy/ratio_var": pg["ratio_var"],  # within each micro-batch, averaged
+        # E[ratio^2] of the micro-batch: summed over the minibatch it gives the variance of the whole of it
+        "policy/ratio_sq": pg["ratio_var"] + pg["ratio_mean"] ** 2,
         "val/clipfrac": vf["clipfrac"],
         **extra,
     }
@@ -85,18 +87,24 @@ def minibatch_step(
     config: PPOConfig,
     guard: UpdateGuard,
 ) -> dict[str, float]:
-    """One optimiser step of actor and critic on a minibatch, accumulated over micro-batches. Each micro-batch
-    is weighted by its share of the minibatch's tokens: their sum is the token mean, however split."""
+    """One optimiser step of actor and critic on a minibatch (global row indices), accumulated over this
+    process's micro-batches. Each micro-batch is weighted by its share of the whole minibatch's tokens: the
+    sum over micro-batches and processes is the token mean, however split (times N for the gradient: DDP
+    averages it over the processes)."""
     tokens = exp.mask[rows].sum()
     stats: dict[str, float] = {"loss/ptx": 0.0}  # stays 0 with the ptx term off
-    for part in rows.split(config.micro_batch_size or config.mini_batch_size):
+    deviation = 0.0
+    for part in rows[local_rows(len(rows))].split(config.micro_batch_size or config.mini_batch_size):
         weight = exp.mask[part].sum() / tokens
         loss, part_stats = micro_batch_loss(opt, exp, part, kl_coef, config)
-        opt.accelerator.backward(loss * weight)
-        deviation = part_stats.pop("ratio_deviation").item()
-        stats["ratio_deviation"] = max(stats.get("ratio_deviation", 0.0), deviation)
+        opt.accelerator.backward(loss * weight * world())
+        deviation = max(deviation, part_stats.pop("ratio_deviation").item())
         for key, value in part_stats.items():
             stats[key] = stats.get(key, 0.0) + (value * weight).item()
+    summed = all_sum(torch.tensor(list(stats.values()), dtype=torch.float64)).tolist()
+    stats = dict(zip(stats, summed, strict=True))
+    stats["ratio_deviation"] = float(all_max(torch.tensor(deviation, dtype=torch.float64)))
+    stats["policy/ratio_var"] = stats.pop("policy/ratio_sq") - stats["policy/ratio_mean"] ** 2
     policy = opt.accelerator.unwrap_model(opt.model).policy
     if opt.ptx is not None:
         with autocast(exp.input_ids.device, config.bf16):

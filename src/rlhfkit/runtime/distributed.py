@@ -1,0 +1,82 @@
+"""N processes (torchrun / accelerate launch): who this process is, and the few collectives the trainers need.
+
+With one process every function is the identity, so the trainers have one code path. Batch sizes are global:
+each process takes its contiguous share of a batch's rows, and every mean is taken over the global batch.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+
+def _initialised() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def world() -> int:
+    """Processes in the run (from the launcher's environment, so it is known before any process group)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    """The one process that writes files."""
+    return rank() == 0
+
+
+def local_rows(n: int) -> slice:
+    """This process's contiguous share of `n` rows (`n` divisible by the number of processes)."""
+    share = n // world()
+    return slice(rank() * share, (rank() + 1) * share)
+
+
+def all_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Elementwise sum over processes (a new tensor)."""
+    total = tensor.clone()
+    if _initialised():
+        torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+    return total
+
+
+def all_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Elementwise maximum over processes (a new tensor)."""
+    top = tensor.clone()
+    if _initialised():
+        torch.distributed.all_reduce(top, op=torch.distributed.ReduceOp.MAX)
+    return top
+
+
+def all_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """The rows of every process in rank order, (n, ...) -> (world * n, ...); every process's tensor must
+    have the same shape."""
+    if not _initialised():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world())]
+    torch.distributed.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def all_objects(value: Any) -> list[Any]:
+    """`value` of every process, in rank order."""
+    if not _initialised():
+        return [value]
+    found: list[Any] = [None] * world()
+    torch.distributed.all_gather_object(found, value)
+    return found
+
+
+def barrier() -> None:
+    if _initialised():
+        torch.distributed.barrier()
+
+
+def finish() -> None:
+    """Leave the process group cleanly (some launches abort at exit otherwise)."""
+    if _initialised():
+        torch.distributed.destroy_process_group()
