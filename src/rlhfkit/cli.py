@@ -15,7 +15,7 @@ from typing import Any
 from rlhfkit import __version__
 from rlhfkit.config import COMMAND_CONFIGS, DemoConfig, describe, load_config, preset
 from rlhfkit.errors import Diverged, Stopped, UsageError
-from rlhfkit.runtime.distributed import finish, world
+from rlhfkit.runtime.distributed import finish, is_main, world
 
 # Config fields that also get a --flag of their own (the rest are set with field=value or --config).
 FLAGS: dict[str, tuple[str, ...]] = {
@@ -37,6 +37,12 @@ SUMMARIES = {
 }
 
 
+def announce(text: str) -> None:
+    """A result line, printed once however many processes run."""
+    if is_main():
+        print(text)
+
+
 def run_demo(config: DemoConfig) -> int:
     from rlhfkit.jobs.demo import demo
 
@@ -55,7 +61,7 @@ def run_demo(config: DemoConfig) -> int:
 def run_sft(config: Any) -> int:
     from rlhfkit.algorithms.sft import sft
 
-    print(f"rlhfkit sft: model written to {sft(config)}")
+    announce(f"rlhfkit sft: model written to {sft(config)}")
     return 0
 
 
@@ -81,14 +87,14 @@ def run_eval(config: Any) -> int:
 def run_rm(config: Any) -> int:
     from rlhfkit.algorithms.reward import train_reward_model
 
-    print(f"rlhfkit rm: reward model written to {train_reward_model(config)}")
+    announce(f"rlhfkit rm: reward model written to {train_reward_model(config)}")
     return 0
 
 
 def run_ppo(config: Any) -> int:
     from rlhfkit.algorithms.ppo import ppo
 
-    print(f"rlhfkit ppo: actor and critic written to {ppo(config)}")
+    announce(f"rlhfkit ppo: actor and critic written to {ppo(config)}")
     return 0
 
 

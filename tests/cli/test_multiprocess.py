@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -93,6 +94,24 @@ def test_ppo_on_two_processes_matches_one(rlhf_stack, tmp_path):
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
         p.name for p in (tmp_path / "one").iterdir()
     )
+
+
+def test_accelerate_launch_gives_the_same_first_iteration(rlhf_stack, tmp_path):
+    """`accelerate launch` with the shipped CPU config starts two processes too (`--cpu` would start one)."""
+    config = Path(__file__).parents[2] / "configs" / "accelerate" / "ddp-cpu.yaml"
+    args = [*PPO[:-2], "--max-steps", "1"]
+    assert main(ppo_args(rlhf_stack, tmp_path / "one", *args)) == 0
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+                "--main_process_port", str(next(PORTS)), "-m", "rlhfkit.cli"]  # fmt: skip
+    done = subprocess.run(
+        [*launcher, *ppo_args(rlhf_stack, tmp_path / "two", *args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("actor and critic written") == 1  # the main process alone reports
+    assert_close_records(records(tmp_path / "one"), records(tmp_path / "two"), rel=1e-5)
 
 
 def test_a_batch_the_processes_do_not_divide_stops_every_process_with_status_2(rlhf_stack, tmp_path):

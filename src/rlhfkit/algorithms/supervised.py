@@ -20,6 +20,7 @@ from rlhfkit.runtime.distributed import barrier, is_main, rank, world
 from rlhfkit.runtime.loop import UpdateGuard, guarded_update, run_loop
 from rlhfkit.runtime.outputs import begin, check_output, clear_checkpoints, write_run_file
 from rlhfkit.runtime.process import make_accelerator, quiet_transformers, set_seed
+from rlhfkit.runtime.trackers import Trackers, check_trackers
 
 T = TypeVar("T")
 
@@ -130,7 +131,10 @@ class Supervised:
 
     def run(self, name: str) -> dict[str, Any]:
         """All steps through the run loop; returns the last record."""
-        return run_loop(self, self.out, self.config, self.steps, name, self.resume_from)
+        trackers = Trackers(self.accelerator, f"rlhfkit-{name}", self.config)
+        record = run_loop(self, self.out, self.config, self.steps, name, self.resume_from, trackers=trackers)
+        trackers.finish()
+        return record
 
     def finish(self, command: str, **summary: Any) -> None:
         """Save the model folder and the run file; drop the checkpoints (the model is saved). Main process."""
@@ -154,6 +158,7 @@ def prepare(
 
     out = Path(config.out)
     resume_from = check_output(out, config.overwrite, config.resume)
+    check_trackers(config.report_to)
     quiet_transformers()
     tokenizer = load_tokenizer(config.model)
     train_records, eval_records = train_and_eval_records(
@@ -168,7 +173,7 @@ def prepare(
     steps = config.max_steps or config.epochs * math.ceil(len(train) / config.batch_size)
     set_seed(config.seed)
     hf_model = load_model(config.model, tokenizer)
-    accelerator = make_accelerator()
+    accelerator = make_accelerator(config.report_to, out)
     optimizer, scheduler = make_optimizer(hf_model, config.optim, steps)
     model, optimizer = accelerator.prepare(wrap(hf_model), optimizer)
     model.train()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rlhfkit.config.options import non_negative, option, positive, within
+from rlhfkit.config.options import REPORT_TO_HELP, known_trackers, non_negative, option, positive, within
 from rlhfkit.errors import ConfigError
 
 PROMPT_CUT = "maximum prompt tokens (cut from the left)"
@@ -60,11 +60,13 @@ class SupervisedConfig:
     seed: int = option(0, "random seed")
     bf16: bool = option(False, "bf16 autocast for forward passes (log-probs, scores and losses stay fp32)")
     overwrite: bool = option(False, "allow writing into a folder that holds a finished run")
+    report_to: tuple[str, ...] = option((), REPORT_TO_HELP)
 
     def __post_init__(self) -> None:
         positive(
             self, "max_length", "epochs", "batch_size", "grad_accum", "keep_checkpoints", "max_bad_steps"
         )
+        known_trackers(self)
         if self.max_steps is not None:
             positive(self, "max_steps")
         non_negative(self, "eval_every", "save_every")

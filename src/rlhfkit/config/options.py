@@ -42,3 +42,17 @@ def within(config: Any, name: str, low: float, high: float, *, open_low: bool = 
     if value > high or value < low or (open_low and value == low):
         interval = f"{'(' if open_low else '['}{low}, {high}]"
         raise ConfigError(f"{name} must be in {interval}, got {value}")
+
+
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+REPORT_TO_HELP = (
+    "experiment trackers besides metrics.jsonl, through accelerate: tensorboard, wandb, mlflow (each needs "
+    "its package; tensorboard writes under `out`)"
+)
+
+
+def known_trackers(config: Any) -> None:
+    """ConfigError for a `report_to` entry that is not a tracker rlhfkit knows."""
+    for name in config.report_to:
+        if name not in TRACKERS:
+            raise ConfigError(f"report_to: unknown tracker {name!r}; known: {', '.join(TRACKERS)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rlhfkit.config.options import non_negative, option, positive, within
+from rlhfkit.config.options import REPORT_TO_HELP, known_trackers, non_negative, option, positive, within
 from rlhfkit.errors import ConfigError
 
 
@@ -87,8 +87,10 @@ class PPOConfig:
         "estimator there), `loss` = beta*mean(KL) added to the policy loss with its gradient (the GRPO "
         "placement; use k2 or k3)",
     )
+    report_to: tuple[str, ...] = option((), REPORT_TO_HELP)
 
     def __post_init__(self) -> None:
+        known_trackers(self)
         positive(
             self,
             "response_length",

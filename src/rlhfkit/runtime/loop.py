@@ -25,6 +25,7 @@ from rlhfkit.runtime.checkpoint import (
 from rlhfkit.runtime.distributed import all_max, all_objects, barrier, is_main
 from rlhfkit.runtime.metrics import MetricsLog, progress, read_metrics
 from rlhfkit.runtime.outputs import CHECKPOINTS
+from rlhfkit.runtime.trackers import Trackers
 
 log = logging.getLogger("rlhfkit")
 
@@ -105,6 +106,7 @@ def run_loop(
     name: str,
     resume_from: Path | None = None,
     unit: str = "step",
+    trackers: Trackers | None = None,
 ) -> dict[str, Any]:
     """Run steps 1..`steps` of `trainer` (from the checkpoint's step when resuming); returns the last record.
 
@@ -153,6 +155,8 @@ def run_loop(
                     record.update(evaluation[0])
                     samples.write_many({"step": step, **s} for s in evaluation[1])
             metrics.write(record)
+            if trackers is not None:
+                trackers.log(record, step)
             bar.set_postfix(trainer.postfix(record))
             bar.update()
             if guard.diverged:

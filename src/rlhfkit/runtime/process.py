@@ -29,11 +29,16 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_accelerator() -> Any:
-    """The run's `Accelerator`. Several processes without CUDA take accelerate's CPU path (gloo): without
-    `cpu=True` accelerate treats each of them as a run of its own."""
+def make_accelerator(report_to: tuple[str, ...] = (), out: Any = None) -> Any:
+    """The run's `Accelerator`, logging to the trackers `report_to` names under `out`. Several processes
+    without CUDA take accelerate's CPU path (gloo): without `cpu=True` accelerate treats each of them as a run
+    of its own."""
     from accelerate import Accelerator
 
     from rlhfkit.runtime.distributed import world
 
-    return Accelerator(cpu=world() > 1 and not torch.cuda.is_available())
+    return Accelerator(
+        cpu=world() > 1 and not torch.cuda.is_available(),
+        log_with=list(report_to) or None,
+        project_dir=str(out) if report_to else None,
+    )

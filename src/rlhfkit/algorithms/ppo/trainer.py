@@ -33,6 +33,7 @@ from rlhfkit.runtime.distributed import all_max, all_rows, barrier, is_main, loc
 from rlhfkit.runtime.loop import UpdateGuard, run_loop
 from rlhfkit.runtime.outputs import begin, check_output, clear_checkpoints, write_run_file
 from rlhfkit.runtime.process import make_accelerator, quiet_transformers, set_seed
+from rlhfkit.runtime.trackers import Trackers, check_trackers
 
 
 def split_prompts(config: PPOConfig, tokenizer: Any) -> tuple[list[list[int]], list[list[int]]]:
@@ -74,6 +75,7 @@ class PPOTrainer:
         """Roles loaded, prompts read, optimiser and random streams set: ready for iteration 1."""
 
         quiet_transformers()
+        check_trackers(config.report_to)
         for name in ("batch_size", "mini_batch_size"):  # global sizes: every process takes its share
             if getattr(config, name) % world():
                 raise UsageError(
@@ -84,7 +86,7 @@ class PPOTrainer:
         set_seed(config.seed)
         roles = load_roles(config)
         prompts, held_out = split_prompts(config, roles.tokenizer)
-        accelerator = make_accelerator()
+        accelerator = make_accelerator(config.report_to, config.out)
         updates = config.max_steps * config.ppo_epochs * (config.batch_size // config.mini_batch_size)
         policy, value = roles.trainable.policy, roles.trainable.value
         optimizer = torch.optim.AdamW(
@@ -218,7 +220,11 @@ def ppo(config: PPOConfig) -> Path:
     resume_from = check_output(out, config.overwrite, config.resume)
     trainer = PPOTrainer.create(config)
     begin(out, resume_from)
-    record = run_loop(trainer, out, config, config.max_steps, "ppo", resume_from, unit="iteration")
+    trackers = Trackers(trainer.opt.accelerator, "rlhfkit-ppo", config)
+    record = run_loop(
+        trainer, out, config, config.max_steps, "ppo", resume_from, unit="iteration", trackers=trackers
+    )
+    trackers.finish()
     if is_main():
         save_trained(trainer.opt.accelerator.unwrap_model(trainer.opt.model), trainer.roles.tokenizer, out)
         final = {k: v for k, v in record.items() if k.startswith(("objective/", "eval/"))}
