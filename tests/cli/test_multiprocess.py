@@ -82,9 +82,11 @@ PPO = ["batch_size=8", "mini_batch_size=4", "micro_batch_size=2", "ppo_epochs=2"
        "eval_every=2", "--max-steps", "3"]  # fmt: skip
 
 
-def test_ppo_on_two_processes_matches_one(rlhf_stack, tmp_path):
-    assert main(ppo_args(rlhf_stack, tmp_path / "one", *PPO)) == 0
-    launch(ppo_args(rlhf_stack, tmp_path / "two", *PPO))
+def test_ppo_on_two_processes_matches_one(rlhf_stack, sft_data, tmp_path):
+    """With the ptx term on too: its batch is drawn for the run and its token mean taken over both."""
+    args = [f"ptx_data={sft_data}", "ptx_coef=0.5", *PPO]
+    assert main(ppo_args(rlhf_stack, tmp_path / "one", *args)) == 0
+    launch(ppo_args(rlhf_stack, tmp_path / "two", *args))
     one, two = records(tmp_path / "one"), records(tmp_path / "two")
     assert_close_records(one[:1], two[:1], rel=1e-5)  # the first iteration: equal within 1e-5
     assert_close_records(one[1:], two[1:], rel=1e-3)  # later ones: float-summation noise only

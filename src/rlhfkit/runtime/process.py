@@ -29,11 +29,14 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_accelerator(report_to: tuple[str, ...] = (), out: Any = None) -> Any:
+def make_accelerator(
+    report_to: tuple[str, ...] = (), out: Any = None, unused_parameters: bool = False
+) -> Any:
     """The run's `Accelerator`, logging to the trackers `report_to` names under `out`. Several processes
     without CUDA take accelerate's CPU path (gloo): without `cpu=True` accelerate treats each of them as a run
     of its own."""
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
     from rlhfkit.runtime.distributed import world
 
@@ -41,4 +44,5 @@ def make_accelerator(report_to: tuple[str, ...] = (), out: Any = None) -> Any:
         cpu=world() > 1 and not torch.cuda.is_available(),
         log_with=list(report_to) or None,
         project_dir=str(out) if report_to else None,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused_parameters)],
     )

@@ -32,12 +32,15 @@ class PolicyAndValue(torch.nn.Module):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        context: int,
-        temperature: float,
+        context: int | None = None,
+        temperature: float = 1.0,
         with_entropy: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    ) -> Any:
         """(B, P + T) prompt + response -> (B, T) response log-probs at `temperature`, (B, T) raw values of
-        the states before each response token, and (B, T) entropies when asked."""
+        the states before each response token, and (B, T) entropies when asked. Without `context`, the
+        policy's own output (a causal LM's, with `.logits`): the ptx term's pass, through the same module."""
+        if context is None:
+            return self.policy(input_ids=input_ids, attention_mask=attention_mask)
         logp, entropy = response_logprobs(
             self.policy, input_ids, attention_mask, context, temperature, with_entropy
         )  # (B, T)

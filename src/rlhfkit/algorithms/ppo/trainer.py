@@ -81,12 +81,11 @@ class PPOTrainer:
                 raise UsageError(
                     f"{name} ({getattr(config, name)}) must be divisible by the {world()} processes"
                 )
-        if world() > 1 and config.ptx_coef > 0:
-            raise UsageError("the ptx term is not supported with several processes yet: set ptx_coef=0")
         set_seed(config.seed)
         roles = load_roles(config)
         prompts, held_out = split_prompts(config, roles.tokenizer)
-        accelerator = make_accelerator(config.report_to, config.out)
+        # the ptx pass leaves the critic without gradients: DDP must be told to expect that
+        accelerator = make_accelerator(config.report_to, config.out, unused_parameters=config.ptx_coef > 0)
         updates = config.max_steps * config.ppo_epochs * (config.batch_size // config.mini_batch_size)
         policy, value = roles.trainable.policy, roles.trainable.value
         optimizer = torch.optim.AdamW(

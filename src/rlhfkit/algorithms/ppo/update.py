@@ -12,7 +12,7 @@ from rlhfkit.algorithms.ppo.experience import Experience, Normalise
 from rlhfkit.algorithms.sft import completion_nll
 from rlhfkit.config import PPOConfig
 from rlhfkit.core import kl_estimate, masked_mean, ppo_policy_loss, value_loss
-from rlhfkit.data import encode_sft, load_records
+from rlhfkit.data import IGNORE, encode_sft, load_records
 from rlhfkit.runtime.distributed import all_max, all_sum, local_rows, world
 from rlhfkit.runtime.loop import UpdateGuard, guarded_update
 from rlhfkit.runtime.process import autocast
@@ -79,6 +79,19 @@ def micro_batch_loss(
     return loss, {**stats, "ratio_deviation": ratio_deviation}
 
 
+def ptx_step(opt: Optimisation, config: PPOConfig, device: torch.device) -> float:
+    """Backward of `ptx_coef` times the token-mean NLL of a ptx batch (`mini_batch_size` examples drawn for
+    the whole run, each process taking its share, through the trained module's forward so DDP syncs the
+    gradient); returns that NLL."""
+    examples = opt.ptx()
+    mine = examples[local_rows(len(examples))]
+    n_tokens = sum(1 for e in examples for t in e.labels[1:] if t != IGNORE)  # of the whole ptx batch
+    with autocast(device, config.bf16):
+        nll, n = completion_nll(opt.model, mine, opt.pad_id, device)  # the module acts as the policy LM
+    opt.accelerator.backward(config.ptx_coef * nll * n / n_tokens * world())
+    return all_sum(nll.detach().double() * n).item() / n_tokens
+
+
 def minibatch_step(
     opt: Optimisation,
     exp: Experience,
@@ -105,12 +118,9 @@ def minibatch_step(
     stats = dict(zip(stats, summed, strict=True))
     stats["ratio_deviation"] = float(all_max(torch.tensor(deviation, dtype=torch.float64)))
     stats["policy/ratio_var"] = stats.pop("policy/ratio_sq") - stats["policy/ratio_mean"] ** 2
-    policy = opt.accelerator.unwrap_model(opt.model).policy
     if opt.ptx is not None:
-        with autocast(exp.input_ids.device, config.bf16):
-            ptx, _ = completion_nll(policy, opt.ptx(), opt.pad_id, exp.input_ids.device)
-        opt.accelerator.backward(config.ptx_coef * ptx)
-        stats["loss/ptx"] = ptx.item()
+        stats["loss/ptx"] = ptx_step(opt, config, exp.input_ids.device)
+    policy = opt.accelerator.unwrap_model(opt.model).policy
     # Both roles step, or neither: a non-finite loss or gradient norm skips the update (docs/ppo-details.md
     # #21). Each role's gradient is clipped on its own.
     value = opt.accelerator.unwrap_model(opt.model).value

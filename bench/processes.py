@@ -1,0 +1,76 @@
+"""Seconds per PPO iteration on 1 and on N CPU processes (torchrun, gloo) with the same global batch, and the
+scaling efficiency t1 / (N * tN).
+
+    .venv/bin/python bench/processes.py [--models tiny smollm2] [--iterations 4] [--processes 2]
+
+Setting (the SmolLM2 one of the speed issue): 16 episodes x 32 response tokens, 4 PPO epochs, mini-batch 8,
+fp32, temperature 1 on an untrained policy (EOS is rare, responses run to full length). The policy is the
+base model and the RM a new scalar head on it. The first iteration is left out (warm-up); the rest are
+averaged from the `time/*` fields of metrics.jsonl, which every run writes. torchrun gives each process one
+thread, so on a 2-core machine 1 process x 2 threads is compared with 2 processes x 1 thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ppo_iteration import WORDS, build_models  # noqa: E402
+
+
+def seconds_per_iteration(folder: Path) -> float:
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    rest = rows[1:] or rows
+    return sum(r["time/rollout"] + r["time/score"] + r["time/train"] for r in rest) / len(rest)
+
+
+def run(processes: int, policy: str, reward: str, prompts: Path, out: Path, iterations: int) -> float:
+    args = [
+        "ppo", "--policy", policy, "--reward-model", reward, "--prompts", str(prompts), "--out", str(out),
+        "--overwrite", f"max_steps={iterations}", "batch_size=16", "mini_batch_size=8", "ppo_epochs=4",
+        "response_length=32", "temperature=1.0", "normalize_reward=false", "eval_every=0", "eval_holdout=4",
+    ]  # fmt: skip
+    launcher = [sys.executable, "-m", "rlhfkit.cli"]
+    if processes > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                    "--master_port", "29591", "-m", "rlhfkit.cli"]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    done = subprocess.run([*launcher, *args], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(done.stderr[-3000:])
+    return seconds_per_iteration(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["tiny", "smollm2"], choices=["tiny", "smollm2"])
+    parser.add_argument("--iterations", type=int, default=4)
+    parser.add_argument("--processes", type=int, default=2)
+    args = parser.parse_args()
+    rng = random.Random(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        prompts = folder / "prompts.jsonl"
+        lines = [json.dumps({"prompt": " ".join(rng.choice(WORDS) for _ in range(12))}) for _ in range(64)]
+        prompts.write_text("\n".join(lines) + "\n")
+        many_label = f"{args.processes} processes"
+        print(f"{'model':<9} {'1 process':>10} {many_label:>12} {'speed-up':>9} {'efficiency':>11}")
+        for name in args.models:
+            policy, reward = build_models(name, folder)
+            one = run(1, policy, reward, prompts, folder / f"{name}-1", args.iterations)
+            many = run(args.processes, policy, reward, prompts, folder / f"{name}-n", args.iterations)
+            efficiency = one / (args.processes * many)
+            print(
+                f"{name:<9} {one:>9.2f}s {many:>11.2f}s {one / many:>8.2f}x {efficiency:>10.0%}", flush=True
+            )
+
+
+if __name__ == "__main__":
+    main()
