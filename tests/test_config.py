@@ -505,8 +505,9 @@ def test_new_fields_have_their_documented_defaults():
     assert load_config(LabelConfig, **REQUIRED_LABEL).max_prompt_length == 1024
     assert load_config(EvalConfig, **REQUIRED_EVAL).max_prompt_length == 1024
     # added last: positional construction of the old fields is undisturbed
-    assert [f.name for f in dataclasses.fields(PPOConfig)][-3:] == [
+    assert [f.name for f in dataclasses.fields(PPOConfig)][-4:] == [
         "eval_holdout",
         "ptx_max_length",
         "kl_penalty",
+        "report_to",
     ]

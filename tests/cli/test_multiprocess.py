@@ -62,6 +62,19 @@ def test_sft_on_two_processes_matches_one(tiny_dir, sft_data, tmp_path):
     assert (tmp_path / "two" / "config.json").is_file() and (tmp_path / "two" / "rlhfkit.json").is_file()
 
 
+def test_a_last_batch_shorter_than_the_processes_does_not_hang(tiny_dir, tmp_path):
+    """33 examples in batches of 16: the epoch ends with a batch of one, which one process alone holds; the
+    other runs a stand-in pass that counts for nothing (DDP needs as many backward passes everywhere)."""
+    data = write_jsonl(tmp_path / "sft.jsonl", sentiment_rows(33, seed=3))
+    args = ["--model", tiny_dir, "--data", data, "epochs=1", "batch_size=16", "grad_accum=2",
+            "eval_fraction=0", "optim.lr=3e-3"]  # fmt: skip
+    assert main(["sft", "--out", str(tmp_path / "one"), *args]) == 0
+    launch(["sft", "--out", str(tmp_path / "two"), *args])
+    one, two = records(tmp_path / "one"), records(tmp_path / "two")
+    assert [r["tokens"] for r in one][-1] < [r["tokens"] for r in one][0]  # the short last batch
+    assert_close_records(one, two, rel=1e-5, keys=["loss", "grad_norm", "tokens"])
+
+
 def test_rm_on_two_processes_matches_one(rlhf_stack, tmp_path):
     from helpers import great_rows
 

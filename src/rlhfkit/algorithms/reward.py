@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from rlhfkit.algorithms.supervised import local_share, prepare, split
+from rlhfkit.algorithms.supervised import micro_batches, prepare
 from rlhfkit.config import RewardConfig
 from rlhfkit.core import pairwise_loss
 from rlhfkit.data import PairExample, encode_pairs, pad
@@ -87,13 +87,13 @@ def train_reward_model(config: RewardConfig) -> Path:
 
     def batch_loss(batch: list[PairExample]) -> dict[str, float]:
         totals = torch.zeros(3)  # loss, accuracy, margin, summed over pairs
-        for part in split(local_share(batch), config.grad_accum):
+        for part, counts in micro_batches(batch, config.grad_accum):
             # Each micro-batch weighted by its share of the global batch's pairs: the mean over the batch
             # (times N: DDP averages the gradients).
             with autocast(device, config.bf16):
                 loss, accuracy, margins = pair_loss(model, part, pad_id, device)
-            accelerator.backward(loss * len(part) / len(batch) * world())
-            totals += torch.tensor([loss.item(), accuracy.item(), margins.mean().item()]) * len(part)
+            accelerator.backward(loss * len(part) / len(batch) * world() * counts)
+            totals += torch.tensor([loss.item(), accuracy.item(), margins.mean().item()]) * len(part) * counts
         loss, accuracy, margin = (all_sum(totals) / len(batch)).tolist()
         return {"loss": loss, "accuracy": accuracy, "margin": margin}
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from rlhfkit.algorithms.supervised import local_share, prepare, split
+from rlhfkit.algorithms.supervised import micro_batches, prepare
 from rlhfkit.config import SFTConfig
 from rlhfkit.core import ptx_loss
 from rlhfkit.data import IGNORE, SFTExample, encode_sft, pad
@@ -57,13 +57,13 @@ def sft(config: SFTConfig) -> Path:
     def batch_loss(batch: list[SFTExample]) -> dict[str, float]:
         n_tokens = sum(1 for e in batch for t in e.labels[1:] if t != IGNORE)  # of the global batch
         loss_sum = torch.zeros((), dtype=torch.float64)
-        for part in split(local_share(batch), config.grad_accum):
+        for part, counts in micro_batches(batch, config.grad_accum):
             # Weighted by its share of the global batch's tokens: the sum over micro-batches and processes is
             # the token mean of the whole batch, however it is split (times N: DDP averages the gradients).
             with autocast(device, config.bf16):
                 loss, n = completion_nll(model, part, pad_id, device)
-            accelerator.backward(loss * n / n_tokens * world())
-            loss_sum += loss.item() * n
+            accelerator.backward(loss * n / n_tokens * world() * counts)
+            loss_sum += loss.item() * n * counts
         return {"loss": all_sum(loss_sum).item() / n_tokens, "tokens": n_tokens}
 
     def held_out_loss() -> dict[str, float]:

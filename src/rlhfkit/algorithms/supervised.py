@@ -39,9 +39,15 @@ def train_and_eval_records(
     return [records[i] for i in order[n_eval:]], [records[i] for i in order[:n_eval]]
 
 
-def local_share(batch: Sequence[T]) -> list[T]:
-    """This process's examples of a global batch (every N-th, from its rank)."""
-    return list(batch[rank() :: world()])
+def micro_batches(batch: Sequence[T], grad_accum: int) -> list[tuple[list[T], float]]:
+    """This process's micro-batches of a global batch (its every N-th example, from its rank, in up to
+    `grad_accum` parts), each with a weight factor: 1, or 0 for a stand-in. Every process gets the same number
+    (DDP needs as many backward passes everywhere): one whose share of a short last batch falls short runs
+    stand-in passes on the batch's first example that count for nothing."""
+    parts = max(1, min(grad_accum, math.ceil(len(batch) / world())))
+    mine = list(batch[rank() :: world()])
+    real = split(mine, parts) if mine else []
+    return [(part, 1.0) for part in real] + [([batch[0]], 0.0)] * (parts - len(real))
 
 
 def split(items: Sequence[T], parts: int) -> list[list[T]]:
@@ -132,9 +138,12 @@ class Supervised:
     def run(self, name: str) -> dict[str, Any]:
         """All steps through the run loop; returns the last record."""
         trackers = Trackers(self.accelerator, f"rlhfkit-{name}", self.config)
-        record = run_loop(self, self.out, self.config, self.steps, name, self.resume_from, trackers=trackers)
-        trackers.finish()
-        return record
+        try:
+            return run_loop(
+                self, self.out, self.config, self.steps, name, self.resume_from, trackers=trackers
+            )
+        finally:
+            trackers.finish()
 
     def finish(self, command: str, **summary: Any) -> None:
         """Save the model folder and the run file; drop the checkpoints (the model is saved). Main process."""

@@ -8,10 +8,11 @@ import torch
 
 
 def pad(
-    sequences: Sequence[Sequence[int]], value: int, side: str = "right"
+    sequences: Sequence[Sequence[int]], value: int, side: str = "right", width: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, L) ids padded with `value` on `side`, and the (B, L) attention mask (1 at real tokens)."""
-    length = max(len(s) for s in sequences)
+    """(B, L) ids padded with `value` on `side` to the longest sequence (or to `width`, when wider), and the
+    (B, L) attention mask (1 at real tokens)."""
+    length = max(max(len(s) for s in sequences), width or 0)
     ids = torch.full((len(sequences), length), value, dtype=torch.long)  # (B, L)
     mask = torch.zeros((len(sequences), length), dtype=torch.long)  # (B, L)
     for row, seq in enumerate(sequences):

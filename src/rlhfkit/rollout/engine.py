@@ -23,10 +23,11 @@ class RolloutEngine(Protocol):
         settings: SamplingSettings,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
+        width: int | None = None,
     ) -> Rollout:
-        """One sampled response per prompt; prompts left-padded, responses cut after the first stop token.
-        `noise` ((max_new_tokens, len(prompts)) uniforms), when given, decides the draws instead of
-        `generator`."""
+        """One sampled response per prompt; prompts left-padded (to `width` when given), responses cut after
+        the first stop token. `noise` ((max_new_tokens, len(prompts)) uniforms), when given, decides the
+        draws instead of `generator`."""
         ...
 
     def sync_weights(self) -> None:
@@ -49,8 +50,9 @@ class LocalSampler:
         settings: SamplingSettings,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
+        width: int | None = None,
     ) -> Rollout:
-        ids, mask = (t.to(self.device) for t in pad(prompts, self.pad_id, side="left"))  # (B, P)
+        ids, mask = (t.to(self.device) for t in pad(prompts, self.pad_id, "left", width))  # (B, P)
         with autocast(self.device, self.bf16):
             return generate(self.model, ids, mask, settings, self.stop_ids, self.pad_id, generator, noise)
 

@@ -36,20 +36,29 @@ def local_rows(n: int) -> slice:
     return slice(rank() * share, (rank() + 1) * share)
 
 
+def _on_backend(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy on the device the process group communicates from: NCCL takes CUDA tensors only."""
+    if torch.distributed.get_backend() == "nccl":
+        return tensor.to(torch.device("cuda", torch.cuda.current_device()), copy=True)
+    return tensor.clone()
+
+
+def _reduce(tensor: torch.Tensor, op: Any) -> torch.Tensor:
+    if not _initialised():
+        return tensor.clone()
+    moved = _on_backend(tensor)
+    torch.distributed.all_reduce(moved, op=op)
+    return moved.to(tensor.device)
+
+
 def all_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Elementwise sum over processes (a new tensor)."""
-    total = tensor.clone()
-    if _initialised():
-        torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
-    return total
+    """Elementwise sum over processes (a new tensor, on `tensor`'s device)."""
+    return _reduce(tensor, torch.distributed.ReduceOp.SUM)
 
 
 def all_max(tensor: torch.Tensor) -> torch.Tensor:
-    """Elementwise maximum over processes (a new tensor)."""
-    top = tensor.clone()
-    if _initialised():
-        torch.distributed.all_reduce(top, op=torch.distributed.ReduceOp.MAX)
-    return top
+    """Elementwise maximum over processes (a new tensor, on `tensor`'s device)."""
+    return _reduce(tensor, torch.distributed.ReduceOp.MAX)
 
 
 def all_rows(tensor: torch.Tensor) -> torch.Tensor:
@@ -57,9 +66,10 @@ def all_rows(tensor: torch.Tensor) -> torch.Tensor:
     have the same shape."""
     if not _initialised():
         return tensor
-    parts = [torch.empty_like(tensor) for _ in range(world())]
-    torch.distributed.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts)
+    moved = _on_backend(tensor.contiguous())
+    parts = [torch.empty_like(moved) for _ in range(world())]
+    torch.distributed.all_gather(parts, moved)
+    return torch.cat(parts).to(tensor.device)
 
 
 def all_objects(value: Any) -> list[Any]:

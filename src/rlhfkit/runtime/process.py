@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import random
 from typing import Any
 
@@ -36,7 +37,7 @@ def make_accelerator(
     without CUDA take accelerate's CPU path (gloo): without `cpu=True` accelerate treats each of them as a run
     of its own."""
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     from rlhfkit.runtime.distributed import world
 
@@ -44,5 +45,9 @@ def make_accelerator(
         cpu=world() > 1 and not torch.cuda.is_available(),
         log_with=list(report_to) or None,
         project_dir=str(out) if report_to else None,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused_parameters)],
+        kwargs_handlers=[
+            DistributedDataParallelKwargs(find_unused_parameters=unused_parameters),
+            # the other processes wait while the main one evaluates alone: give it hours, not minutes
+            InitProcessGroupKwargs(timeout=datetime.timedelta(hours=3)),
+        ],
     )

@@ -61,5 +61,6 @@ class Trackers:
             self.accelerator.log(numbers, step=step)
 
     def finish(self) -> None:
-        if self.active:
-            self.accelerator.end_training()
+        """Flush and close the trackers (not `end_training`, which also ends the process group)."""
+        for tracker in self.accelerator.trackers if self.active else []:
+            tracker.finish()

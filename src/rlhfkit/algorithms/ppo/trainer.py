@@ -139,11 +139,13 @@ class PPOTrainer:
         noise = torch.rand(
             config.response_length, len(prompts), generator=self.sampling_generator, device=device
         )  # (T_max, B) for the whole batch, whichever rows this process samples
-        rollout = self.engine.generate(prompts[rows], settings, noise=noise[:, rows])
+        # every process pads its prompts to the global batch's width, as one process would
+        width = max(map(len, prompts))
+        rollout = self.engine.generate(prompts[rows], settings, noise=noise[:, rows], width=width)
         if world() == 1:
             return rollout
-        width = int(all_max(torch.tensor(rollout.response_ids.shape[1])))
-        mine = widen(rollout, max(map(len, prompts)), width, self.roles.tokenizer.pad_token_id)
+        length = int(all_max(torch.tensor(rollout.response_ids.shape[1], device=device)))
+        mine = widen(rollout, width, length, self.roles.tokenizer.pad_token_id)
         return Rollout(*(all_rows(getattr(mine, f.name)) for f in dataclasses.fields(Rollout)))
 
     def experience(self, rollout: Rollout) -> tuple[Experience, dict[str, torch.Tensor]]:
@@ -220,10 +222,12 @@ def ppo(config: PPOConfig) -> Path:
     trainer = PPOTrainer.create(config)
     begin(out, resume_from)
     trackers = Trackers(trainer.opt.accelerator, "rlhfkit-ppo", config)
-    record = run_loop(
-        trainer, out, config, config.max_steps, "ppo", resume_from, unit="iteration", trackers=trackers
-    )
-    trackers.finish()
+    try:
+        record = run_loop(
+            trainer, out, config, config.max_steps, "ppo", resume_from, unit="iteration", trackers=trackers
+        )
+    finally:
+        trackers.finish()
     if is_main():
         save_trained(trainer.opt.accelerator.unwrap_model(trainer.opt.model), trainer.roles.tokenizer, out)
         final = {k: v for k, v in record.items() if k.startswith(("objective/", "eval/"))}
