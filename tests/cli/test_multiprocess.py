@@ -3,6 +3,7 @@ process with the same global batch; only the main process writes; a run stopped 
 two."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,10 +13,13 @@ from pathlib import Path
 import pytest
 
 from helpers import ppo_args, sentiment_rows, write_jsonl
-from rlhfkit.cli import main
 
 TIMING = ("time/", "steps_per_s", "episodes_per_s")
 PORTS = iter(range(29541, 29600))
+
+
+# CPU processes (gloo) even where a GPU is visible: two processes cannot share one GPU under NCCL
+CPU = dict(os.environ, CUDA_VISIBLE_DEVICES="")
 
 
 def torchrun(args: list[str], processes: int = 2) -> list[str]:
@@ -25,8 +29,10 @@ def torchrun(args: list[str], processes: int = 2) -> list[str]:
     ]  # fmt: skip
 
 
-def launch(args: list[str]) -> subprocess.CompletedProcess:
-    done = subprocess.run(torchrun(args), capture_output=True, text=True, timeout=600)
+def launch(args: list[str], processes: int = 2) -> subprocess.CompletedProcess:
+    """`rlhfkit ARGS` on CPU, as one plain process or `processes` torchrun processes."""
+    command = torchrun(args) if processes > 1 else [sys.executable, "-m", "rlhfkit.cli", *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=CPU)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -52,7 +58,7 @@ def sft_data(tmp_path_factory):
 def test_sft_on_two_processes_matches_one(tiny_dir, sft_data, tmp_path):
     args = ["--model", tiny_dir, "--data", sft_data, "max_steps=4", "batch_size=16", "eval_every=2",
             "grad_accum=2", "optim.lr=3e-3"]  # fmt: skip
-    assert main(["sft", "--out", str(tmp_path / "one"), *args]) == 0
+    launch(["sft", "--out", str(tmp_path / "one"), *args], processes=1)
     launch(["sft", "--out", str(tmp_path / "two"), *args])
     one, two = records(tmp_path / "one"), records(tmp_path / "two")
     assert_close_records(one, two, rel=1e-5, keys=["loss", "grad_norm", "tokens"])
@@ -68,7 +74,7 @@ def test_a_last_batch_shorter_than_the_processes_does_not_hang(tiny_dir, tmp_pat
     data = write_jsonl(tmp_path / "sft.jsonl", sentiment_rows(33, seed=3))
     args = ["--model", tiny_dir, "--data", data, "epochs=1", "batch_size=16", "grad_accum=2",
             "eval_fraction=0", "optim.lr=3e-3"]  # fmt: skip
-    assert main(["sft", "--out", str(tmp_path / "one"), *args]) == 0
+    launch(["sft", "--out", str(tmp_path / "one"), *args], processes=1)
     launch(["sft", "--out", str(tmp_path / "two"), *args])
     one, two = records(tmp_path / "one"), records(tmp_path / "two")
     assert [r["tokens"] for r in one][-1] < [r["tokens"] for r in one][0]  # the short last batch
@@ -81,7 +87,7 @@ def test_rm_on_two_processes_matches_one(rlhf_stack, tmp_path):
     data = write_jsonl(tmp_path / "pairs.jsonl", great_rows(96))
     args = ["--model", rlhf_stack[0], "--data", data, "max_steps=4", "batch_size=16", "eval_every=2",
             "optim.lr=1e-3"]  # fmt: skip
-    assert main(["rm", "--out", str(tmp_path / "one"), *args]) == 0
+    launch(["rm", "--out", str(tmp_path / "one"), *args], processes=1)
     launch(["rm", "--out", str(tmp_path / "two"), *args])
     one, two = records(tmp_path / "one"), records(tmp_path / "two")
     assert_close_records(one, two, rel=1e-5, keys=["loss", "accuracy", "margin", "grad_norm"])
@@ -98,7 +104,7 @@ PPO = ["batch_size=8", "mini_batch_size=4", "micro_batch_size=2", "ppo_epochs=2"
 def test_ppo_on_two_processes_matches_one(rlhf_stack, sft_data, tmp_path):
     """With the ptx term on too: its batch is drawn for the run and its token mean taken over both."""
     args = [f"ptx_data={sft_data}", "ptx_coef=0.5", *PPO]
-    assert main(ppo_args(rlhf_stack, tmp_path / "one", *args)) == 0
+    launch(ppo_args(rlhf_stack, tmp_path / "one", *args), processes=1)
     launch(ppo_args(rlhf_stack, tmp_path / "two", *args))
     one, two = records(tmp_path / "one"), records(tmp_path / "two")
     assert_close_records(one[:1], two[:1], rel=1e-5)  # the first iteration: equal within 1e-5
@@ -115,7 +121,7 @@ def test_accelerate_launch_gives_the_same_first_iteration(rlhf_stack, tmp_path):
     """`accelerate launch` with the shipped CPU config starts two processes too (`--cpu` would start one)."""
     config = Path(__file__).parents[2] / "configs" / "accelerate" / "ddp-cpu.yaml"
     args = [*PPO[:-2], "--max-steps", "1"]
-    assert main(ppo_args(rlhf_stack, tmp_path / "one", *args)) == 0
+    launch(ppo_args(rlhf_stack, tmp_path / "one", *args), processes=1)
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
                 "--main_process_port", str(next(PORTS)), "-m", "rlhfkit.cli"]  # fmt: skip
     done = subprocess.run(
@@ -156,7 +162,7 @@ def test_label_refuses_two_processes(rlhf_stack, tmp_path):
         "--out",
         str(out),
     ]
-    done = subprocess.run(torchrun(args), capture_output=True, text=True)
+    done = subprocess.run(torchrun(args), capture_output=True, text=True, env=CPU)
     assert done.returncode != 0 and "`label` runs as one process" in done.stderr
     assert not out.exists()
 
@@ -165,7 +171,9 @@ def test_a_two_process_run_stopped_by_sigterm_resumes_to_the_uninterrupted_metri
     args = [*PPO[:-2], "--max-steps", "5"]
     launch(ppo_args(rlhf_stack, tmp_path / "whole", *args))
     out = tmp_path / "stopped"
-    run = subprocess.Popen(torchrun(ppo_args(rlhf_stack, out, *args)), stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        torchrun(ppo_args(rlhf_stack, out, *args)), stderr=subprocess.PIPE, text=True, env=CPU
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and run.poll() is None:
         if (out / "metrics.jsonl").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) >= 2:
