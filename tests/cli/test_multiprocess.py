@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers import ppo_args, sentiment_rows, write_jsonl
 
@@ -117,6 +118,9 @@ def test_ppo_on_two_processes_matches_one(rlhf_stack, sft_data, tmp_path):
     )
 
 
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="accelerate launch hands its processes the GPUs; two cannot share one"
+)
 def test_accelerate_launch_gives_the_same_first_iteration(rlhf_stack, tmp_path):
     """`accelerate launch` with the shipped CPU config starts two processes too (`--cpu` would start one)."""
     config = Path(__file__).parents[2] / "configs" / "accelerate" / "ddp-cpu.yaml"
