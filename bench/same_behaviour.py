@@ -29,23 +29,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING = ("time/", "episodes_per_s", "steps_per_s", "wall_seconds")
-SMALL_DEMO = [
-    "demonstrations=800",
-    "eval_prompts=16",
-    "vocab_size=400",
-    "hidden_size=64",
-    "num_layers=2",
-    "sft_epochs=2",
-    "pairs_per_prompt=1",
-    "rm_epochs=1",
-    "ppo_steps=4",
-    "ppo_batch_size=8",
-    "ppo_mini_batch_size=4",
-    "ppo_epochs=1",
-    "response_length=8",
-    "ppo_eval_every=2",
-]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "src")]
+from helpers import SMALL_DEMO, metric_records  # noqa: E402  (the tests' reduced demo and record reader)
+
 PPO_VARIANTS = {
     "ppo_default": [],
     "ppo_options": [
@@ -64,7 +50,6 @@ PPO_VARIANTS = {
 
 def write_inputs(folder: Path) -> None:
     """A tiny Llama with a BPE tokenizer and the task's data (the same for both versions)."""
-    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "src")]
     from helpers import great_rows, prompt_rows, sentiment_rows, write_jsonl
     from rlhfkit.models import tiny_llama, train_tokenizer
 
@@ -104,18 +89,13 @@ def commands(data: Path, out: Path, full_demo: bool) -> dict[str, list[str]]:
     return runs
 
 
-def jsonl(path: Path) -> list[dict]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]
-
-
 def fingerprint(out: Path) -> dict[str, Any]:
     """Everything a run wrote that must not change, as plain JSON values (weights as sha256)."""
     found: dict[str, Any] = {}
     for path in sorted(out.rglob("*")):
         name = str(path.relative_to(out))
         if path.suffix == ".jsonl":
-            found[name] = jsonl(path)
+            found[name] = metric_records(path)
         elif path.name == "eval.json":
             found[name] = json.loads(path.read_text())
         elif path.name == "summary.json":

@@ -1,7 +1,8 @@
-"""Small data sets the tests write to disk."""
+"""Small data sets the tests write to disk, and the readers they share."""
 
 import json
 import random
+from pathlib import Path
 
 NOUNS = ["movie", "pizza", "phone", "hotel", "book", "song", "laptop", "cafe", "show", "game"]
 GOOD = ["great", "lovely", "wonderful", "superb", "delightful"]
@@ -75,3 +76,32 @@ def ppo_args(stack: tuple[str, str, str], out, *extra: str) -> list[str]:
         str(out),
         *extra,
     ]
+
+
+# Fields that depend on the machine's speed: left out wherever two runs' records are compared.
+TIMING = ("time/", "steps_per_s", "episodes_per_s", "wall_seconds")
+
+
+def metric_records(path: Path) -> list[dict]:
+    """The records of a JSONL file (metrics, samples) without their timing fields."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]
+
+
+# A demo of a few steps of every stage, in the demo's old flat key names (still accepted as aliases).
+SMALL_DEMO = [
+    "demonstrations=800",
+    "eval_prompts=16",
+    "vocab_size=400",
+    "hidden_size=64",
+    "num_layers=2",
+    "sft_epochs=2",
+    "pairs_per_prompt=1",
+    "rm_epochs=1",
+    "ppo_steps=4",
+    "ppo_batch_size=8",
+    "ppo_mini_batch_size=4",
+    "ppo_epochs=1",
+    "response_length=8",
+    "ppo_eval_every=2",
+]

@@ -3,25 +3,11 @@
 import json
 import math
 
+from helpers import SMALL_DEMO
 from rlhfkit.cli import main
 from rlhfkit.config import SET_BY_DEMO, DemoConfig, load_config
 
-SMALL = [
-    "demonstrations=800",
-    "eval_prompts=16",
-    "vocab_size=400",
-    "hidden_size=64",
-    "num_layers=2",
-    "sft_epochs=2",
-    "pairs_per_prompt=1",
-    "rm_epochs=1",
-    "ppo_steps=4",
-    "ppo_batch_size=8",
-    "ppo_mini_batch_size=4",
-    "ppo_epochs=1",
-    "response_length=8",
-    "ppo_eval_every=2",
-]
+SMALL = SMALL_DEMO
 # SMALL with the demo's section names (the flat ones above are their old aliases)
 SMALL_DOTTED = [
     *SMALL[:5],

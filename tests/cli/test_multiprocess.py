@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import ppo_args, sentiment_rows, write_jsonl
+from helpers import metric_records, ppo_args, sentiment_rows, write_jsonl
 
-TIMING = ("time/", "steps_per_s", "episodes_per_s")
 PORTS = iter(range(29541, 29600))
 
 
@@ -39,8 +38,7 @@ def launch(args: list[str], processes: int = 2) -> subprocess.CompletedProcess:
 
 
 def records(folder, name="metrics.jsonl"):
-    rows = [json.loads(line) for line in (folder / name).read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]
+    return metric_records(folder / name)
 
 
 def assert_close_records(one, two, rel, keys=None):

@@ -32,6 +32,7 @@ def test_ppo_policy_loss_by_hand(case, dtype, tol):
     assert stats["ratio_mean"].item() == pytest.approx(ratio, abs=tol)
     # approx_kl: k3 of KL(old || new) = r - 1 - ln r.
     assert stats["approx_kl"].item() == pytest.approx(ratio - 1 - math.log(ratio), abs=tol)
+    assert stats["ratio_sq_mean"].item() == pytest.approx(ratio**2, abs=10 * tol)
 
 
 def test_ppo_policy_loss_token_mean_and_masking():
@@ -43,6 +44,10 @@ def test_ppo_policy_loss_token_mean_and_masking():
     loss, stats = ppo_policy_loss(logp, old_logp, adv, mask)
     loss.backward()
     assert loss.item() == pytest.approx((-1.1 + 1.5) / 2, abs=1e-6)
+    # ratios 1.1 and 1.5: mean 1.3, E[r^2] = (1.21 + 2.25) / 2 = 1.73, variance 1.73 - 1.69 = 0.04
+    assert stats["ratio_mean"].item() == pytest.approx(1.3, abs=1e-6)
+    assert stats["ratio_sq_mean"].item() == pytest.approx(1.73, abs=1e-6)
+    assert stats["ratio_var"].item() == pytest.approx(0.04, abs=1e-6)
     # each valid token gets its single-token derivative / 2 (token mean); padding gets exactly 0
     torch.testing.assert_close(logp.grad, torch.tensor([[-1.1 / 2, 1.5 / 2, 0.0]]), rtol=0, atol=1e-6)
     assert stats["clipfrac"].item() == 0.0

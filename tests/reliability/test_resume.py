@@ -9,10 +9,8 @@ import textwrap
 
 import pytest
 
-from helpers import ppo_args, preference_rows, sentiment_rows, write_jsonl
+from helpers import metric_records, ppo_args, preference_rows, sentiment_rows, write_jsonl
 from rlhfkit.cli import main
-
-TIMING = ("steps_per_s", "time/rollout", "time/score", "time/train", "episodes_per_s")
 
 # Runs the CLI in a child process that sends itself `signal` right after the metrics line of step `at`.
 CHILD = textwrap.dedent("""
@@ -32,13 +30,6 @@ CHILD = textwrap.dedent("""
 def run_child(args, at, signum):
     code = CHILD.format(at=at, signum=int(signum), args=args)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-
-
-def records(path):
-    return [
-        {k: v for k, v in json.loads(line).items() if k not in TIMING}
-        for line in path.read_text().splitlines()
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +81,11 @@ def test_sigkill_then_resume_gives_the_uninterrupted_metrics(kind, rlhf_stack, t
     )  # after checkpoint 3 (ppo) / 4: the steps after it are lost and redone
     child = run_child(command(kind, rlhf_stack, tiny_dir, data, killed), kill_at, signal.SIGKILL)
     assert child.returncode == -signal.SIGKILL, child.stderr
-    assert len(records(killed / "metrics.jsonl")) == kill_at
+    assert len(metric_records(killed / "metrics.jsonl")) == kill_at
     # a run with checkpoints is not restarted by accident
     assert main(command(kind, rlhf_stack, tiny_dir, data, killed)) == 2
     assert main([*command(kind, rlhf_stack, tiny_dir, data, killed), "--resume"]) == 0
-    assert records(killed / "metrics.jsonl") == records(straight / "metrics.jsonl")
+    assert metric_records(killed / "metrics.jsonl") == metric_records(straight / "metrics.jsonl")
     if kind == "ppo":
         assert (killed / "samples.jsonl").read_text() == (straight / "samples.jsonl").read_text()
     assert not (killed / "checkpoints").exists()  # a finished run keeps its models, not its checkpoints
@@ -109,7 +100,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_143(rlhf_stack, tiny_dir, data, t
     assert "stopped by SIGTERM" in message and "step-00000007" in message and "--resume" in message
     assert (out / "checkpoints" / "step-00000007" / "COMPLETE").is_file()
     assert main([*args, "--resume"]) == 0
-    assert [r["step"] for r in records(out / "metrics.jsonl")] == list(range(1, 13))
+    assert [r["step"] for r in metric_records(out / "metrics.jsonl")] == list(range(1, 13))
 
 
 def test_a_checkpoint_truncated_mid_write_is_ignored(rlhf_stack, tiny_dir, data, tmp_path, capsys):
@@ -124,7 +115,7 @@ def test_a_checkpoint_truncated_mid_write_is_ignored(rlhf_stack, tiny_dir, data,
         (out / "checkpoints" / "step-00000008" / "state.pt").read_bytes()[:1000]
     )
     assert main([*args, "--resume"]) == 0
-    assert records(out / "metrics.jsonl") == records(straight / "metrics.jsonl")
+    assert metric_records(out / "metrics.jsonl") == metric_records(straight / "metrics.jsonl")
 
 
 def test_resume_needs_a_checkpoint(rlhf_stack, tiny_dir, data, tmp_path, capsys):

@@ -143,3 +143,21 @@ def test_sampled_tokens_follow_softmax_of_logits_over_temperature(policy):
     for token in torch.nonzero(probs > 0.05).flatten():
         p = probs[token].item()
         assert abs(counts[token].item() / n - p) < 4 * (p * (1 - p) / n) ** 0.5
+
+
+def test_inverse_cdf_by_hand():
+    """probs [0.5, 0, 0.3, 0.2] have the cumulative [0.5, 0.5, 0.8, 1.0]: a uniform u picks the first token
+    whose cumulative probability exceeds u, so token 1 (probability 0) is never drawn."""
+    from rlhfkit.rollout.sampling import inverse_cdf
+
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2]]).expand(6, 4)
+    uniform = torch.tensor([0.0, 0.49, 0.5, 0.79, 0.8, 0.9999999])
+    assert inverse_cdf(probs, uniform).tolist() == [0, 0, 2, 2, 3, 3]
+    # a filtered distribution (top-k = 1 leaves one token): every uniform draws it
+    assert inverse_cdf(
+        torch.tensor([[0.0, 1.0, 0.0]]).expand(3, 3), torch.tensor([0.0, 0.5, 0.99])
+    ).tolist() == [
+        1,
+        1,
+        1,
+    ]

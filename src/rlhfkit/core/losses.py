@@ -21,7 +21,7 @@ def ppo_policy_loss(
 
     All inputs (B, T). Returns (loss, stats); stats are detached 0-dim tensors: `clipfrac` (fraction of
     valid tokens where the clipped term is the larger, i.e. the gradient is cut), `approx_kl` (k3 estimate
-    of KL(old || new) from the old policy's samples), `ratio_mean`, `ratio_var`.
+    of KL(old || new) from the old policy's samples), `ratio_mean`, `ratio_var`, `ratio_sq_mean`.
     """
     # The log-ratio is zeroed at padding first: a NaN or inf there would otherwise reach logp's gradient
     # as 0 * inf = NaN; where() hands padding an exact 0 instead.
@@ -38,6 +38,9 @@ def ppo_policy_loss(
             "approx_kl": masked_mean(kl_estimate(old_logp, logp, "k3"), mask),
             "ratio_mean": ratio_mean,
             "ratio_var": masked_mean((ratio - ratio_mean) ** 2, mask),
+            # a token mean like ratio_mean: summed over micro-batches by their token shares it gives the
+            # whole batch's E[ratio^2], hence its variance E[ratio^2] - E[ratio]^2
+            "ratio_sq_mean": masked_mean(ratio**2, mask),
         }
     return loss, stats
 

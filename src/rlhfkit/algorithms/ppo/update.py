@@ -71,8 +71,7 @@ def micro_batch_loss(
         "policy/approx_kl": pg["approx_kl"],
         "policy/clipfrac": pg["clipfrac"],
         "policy/ratio_mean": pg["ratio_mean"],
-        # E[ratio^2] of the micro-batch: summed over the minibatch it gives the variance of the whole of it
-        "policy/ratio_sq": pg["ratio_var"] + pg["ratio_mean"] ** 2,
+        "policy/ratio_sq_mean": pg["ratio_sq_mean"],
         "val/clipfrac": vf["clipfrac"],
         **extra,
     }
@@ -117,7 +116,8 @@ def minibatch_step(
     summed = all_sum(torch.tensor(list(stats.values()), dtype=torch.float64)).tolist()
     stats = dict(zip(stats, summed, strict=True))
     stats["ratio_deviation"] = float(all_max(torch.tensor(deviation, dtype=torch.float64)))
-    stats["policy/ratio_var"] = stats.pop("policy/ratio_sq") - stats["policy/ratio_mean"] ** 2
+    # the minibatch's ratio variance from its token means (not a mean of micro-batch variances)
+    stats["policy/ratio_var"] = stats.pop("policy/ratio_sq_mean") - stats["policy/ratio_mean"] ** 2
     if opt.ptx is not None:
         stats["loss/ptx"] = ptx_step(opt, config, exp.input_ids.device)
     policy = opt.accelerator.unwrap_model(opt.model).policy
