@@ -29,9 +29,20 @@ def torchrun(args: list[str], processes: int = 2) -> list[str]:
     ]  # fmt: skip
 
 
-def launch(args: list[str], processes: int = 2) -> subprocess.CompletedProcess:
-    """`rlhfkit ARGS` on CPU, as one plain process or `processes` torchrun processes."""
-    command = torchrun(args) if processes > 1 else [sys.executable, "-m", "rlhfkit.cli", *args]
+CONFIGS = Path(__file__).parents[2] / "configs" / "accelerate"
+
+
+def fsdp(args: list[str]) -> list[str]:
+    """`rlhfkit ARGS` under the shipped FSDP config, on two CPU processes (see fsdp_on_cpu.py)."""
+    return [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "fsdp.yaml"),
+        "--main_process_port", str(next(PORTS)), str(Path(__file__).with_name("fsdp_on_cpu.py")), *args,
+    ]  # fmt: skip
+
+
+def launch(args: list[str], processes: int = 2, engine=torchrun) -> subprocess.CompletedProcess:
+    """`rlhfkit ARGS` on CPU, as one plain process or two processes started by `engine`."""
+    command = engine(args) if processes > 1 else [sys.executable, "-m", "rlhfkit.cli", *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=CPU)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -54,17 +65,29 @@ def sft_data(tmp_path_factory):
     return write_jsonl(tmp_path_factory.mktemp("mp") / "sft.jsonl", sentiment_rows(96))
 
 
-def test_sft_on_two_processes_matches_one(tiny_dir, sft_data, tmp_path):
+def assert_same_weights(one: Path, two: Path) -> None:
+    """The two model folders hold the same tensors under the same names (tied copies left out alike)."""
+    from safetensors.torch import load_file
+
+    first, second = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert sorted(first) == sorted(second)
+    for name, tensor in first.items():
+        torch.testing.assert_close(second[name], tensor, rtol=1e-4, atol=1e-5)  # Adam steps: ~1e-3
+
+
+@pytest.mark.parametrize("engine", [torchrun, fsdp], ids=["ddp", "fsdp"])
+def test_sft_on_two_processes_matches_one(tiny_dir, sft_data, tmp_path, engine):
     args = ["--model", tiny_dir, "--data", sft_data, "max_steps=4", "batch_size=16", "eval_every=2",
             "grad_accum=2", "optim.lr=3e-3"]  # fmt: skip
     launch(["sft", "--out", str(tmp_path / "one"), *args], processes=1)
-    launch(["sft", "--out", str(tmp_path / "two"), *args])
+    launch(["sft", "--out", str(tmp_path / "two"), *args], engine=engine)
     one, two = records(tmp_path / "one"), records(tmp_path / "two")
     assert_close_records(one, two, rel=1e-5, keys=["loss", "grad_norm", "tokens"])
     assert [r["eval/loss"] for r in two if "eval/loss" in r] == pytest.approx(
         [r["eval/loss"] for r in one if "eval/loss" in r], rel=1e-5
     )
     assert (tmp_path / "two" / "config.json").is_file() and (tmp_path / "two" / "rlhfkit.json").is_file()
+    assert_same_weights(tmp_path / "one", tmp_path / "two")
 
 
 def test_a_last_batch_shorter_than_the_processes_does_not_hang(tiny_dir, tmp_path):
@@ -80,16 +103,18 @@ def test_a_last_batch_shorter_than_the_processes_does_not_hang(tiny_dir, tmp_pat
     assert_close_records(one, two, rel=1e-5, keys=["loss", "grad_norm", "tokens"])
 
 
-def test_rm_on_two_processes_matches_one(rlhf_stack, tmp_path):
+@pytest.mark.parametrize("engine", [torchrun, fsdp], ids=["ddp", "fsdp"])
+def test_rm_on_two_processes_matches_one(rlhf_stack, tmp_path, engine):
     from helpers import great_rows
 
     data = write_jsonl(tmp_path / "pairs.jsonl", great_rows(96))
     args = ["--model", rlhf_stack[0], "--data", data, "max_steps=4", "batch_size=16", "eval_every=2",
             "optim.lr=1e-3"]  # fmt: skip
     launch(["rm", "--out", str(tmp_path / "one"), *args], processes=1)
-    launch(["rm", "--out", str(tmp_path / "two"), *args])
+    launch(["rm", "--out", str(tmp_path / "two"), *args], engine=engine)
     one, two = records(tmp_path / "one"), records(tmp_path / "two")
     assert_close_records(one, two, rel=1e-5, keys=["loss", "accuracy", "margin", "grad_norm"])
+    assert_same_weights(tmp_path / "one", tmp_path / "two")
     stats = [
         json.loads((tmp_path / name / "rlhfkit.json").read_text())["reward_stats"] for name in ("one", "two")
     ]
@@ -100,11 +125,13 @@ PPO = ["batch_size=8", "mini_batch_size=4", "micro_batch_size=2", "ppo_epochs=2"
        "eval_every=2", "--max-steps", "3"]  # fmt: skip
 
 
-def test_ppo_on_two_processes_matches_one(rlhf_stack, sft_data, tmp_path):
-    """With the ptx term on too: its batch is drawn for the run and its token mean taken over both."""
+@pytest.mark.parametrize("engine", [torchrun, fsdp], ids=["ddp", "fsdp"])
+def test_ppo_on_two_processes_matches_one(rlhf_stack, sft_data, tmp_path, engine):
+    """With the ptx term on too: its batch is drawn for the run and its token mean taken over both. Under
+    FSDP each process holds half of actor and critic; generation and evaluation gather them whole."""
     args = [f"ptx_data={sft_data}", "ptx_coef=0.5", *PPO]
     launch(ppo_args(rlhf_stack, tmp_path / "one", *args), processes=1)
-    launch(ppo_args(rlhf_stack, tmp_path / "two", *args))
+    launch(ppo_args(rlhf_stack, tmp_path / "two", *args), engine=engine)
     one, two = records(tmp_path / "one"), records(tmp_path / "two")
     assert_close_records(one[:1], two[:1], rel=1e-5)  # the first iteration: equal within 1e-5
     assert_close_records(one[1:], two[1:], rel=1e-3)  # later ones: float-summation noise only
@@ -114,6 +141,8 @@ def test_ppo_on_two_processes_matches_one(rlhf_stack, sft_data, tmp_path):
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
         p.name for p in (tmp_path / "one").iterdir()
     )
+    for role in ("actor", "critic"):
+        assert_same_weights(tmp_path / "one" / role, tmp_path / "two" / role)
 
 
 @pytest.mark.skipif(
@@ -121,7 +150,7 @@ def test_ppo_on_two_processes_matches_one(rlhf_stack, sft_data, tmp_path):
 )
 def test_accelerate_launch_gives_the_same_first_iteration(rlhf_stack, tmp_path):
     """`accelerate launch` with the shipped CPU config starts two processes too (`--cpu` would start one)."""
-    config = Path(__file__).parents[2] / "configs" / "accelerate" / "ddp-cpu.yaml"
+    config = CONFIGS / "ddp-cpu.yaml"
     args = [*PPO[:-2], "--max-steps", "1"]
     launch(ppo_args(rlhf_stack, tmp_path / "one", *args), processes=1)
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
@@ -169,12 +198,15 @@ def test_label_refuses_two_processes(rlhf_stack, tmp_path):
     assert not out.exists()
 
 
-def test_a_two_process_run_stopped_by_sigterm_resumes_to_the_uninterrupted_metrics(rlhf_stack, tmp_path):
+@pytest.mark.parametrize("engine", [torchrun, fsdp], ids=["ddp", "fsdp"])
+def test_a_two_process_run_stopped_by_sigterm_resumes_to_the_uninterrupted_metrics(
+    rlhf_stack, tmp_path, engine
+):
     args = [*PPO[:-2], "--max-steps", "5"]
-    launch(ppo_args(rlhf_stack, tmp_path / "whole", *args))
+    launch(ppo_args(rlhf_stack, tmp_path / "whole", *args), engine=engine)
     out = tmp_path / "stopped"
     run = subprocess.Popen(
-        torchrun(ppo_args(rlhf_stack, out, *args)), stderr=subprocess.PIPE, text=True, env=CPU
+        engine(ppo_args(rlhf_stack, out, *args)), stderr=subprocess.PIPE, text=True, env=CPU
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and run.poll() is None:
@@ -185,5 +217,13 @@ def test_a_two_process_run_stopped_by_sigterm_resumes_to_the_uninterrupted_metri
     run.communicate(timeout=300)
     checkpoints = list((out / "checkpoints").glob("step-*"))
     assert len(checkpoints) == 1 and not (out / "rlhfkit.json").exists()
-    launch(ppo_args(rlhf_stack, out, *args, "--resume"))
+    state = torch.load(checkpoints[0] / "state.pt", weights_only=True)
+    # whole tensors either way; FSDP's optimiser state is gathered keyed by parameter name, DDP's by index
+    from safetensors.torch import load_file
+
+    for name, tensor in load_file(tmp_path / "whole" / "actor" / "model.safetensors").items():
+        assert state["model"][f"policy.{name}"].shape == tensor.shape
+    keys = {type(k) for k in state["optimizer"]["state"]}
+    assert keys == ({str} if engine is fsdp else {int})
+    launch(ppo_args(rlhf_stack, out, *args, "--resume"), engine=engine)
     assert records(out) == records(tmp_path / "whole")

@@ -104,15 +104,16 @@ def train_reward_model(config: RewardConfig) -> Path:
 
     run.batch_loss, run.held_out_metrics = batch_loss, (held_out_metrics if held_out else None)
     record = run.run("rm")
-    stats = reward_stats(
-        accelerator.unwrap_model(model),
-        run.train,
-        pad_id,
-        device,
-        config.batch_size,
-        config.seed,
-        config.stats_samples,
-    )
+    with run.whole_parameters():  # every process scores the same examples
+        stats = reward_stats(
+            accelerator.unwrap_model(model),
+            run.train,
+            pad_id,
+            device,
+            config.batch_size,
+            config.seed,
+            config.stats_samples,
+        )
     final = {k: v for k, v in record.items() if k in ("loss", "accuracy", "eval/accuracy", "eval/margin")}
     run.finish("rm", train_pairs=len(run.train), eval_pairs=len(held_out), reward_stats=stats, final=final)
     return run.out

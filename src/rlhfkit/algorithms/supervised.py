@@ -20,6 +20,14 @@ from rlhfkit.runtime.distributed import barrier, is_main, rank, world
 from rlhfkit.runtime.loop import UpdateGuard, guarded_update, run_loop
 from rlhfkit.runtime.outputs import begin, check_output, clear_checkpoints, write_run_file
 from rlhfkit.runtime.process import make_accelerator, quiet_transformers, set_seed
+from rlhfkit.runtime.sharding import (
+    load_model_state,
+    load_optimizer_state,
+    model_state,
+    optimizer_state,
+    start,
+    whole_parameters,
+)
 from rlhfkit.runtime.trackers import Trackers, check_trackers
 
 T = TypeVar("T")
@@ -116,20 +124,27 @@ class Supervised:
 
     def evaluate(self, step: int) -> tuple[dict[str, Any], list[dict]] | None:
         """The main process evaluates (it alone writes the metrics); the others go on to the next step."""
-        if self.held_out_metrics is None or not is_main():
+        if self.held_out_metrics is None:
             return None
-        return self.held_out_metrics(), []
+        with self.whole_parameters():  # a sharded model is gathered by every process
+            return (self.held_out_metrics(), []) if is_main() else None
+
+    def whole_parameters(self) -> Any:
+        """Forward passes outside training with the parameters gathered once when the model is sharded
+        (`rlhfkit.runtime.sharding`); nothing otherwise."""
+        return whole_parameters(self.accelerator, self.model)
 
     def state(self) -> dict[str, Any]:
+        accelerator, model = self.accelerator, self.model
         return {
-            "model": self.hf_model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model_state(accelerator, model, part=self.hf_model),
+            "optimizer": optimizer_state(accelerator, model, self.optimizer),
             "scheduler": self.scheduler.state_dict(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.hf_model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_model_state(self.accelerator, self.model, state["model"], part=self.hf_model)
+        load_optimizer_state(self.accelerator, self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
     def postfix(self, record: dict[str, Any]) -> dict[str, str]:
@@ -146,9 +161,11 @@ class Supervised:
             trackers.finish()
 
     def finish(self, command: str, **summary: Any) -> None:
-        """Save the model folder and the run file; drop the checkpoints (the model is saved). Main process."""
+        """Save the model folder and the run file; drop the checkpoints (the model is saved). Every process
+        calls (a sharded model's weights are gathered); the main one writes."""
+        weights = model_state(self.accelerator, self.model, part=self.hf_model)
         if is_main():
-            save_model(self.hf_model, self.tokenizer, self.out)
+            save_model(self.hf_model, self.tokenizer, self.out, state_dict=weights)
             write_run_file(self.out, command, self.config, **summary)
             clear_checkpoints(self.out)
         barrier()
@@ -185,6 +202,7 @@ def prepare(
     accelerator = make_accelerator(config.report_to, out)
     optimizer, scheduler = make_optimizer(hf_model, config.optim, steps)
     model, optimizer = accelerator.prepare(wrap(hf_model), optimizer)
+    start(accelerator, model)
     model.train()
     begin(out, resume_from)
     return Supervised(

@@ -103,16 +103,29 @@ def load_scalar_model(name: str, tokenizer: Any, dtype: torch.dtype = torch.floa
 WEIGHT_FILES = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin*")
 
 
-def save_model(model: Any, tokenizer: Any, target: Path) -> None:
+def without_tied_copies(model: Any, state_dict: dict) -> dict:
+    """`state_dict` less the keys of tied weights after the first (an LM head tied to the embeddings):
+    `save_pretrained` drops them itself only when they share storage, which gathered copies do not."""
+    first: dict[int, str] = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        first.setdefault(id(tensor), key)
+    kept = set(first.values())
+    return {k: v for k, v in state_dict.items() if k in kept}
+
+
+def save_model(model: Any, tokenizer: Any, target: Path, state_dict: dict | None = None) -> None:
     """`save_pretrained` of model and tokenizer into a staging folder, then moved into place: the whole folder
     in one rename when `target` is new, else file by file, after removing the old weight files the new save
     does not have (an `sft`/`rm` output folder also holds metrics and config, which stay). The staging folder
-    sits on `target`'s own file system: beside a new target, inside an existing one (a mount point too)."""
+    sits on `target`'s own file system: beside a new target, inside an existing one (a mount point too).
+    `state_dict`, when given, holds the weights to save (gathered whole from a sharded model)."""
+    if state_dict is not None:
+        state_dict = without_tied_copies(model, state_dict)
     target = Path(target).resolve()
     exists = target.exists()
     staging = target / ".save.tmp" if exists else target.with_name(f".{target.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
+    model.save_pretrained(staging, state_dict=state_dict)
     tokenizer.save_pretrained(staging)
     if not exists:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -44,5 +44,10 @@ class SequenceScores(torch.nn.Module):
         super().__init__()
         self.scorer = model
 
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The scorer's transformer-block classes, which FSDP shards one by one."""
+        return list(getattr(self.scorer, "_no_split_modules", None) or [])
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return sequence_scores(self.scorer, input_ids, attention_mask)  # (B,)

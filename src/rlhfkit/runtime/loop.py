@@ -25,6 +25,7 @@ from rlhfkit.runtime.checkpoint import (
 from rlhfkit.runtime.distributed import all_max, all_objects, barrier, is_main
 from rlhfkit.runtime.metrics import MetricsLog, progress, read_metrics
 from rlhfkit.runtime.outputs import CHECKPOINTS
+from rlhfkit.runtime.sharding import clip_grad_norm
 from rlhfkit.runtime.trackers import Trackers
 
 log = logging.getLogger("rlhfkit")
@@ -66,7 +67,7 @@ def guarded_update(
     """Clip each group's gradient norm (each role is clipped on its own), then step optimiser and schedule
     unless a loss or a norm is not finite. Returns (the groups' norms, whether the update was applied)."""
     limit = max_grad_norm or float("inf")
-    norms = [float(accelerator.clip_grad_norm_(group, limit)) for group in parameter_groups]
+    norms = [clip_grad_norm(accelerator, group, limit) for group in parameter_groups]
     applied = guard.allows(*losses, *norms)
     if applied:
         optimizer.step()

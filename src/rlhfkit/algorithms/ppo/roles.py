@@ -18,6 +18,8 @@ from rlhfkit.config import PPOConfig
 from rlhfkit.errors import UsageError
 from rlhfkit.models import load_causal_lm, load_scalar_model, load_tokenizer, save_model, sequence_scores
 from rlhfkit.models.forward import response_logprobs, response_values
+from rlhfkit.runtime.distributed import is_main
+from rlhfkit.runtime.sharding import model_state, no_split_modules
 
 
 class PolicyAndValue(torch.nn.Module):
@@ -27,6 +29,11 @@ class PolicyAndValue(torch.nn.Module):
     def __init__(self, policy: Any, value: Any) -> None:
         super().__init__()
         self.policy, self.value = policy, value
+
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The transformer-block classes FSDP shards one by one (read by accelerate's auto-wrap policy)."""
+        return no_split_modules(self.policy, self.value)
 
     def forward(
         self,
@@ -114,8 +121,12 @@ def load_roles(config: PPOConfig) -> SeparateModels:
     return SeparateModels(PolicyAndValue(actor, critic).eval(), reference, reward_model, tokenizer)
 
 
-def save_trained(trainable: PolicyAndValue, tokenizer: Any, out: Path) -> None:
+def save_trained(accelerator: Any, model: Any, tokenizer: Any, out: Path) -> None:
     """`OUT/actor` (a causal-LM folder) and `OUT/critic` (a sequence-classification folder), each with the
-    tokenizer: plain Hugging Face folders every downstream tool loads."""
-    save_model(trainable.policy, tokenizer, out / "actor")
-    save_model(trainable.value, tokenizer, out / "critic")
+    tokenizer: plain Hugging Face folders every downstream tool loads. `model` is the prepared
+    `PolicyAndValue`; every process calls (a sharded model's weights are gathered), the main one writes."""
+    trainable = accelerator.unwrap_model(model)
+    for role, folder in ((trainable.policy, "actor"), (trainable.value, "critic")):
+        state = model_state(accelerator, model, part=role)
+        if is_main():
+            save_model(role, tokenizer, out / folder, state_dict=state)

@@ -33,6 +33,14 @@ from rlhfkit.runtime.distributed import all_max, all_rows, barrier, is_main, loc
 from rlhfkit.runtime.loop import UpdateGuard, run_loop
 from rlhfkit.runtime.outputs import begin, check_output, clear_checkpoints, write_run_file
 from rlhfkit.runtime.process import make_accelerator, quiet_transformers, set_seed
+from rlhfkit.runtime.sharding import (
+    load_model_state,
+    load_optimizer_state,
+    model_state,
+    optimizer_state,
+    start,
+    whole_parameters,
+)
 from rlhfkit.runtime.trackers import Trackers, check_trackers
 
 
@@ -98,6 +106,7 @@ class PPOTrainer:
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / updates))
         model, optimizer = accelerator.prepare(roles.trainable, optimizer)
+        start(accelerator, model)
         roles.to(accelerator.device)
         # Every process draws the same streams: episodes depend on their global index, not on the processes.
         generator = torch.Generator().manual_seed(config.seed)
@@ -141,7 +150,8 @@ class PPOTrainer:
         )  # (T_max, B) for the whole batch, whichever rows this process samples
         # every process pads its prompts to the global batch's width, as one process would
         width = max(map(len, prompts))
-        rollout = self.engine.generate(prompts[rows], settings, noise=noise[:, rows], width=width)
+        with self.whole_parameters():
+            rollout = self.engine.generate(prompts[rows], settings, noise=noise[:, rows], width=width)
         if world() == 1:
             return rollout
         length = int(all_max(torch.tensor(rollout.response_ids.shape[1], device=device)))
@@ -151,7 +161,10 @@ class PPOTrainer:
     def experience(self, rollout: Rollout) -> tuple[Experience, dict[str, torch.Tensor]]:
         """3-7. Old log-probs and values, scores, reference log-probs, rewards, advantages."""
         model = self.opt.accelerator.unwrap_model(self.opt.model)  # no gradients: no DDP hooks either
-        return make_experience(model, self.roles, rollout, self.kl_ctl.value, self.opt.normalise, self.config)
+        with self.whole_parameters():
+            return make_experience(
+                model, self.roles, rollout, self.kl_ctl.value, self.opt.normalise, self.config
+            )
 
     def update(self, experience: Experience, guard: UpdateGuard) -> dict[str, float]:
         """8. The PPO epochs; then the engine's weights are brought up to date."""
@@ -185,17 +198,25 @@ class PPOTrainer:
 
     def evaluate(self, step: int) -> tuple[dict[str, Any], list[dict]] | None:
         """10. Held-out samples and their metrics (None when nothing is held out)."""
-        if not self.held_out or not is_main():  # the main process evaluates alone (it alone writes)
+        if not self.held_out:
             return None
-        policy = self.opt.accelerator.unwrap_model(self.opt.model).policy
-        return evaluate_policy(
-            self.engine, self.roles, policy, self.held_out, self.opt.normalise, self.config
-        )
+        with self.whole_parameters():  # every process gathers; the main one evaluates alone (it alone writes)
+            if not is_main():
+                return None
+            policy = self.opt.accelerator.unwrap_model(self.opt.model).policy
+            return evaluate_policy(
+                self.engine, self.roles, policy, self.held_out, self.opt.normalise, self.config
+            )
+
+    def whole_parameters(self) -> Any:
+        """Generation and scoring with the trained module's parameters gathered once when it is sharded
+        (`rlhfkit.runtime.sharding`); nothing otherwise."""
+        return whole_parameters(self.opt.accelerator, self.opt.model)
 
     def state(self) -> dict[str, Any]:
         return {
-            "model": self.opt.accelerator.unwrap_model(self.opt.model).state_dict(),
-            "optimizer": self.opt.optimizer.state_dict(),
+            "model": model_state(self.opt.accelerator, self.opt.model),
+            "optimizer": optimizer_state(self.opt.accelerator, self.opt.model, self.opt.optimizer),
             "scheduler": self.opt.scheduler.state_dict(),
             "kl_coef": self.kl_ctl.value,
             "generator": self.opt.generator.get_state(),
@@ -203,8 +224,9 @@ class PPOTrainer:
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.opt.accelerator.unwrap_model(self.opt.model).load_state_dict(state["model"])
-        self.opt.optimizer.load_state_dict(state["optimizer"])
+        accelerator, model = self.opt.accelerator, self.opt.model
+        load_model_state(accelerator, model, state["model"])
+        load_optimizer_state(accelerator, model, self.opt.optimizer, state["optimizer"])
         self.opt.scheduler.load_state_dict(state["scheduler"])
         self.kl_ctl.value = state["kl_coef"]
         self.opt.generator.set_state(state["generator"])
@@ -228,8 +250,8 @@ def ppo(config: PPOConfig) -> Path:
         )
     finally:
         trackers.finish()
+    save_trained(trainer.opt.accelerator, trainer.opt.model, trainer.roles.tokenizer, out)
     if is_main():
-        save_trained(trainer.opt.accelerator.unwrap_model(trainer.opt.model), trainer.roles.tokenizer, out)
         final = {k: v for k, v in record.items() if k.startswith(("objective/", "eval/"))}
         write_run_file(out, "ppo", config, final=final)
         clear_checkpoints(out)

@@ -1,0 +1,174 @@
+"""What changes when accelerate shards the trained module (FSDP2): each process holds a slice of every
+parameter, gradient and optimiser state, and every forward pass gathers the slices it needs together with the
+other processes. Under DDP, or in one process, every function here is what the unsharded code did before.
+
+Three consequences, each a function:
+- generation, evaluation and saving run with the parameters gathered once (`whole_parameters`), so a forward
+  pass needs no collective and one process may run forward passes alone (it samples fewer tokens, or it
+  evaluates while the others wait);
+- a gradient norm is summed over the slices of every process (`clip_grad_norm`);
+- state dicts are gathered whole for checkpoints and model folders, and restored from whole ones
+  (`model_state`, `load_model_state`, `optimizer_state`, `load_optimizer_state`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from rlhfkit.runtime.distributed import all_sum
+
+
+def is_sharded(accelerator: Any) -> bool:
+    """Whether accelerate shards the trained module (FSDP); DDP and one process replicate it."""
+    from accelerate.utils import DistributedType
+
+    return getattr(accelerator, "distributed_type", None) == DistributedType.FSDP
+
+
+def start(accelerator: Any, model: torch.nn.Module) -> None:
+    """FSDP makes the module whose forward runs first the root of its shards: run one tiny forward through
+    the prepared module before any part of it runs alone (generation calls the policy inside it)."""
+    if is_sharded(accelerator):
+        token = torch.zeros(1, 1, dtype=torch.long, device=accelerator.device)  # (1, 1)
+        with torch.no_grad():
+            model(token, torch.ones_like(token))
+        _reshard(model)
+
+
+def _reshard(model: torch.nn.Module) -> None:
+    """Every process back to its slices (FSDP keeps the root's parameters whole after a forward pass; the
+    state-dict functions expect them sharded). Local: no collective."""
+    for module in _fsdp_modules(model):
+        module.reshard()
+
+
+def _fsdp_modules(model: torch.nn.Module) -> list[Any]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+@contextmanager
+def whole_parameters(accelerator: Any, model: torch.nn.Module) -> Iterator[None]:
+    """Inside, every parameter of `model` is whole on every process and stays so across forward passes (no
+    collective in a forward pass); on exit each process keeps its slice again. Every process must enter."""
+    if not is_sharded(accelerator):
+        yield
+        return
+    modules = _fsdp_modules(model)
+    for module in modules:
+        module.unshard()
+        module.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        # back to the configured behaviour; FSDP keeps the root's parameters whole after forward anyway
+        configured = bool(accelerator.state.fsdp_plugin.reshard_after_forward)
+        for module in modules:
+            module.set_reshard_after_forward(configured and module is not model, recurse=False)
+        _reshard(model)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's slice of a sharded tensor (DTensor), or the tensor itself."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def clip_grad_norm(accelerator: Any, parameters: Iterable[torch.nn.Parameter], max_norm: float) -> float:
+    """Scale the gradients of `parameters` to a total L2 norm of at most `max_norm`; returns the norm before
+    (the same on every process: gradients are all-reduced under DDP, the slices' squares summed when
+    sharded). Non-finite norms are returned and nothing is scaled."""
+    if not is_sharded(accelerator):
+        return float(accelerator.clip_grad_norm_(parameters, max_norm))
+    grads = [_local(p.grad) for p in parameters if p.grad is not None]
+    device = grads[0].device if grads else accelerator.device
+    squares = torch.zeros((), dtype=torch.float64, device=device)
+    for g in grads:
+        squares += g.double().pow(2).sum()
+    norm = float(all_sum(squares).sqrt())  # every process holds a slice of every gradient
+    if math.isfinite(norm) and norm > max_norm:
+        for g in grads:
+            g.mul_(max_norm / (norm + 1e-6))
+    return norm
+
+
+def _options() -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # whole tensors, on the CPU, on the main process only (the others get an empty dict)
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def _prefix(model: torch.nn.Module, part: torch.nn.Module) -> str:
+    name = next(n for n, m in model.named_modules() if m is part)
+    return f"{name}." if name else ""
+
+
+def model_state(accelerator: Any, model: torch.nn.Module, part: Any = None) -> dict[str, torch.Tensor]:
+    """The whole state dict of `part` (a submodule of the prepared `model`; all of it by default), keyed as
+    `part.state_dict()` is. Sharded, every process must call and only the main one gets the tensors."""
+    part = accelerator.unwrap_model(model) if part is None else part
+    if not is_sharded(accelerator):
+        return part.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    _reshard(model)
+    prefix = _prefix(model, part)
+    whole = get_model_state_dict(model, options=_options())
+    return {k[len(prefix) :]: v for k, v in whole.items() if k.startswith(prefix)}
+
+
+def load_model_state(
+    accelerator: Any, model: torch.nn.Module, state: dict[str, torch.Tensor], part: Any = None
+) -> None:
+    """Load a whole state dict (as `model_state` returns it) into `part` of `model`; each process keeps its
+    slice when sharded."""
+    part = accelerator.unwrap_model(model) if part is None else part
+    if not is_sharded(accelerator):
+        part.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    _reshard(model)
+    prefix = _prefix(model, part)
+    whole = {prefix + k: v for k, v in state.items()}
+    set_model_state_dict(model, whole, options=StateDictOptions(full_state_dict=True))
+
+
+def _unwrapped(optimizer: Any) -> torch.optim.Optimizer:
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer holds the torch one
+
+
+def optimizer_state(accelerator: Any, model: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
+    """The whole optimiser state (keyed by parameter names when sharded: every process must call)."""
+    if not is_sharded(accelerator):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    _reshard(model)
+    return get_optimizer_state_dict(model, _unwrapped(optimizer), options=_options())
+
+
+def load_optimizer_state(accelerator: Any, model: torch.nn.Module, optimizer: Any, state: dict) -> None:
+    if not is_sharded(accelerator):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    _reshard(model)
+    set_optimizer_state_dict(
+        model, _unwrapped(optimizer), state, options=StateDictOptions(full_state_dict=True)
+    )
+
+
+def no_split_modules(*models: Any) -> list[str]:
+    """The layer classes FSDP may shard on their own (transformer blocks), of every model given."""
+    names: list[str] = []
+    for model in models:
+        names += [n for n in getattr(model, "_no_split_modules", None) or [] if n not in names]
+    return names
