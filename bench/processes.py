@@ -1,7 +1,12 @@
-"""Seconds per PPO iteration on 1 and on N CPU processes (torchrun, gloo) with the same global batch, and the
-scaling efficiency t1 / (N * tN).
+"""Seconds per PPO iteration on 1 and on N processes with the same global batch, the scaling efficiency
+t1 / (N * tN), and how far the first iteration's metrics of the N-process run are from the 1-process run's.
 
     .venv/bin/python bench/processes.py [--models tiny smollm2] [--iterations 4] [--processes 2]
+                                        [--engine ddp|fsdp]
+
+`--engine ddp` starts the N processes with torchrun (gloo on CPU, NCCL on GPUs); `--engine fsdp` with
+`accelerate launch --config_file configs/accelerate/fsdp.yaml` (GPUs only: accelerate turns FSDP on for GPU
+process groups alone), where `--processes 1` measures what sharding costs one GPU.
 
 Setting (the SmolLM2 one of the speed issue): 16 episodes x 32 response tokens, 4 PPO epochs, mini-batch 8,
 fp32, temperature 1 on an untrained policy (EOS is rare, responses run to full length). The policy is the
@@ -31,20 +36,40 @@ def seconds_per_iteration(folder: Path) -> float:
     return sum(r["time/rollout"] + r["time/score"] + r["time/train"] for r in rest) / len(rest)
 
 
-def run(processes: int, policy: str, reward: str, prompts: Path, out: Path, iterations: int) -> float:
+FSDP_CONFIG = Path(__file__).parents[1] / "configs" / "accelerate" / "fsdp.yaml"
+
+
+def first_iteration_gap(one: Path, many: Path) -> float:
+    """Largest relative difference between the first iteration's objective/loss metrics of two runs."""
+    first = [json.loads((folder / "metrics.jsonl").read_text().splitlines()[0]) for folder in (one, many)]
+    keys = [k for k in first[0] if k.startswith(("objective/", "loss/"))]
+    return max(abs(first[1][k] - first[0][k]) / max(abs(first[0][k]), 1e-6) for k in keys)
+
+
+def run(
+    processes: int, engine: str, policy: str, reward: str, prompts: Path, out: Path, iterations: int
+) -> float:
     args = [
         "ppo", "--policy", policy, "--reward-model", reward, "--prompts", str(prompts), "--out", str(out),
         "--overwrite", f"max_steps={iterations}", "batch_size=16", "mini_batch_size=8", "ppo_epochs=4",
         "response_length=32", "temperature=1.0", "normalize_reward=false", "eval_every=0", "eval_holdout=4",
     ]  # fmt: skip
     launcher = [sys.executable, "-m", "rlhfkit.cli"]
-    if processes > 1:
+    if engine == "fsdp":
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG),
+                    "--num_processes", str(processes), "--main_process_port", "29592",
+                    "-m", "rlhfkit.cli"]  # fmt: skip
+    elif processes > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                     "--master_port", "29591", "-m", "rlhfkit.cli"]  # fmt: skip
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     done = subprocess.run([*launcher, *args], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(done.stderr[-3000:])
+    launched = json.loads((out / "rlhfkit.json").read_text())["launch"]
+    expected = engine if engine == "fsdp" or processes > 1 else "single process"
+    if launched["engine"] != expected:  # e.g. accelerate ignored the FSDP config
+        raise SystemExit(f"{out}: ran as {launched}, not {expected}")
     return seconds_per_iteration(out)
 
 
@@ -53,6 +78,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["tiny", "smollm2"], choices=["tiny", "smollm2"])
     parser.add_argument("--iterations", type=int, default=4)
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--engine", default="ddp", choices=["ddp", "fsdp"])
     args = parser.parse_args()
     rng = random.Random(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,15 +86,21 @@ def main() -> None:
         prompts = folder / "prompts.jsonl"
         lines = [json.dumps({"prompt": " ".join(rng.choice(WORDS) for _ in range(12))}) for _ in range(64)]
         prompts.write_text("\n".join(lines) + "\n")
-        many_label = f"{args.processes} processes"
-        print(f"{'model':<9} {'1 process':>10} {many_label:>12} {'speed-up':>9} {'efficiency':>11}")
+        many_label = f"{args.processes} x {args.engine}"
+        print(
+            f"{'model':<9} {'1 process':>10} {many_label:>12} {'speed-up':>9} {'efficiency':>11} "
+            f"{'1st-iteration gap':>18}"
+        )
         for name in args.models:
             policy, reward = build_models(name, folder)
-            one = run(1, policy, reward, prompts, folder / f"{name}-1", args.iterations)
-            many = run(args.processes, policy, reward, prompts, folder / f"{name}-n", args.iterations)
+            one_out, many_out = folder / f"{name}-1", folder / f"{name}-n"
+            one = run(1, "ddp", policy, reward, prompts, one_out, args.iterations)
+            many = run(args.processes, args.engine, policy, reward, prompts, many_out, args.iterations)
             efficiency = one / (args.processes * many)
+            gap = first_iteration_gap(one_out, many_out)
             print(
-                f"{name:<9} {one:>9.2f}s {many:>11.2f}s {one / many:>8.2f}x {efficiency:>10.0%}", flush=True
+                f"{name:<9} {one:>9.2f}s {many:>11.2f}s {one / many:>8.2f}x {efficiency:>10.0%} {gap:>18.1e}",
+                flush=True,
             )
 
 

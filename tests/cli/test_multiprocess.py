@@ -143,6 +143,12 @@ def test_ppo_on_two_processes_matches_one(rlhf_stack, sft_data, tmp_path, engine
     )
     for role in ("actor", "critic"):
         assert_same_weights(tmp_path / "one" / role, tmp_path / "two" / role)
+    run_files = [json.loads((tmp_path / name / "rlhfkit.json").read_text()) for name in ("one", "two")]
+    launches = [run_file["launch"] for run_file in run_files]
+    assert launches == [
+        {"processes": 1, "engine": "single process"},
+        {"processes": 2, "engine": "fsdp" if engine is fsdp else "ddp"},
+    ]
 
 
 @pytest.mark.skipif(
@@ -227,3 +233,25 @@ def test_a_two_process_run_stopped_by_sigterm_resumes_to_the_uninterrupted_metri
     assert keys == ({str} if engine is fsdp else {int})
     launch(ppo_args(rlhf_stack, out, *args, "--resume"), engine=engine)
     assert records(out) == records(tmp_path / "whole")
+
+
+@pytest.mark.parametrize(
+    "launcher, message",
+    [
+        ({"ACCELERATE_USE_DEEPSPEED": "true"}, "DeepSpeed is not supported; shard with FSDP2 instead"),
+        ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "FSDP version 1 is not supported"),
+    ],
+    ids=["deepspeed", "fsdp1"],
+)
+def test_an_engine_rlhfkit_does_not_drive_is_refused_before_anything_is_written(
+    tiny_dir, sft_data, tmp_path, launcher, message
+):
+    """The variables `accelerate launch` sets for a DeepSpeed or FSDP1 config."""
+    out = tmp_path / "out"
+    args = ["sft", "--model", tiny_dir, "--data", sft_data, "--out", str(out), "max_steps=1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "rlhfkit.cli", *args], capture_output=True, text=True, env={**CPU, **launcher}
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith(f"rlhfkit sft: error: {message}")
+    assert not out.exists()

@@ -21,6 +21,7 @@ from rlhfkit.runtime.loop import UpdateGuard, guarded_update, run_loop
 from rlhfkit.runtime.outputs import begin, check_output, clear_checkpoints, write_run_file
 from rlhfkit.runtime.process import make_accelerator, quiet_transformers, set_seed
 from rlhfkit.runtime.sharding import (
+    launch,
     load_model_state,
     load_optimizer_state,
     model_state,
@@ -166,7 +167,7 @@ class Supervised:
         weights = model_state(self.accelerator, self.model, part=self.hf_model)
         if is_main():
             save_model(self.hf_model, self.tokenizer, self.out, state_dict=weights)
-            write_run_file(self.out, command, self.config, **summary)
+            write_run_file(self.out, command, self.config, launch=launch(self.accelerator), **summary)
             clear_checkpoints(self.out)
         barrier()
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import os
 import random
 from typing import Any
 
 import numpy as np
 import torch
+
+from rlhfkit.errors import UsageError
 
 
 def quiet_transformers() -> None:
@@ -30,6 +33,24 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_engine(environ: Any = os.environ) -> None:
+    """Refuse the accelerate engines rlhfkit does not drive, from the variables `accelerate launch` sets
+    (before any process does work). DeepSpeed's engine steps the optimiser inside backward and clips one
+    global norm, so a non-finite update could not be skipped before it reached the weights nor each role
+    clipped on its own (docs/ppo-details.md #21); FSDP1 has no per-module gather for generation."""
+    if environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise UsageError(
+            "DeepSpeed is not supported; shard with FSDP2 instead: "
+            "accelerate launch --config_file configs/accelerate/fsdp.yaml (ZeRO-3-like; "
+            "fsdp_reshard_after_forward: false is ZeRO-2-like)"
+        )
+    if environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and environ.get("FSDP_VERSION") != "2":
+        raise UsageError(
+            f"FSDP version {environ.get('FSDP_VERSION', '1')} is not supported; set fsdp_version: 2 "
+            "(see configs/accelerate/fsdp.yaml)"
+        )
+
+
 def make_accelerator(
     report_to: tuple[str, ...] = (), out: Any = None, unused_parameters: bool = False
 ) -> Any:
@@ -40,6 +61,8 @@ def make_accelerator(
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     from rlhfkit.runtime.distributed import world
+
+    check_engine()
 
     return Accelerator(
         cpu=world() > 1 and not torch.cuda.is_available(),

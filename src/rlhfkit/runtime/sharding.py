@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from rlhfkit.runtime.distributed import all_sum
+from rlhfkit.runtime.distributed import all_sum, world
 
 
 def is_sharded(accelerator: Any) -> bool:
@@ -28,6 +28,12 @@ def is_sharded(accelerator: Any) -> bool:
     from accelerate.utils import DistributedType
 
     return getattr(accelerator, "distributed_type", None) == DistributedType.FSDP
+
+
+def launch(accelerator: Any) -> dict[str, Any]:
+    """How the run was launched, for its run file: processes and the engine that spread the trained module."""
+    engine = "fsdp" if is_sharded(accelerator) else ("ddp" if world() > 1 else "single process")
+    return {"processes": world(), "engine": engine}
 
 
 def start(accelerator: Any, model: torch.nn.Module) -> None:

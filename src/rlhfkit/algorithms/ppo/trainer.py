@@ -34,6 +34,7 @@ from rlhfkit.runtime.loop import UpdateGuard, run_loop
 from rlhfkit.runtime.outputs import begin, check_output, clear_checkpoints, write_run_file
 from rlhfkit.runtime.process import make_accelerator, quiet_transformers, set_seed
 from rlhfkit.runtime.sharding import (
+    launch,
     load_model_state,
     load_optimizer_state,
     model_state,
@@ -253,7 +254,7 @@ def ppo(config: PPOConfig) -> Path:
     save_trained(trainer.opt.accelerator, trainer.opt.model, trainer.roles.tokenizer, out)
     if is_main():
         final = {k: v for k, v in record.items() if k.startswith(("objective/", "eval/"))}
-        write_run_file(out, "ppo", config, final=final)
+        write_run_file(out, "ppo", config, final=final, launch=launch(trainer.opt.accelerator))
         clear_checkpoints(out)
     barrier()
     return out
