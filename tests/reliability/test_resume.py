@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from helpers import metric_records, ppo_args, preference_rows, sentiment_rows, write_jsonl
 from rlhfkit.cli import main
@@ -42,6 +43,12 @@ def data(tmp_path_factory):
 
 
 def command(kind, rlhf_stack, tiny_dir, data, out):
+    """The run of `kind`: sft, rm, ppo, or one of them with LoRA (`ppo-lora`)."""
+    kind, _, lora = kind.partition("-")
+    return [*full_command(kind, rlhf_stack, tiny_dir, data, out), *(["lora.r=4"] if lora else [])]
+
+
+def full_command(kind, rlhf_stack, tiny_dir, data, out):
     sft_dir = rlhf_stack[0]
     if kind == "ppo":
         return ppo_args(
@@ -72,21 +79,24 @@ def command(kind, rlhf_stack, tiny_dir, data, out):
     ]
 
 
-@pytest.mark.parametrize("kind", ["sft", "rm", "ppo"])
+@pytest.mark.parametrize("kind", ["sft", "rm", "ppo", "rm-lora", "ppo-lora"])
 def test_sigkill_then_resume_gives_the_uninterrupted_metrics(kind, rlhf_stack, tiny_dir, data, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert main(command(kind, rlhf_stack, tiny_dir, data, straight)) == 0
-    kill_at = (
-        5 if kind == "ppo" else 6
-    )  # after checkpoint 3 (ppo) / 4: the steps after it are lost and redone
+    ppo = kind.startswith("ppo")
+    kill_at = 5 if ppo else 6  # after checkpoint 3 (ppo) / 4: the steps after it are lost and redone
     child = run_child(command(kind, rlhf_stack, tiny_dir, data, killed), kill_at, signal.SIGKILL)
     assert child.returncode == -signal.SIGKILL, child.stderr
     assert len(metric_records(killed / "metrics.jsonl")) == kill_at
+    if kind.endswith("lora"):  # the checkpoint holds the trained tensors alone: adapters and the head
+        (checkpoint,) = (killed / "checkpoints").glob("step-*")
+        names = torch.load(checkpoint / "state.pt", weights_only=True)["model"]
+        assert names and all("lora_" in name or "modules_to_save" in name for name in names)
     # a run with checkpoints is not restarted by accident
     assert main(command(kind, rlhf_stack, tiny_dir, data, killed)) == 2
     assert main([*command(kind, rlhf_stack, tiny_dir, data, killed), "--resume"]) == 0
     assert metric_records(killed / "metrics.jsonl") == metric_records(straight / "metrics.jsonl")
-    if kind == "ppo":
+    if ppo:
         assert (killed / "samples.jsonl").read_text() == (straight / "samples.jsonl").read_text()
     assert not (killed / "checkpoints").exists()  # a finished run keeps its models, not its checkpoints
 

@@ -16,6 +16,7 @@ from rlhfkit.data import load_records
 from rlhfkit.data.order import batch_indices
 from rlhfkit.errors import UsageError
 from rlhfkit.models import load_tokenizer, save_model
+from rlhfkit.models.lora import add_adapter, save_adapted
 from rlhfkit.runtime.distributed import barrier, is_main, rank, world
 from rlhfkit.runtime.loop import UpdateGuard, guarded_update, run_loop
 from rlhfkit.runtime.outputs import begin, check_output, clear_checkpoints, write_run_file
@@ -26,6 +27,7 @@ from rlhfkit.runtime.sharding import (
     load_optimizer_state,
     model_state,
     optimizer_state,
+    refuse_lora_when_sharded,
     start,
     whole_parameters,
 )
@@ -98,6 +100,7 @@ class Supervised:
     optimizer: Any
     scheduler: Any
     accelerator: Any
+    adapted: Any = None  # with LoRA: the PeftModel around `hf_model` (what saves the adapter)
     # forward + backward of this process's share of a global batch; returns the stats of the whole batch
     batch_loss: Callable[[list], dict[str, float]] | None = None
     held_out_metrics: Callable[[], dict[str, float]] | None = None
@@ -138,18 +141,25 @@ class Supervised:
     def state(self) -> dict[str, Any]:
         accelerator, model = self.accelerator, self.model
         return {
-            "model": model_state(accelerator, model, part=self.hf_model),
+            "model": model_state(accelerator, model, part=self.hf_model, trained_only=self.lora),
             "optimizer": optimizer_state(accelerator, model, self.optimizer),
             "scheduler": self.scheduler.state_dict(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        load_model_state(self.accelerator, self.model, state["model"], part=self.hf_model)
+        load_model_state(
+            self.accelerator, self.model, state["model"], part=self.hf_model, trained_only=self.lora
+        )
         load_optimizer_state(self.accelerator, self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
     def postfix(self, record: dict[str, Any]) -> dict[str, str]:
         return {"loss": f"{record['loss']:.3f}"}
+
+    @property
+    def lora(self) -> bool:
+        """Whether only adapters (and a head) train: checkpoints then hold those alone."""
+        return self.adapted is not None
 
     def run(self, name: str) -> dict[str, Any]:
         """All steps through the run loop; returns the last record."""
@@ -163,11 +173,19 @@ class Supervised:
 
     def finish(self, command: str, **summary: Any) -> None:
         """Save the model folder and the run file; drop the checkpoints (the model is saved). Every process
-        calls (a sharded model's weights are gathered); the main one writes."""
-        weights = model_state(self.accelerator, self.model, part=self.hf_model)
+        calls (a sharded model's weights are gathered); the main one writes. With LoRA the folder holds the
+        merged model and `OUT/adapter` the adapter."""
+        weights = None if self.lora else model_state(self.accelerator, self.model, part=self.hf_model)
         if is_main():
-            save_model(self.hf_model, self.tokenizer, self.out, state_dict=weights)
+            if self.lora:
+                save_adapted(self.adapted, self.tokenizer, self.out, self.out / "adapter", save_model)
+            else:
+                save_model(self.hf_model, self.tokenizer, self.out, state_dict=weights)
             write_run_file(self.out, command, self.config, launch=launch(self.accelerator), **summary)
+            if self.lora:  # the adapter folder stands for the model too (an RM's reward_stats with it)
+                write_run_file(
+                    self.out / "adapter", command, self.config, launch=launch(self.accelerator), **summary
+                )
             clear_checkpoints(self.out)
         barrier()
 
@@ -199,8 +217,15 @@ def prepare(
         raise UsageError(f"batch_size ({config.batch_size}) must be divisible by the {world()} processes")
     steps = config.max_steps or config.epochs * math.ceil(len(train) / config.batch_size)
     set_seed(config.seed)
-    hf_model = load_model(config.model, tokenizer)
+    adapted = None
+    if config.lora.enabled:  # a frozen base in `model_dtype`, an adapter (and head) trained in fp32
+        base = load_model(config.model, tokenizer, getattr(torch, config.model_dtype))
+        adapted = add_adapter(base, config.lora, config.model)
+        hf_model = adapted.get_base_model()
+    else:
+        hf_model = load_model(config.model, tokenizer)
     accelerator = make_accelerator(config.report_to, out)
+    refuse_lora_when_sharded(config.lora, accelerator)
     optimizer, scheduler = make_optimizer(hf_model, config.optim, steps)
     model, optimizer = accelerator.prepare(wrap(hf_model), optimizer)
     start(accelerator, model)
@@ -219,4 +244,5 @@ def prepare(
         optimizer,
         scheduler,
         accelerator,
+        adapted,
     )

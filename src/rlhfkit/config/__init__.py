@@ -14,6 +14,7 @@ names no field, or a value of the wrong type or range, is a `ConfigError` that n
 from rlhfkit.config.commands import (
     EvalConfig,
     LabelConfig,
+    LoraConfig,
     OptimConfig,
     RewardConfig,
     SFTConfig,
@@ -49,6 +50,7 @@ __all__ = [
     "COMMAND_CONFIGS",
     "SET_BY_DEMO",
     "DemoConfig",
+    "LoraConfig",
     "EvalConfig",
     "LabelConfig",
     "OptimConfig",

@@ -33,6 +33,39 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters (peft) instead of full fine-tuning: the base weights stay frozen (and may be bf16, see
+    `model_dtype`); only the adapters, and a reward model's scalar head, are trained. Shared by `sft`, `rm`
+    and `ppo`."""
+
+    r: int = option(0, "adapter rank (0 = off: full fine-tuning)")
+    alpha: float = option(16.0, "LoRA scaling numerator: the update is (alpha / r) * B @ A")
+    dropout: float = option(
+        0.0, "dropout on the adapters' input (sft/rm; PPO runs its roles in eval mode, so it is off there)"
+    )
+    target_modules: tuple[str, ...] = option(
+        (),
+        "module names to adapt, e.g. `lora.target_modules=q_proj,v_proj`; empty = every linear layer of "
+        "attention and MLP (not the LM or scalar head)",
+    )
+
+    def __post_init__(self) -> None:
+        non_negative(self, "r")
+        positive(self, "alpha")
+        within(self, "dropout", 0, 1)
+
+    @property
+    def enabled(self) -> bool:
+        return self.r > 0
+
+
+MODEL_DTYPE_HELP = (
+    "dtype of the weights that are not trained (LoRA bases, PPO's frozen reference and reward model): "
+    "float32 or bfloat16; trained weights, optimiser states, log-probs and losses stay float32"
+)
+
+
+@dataclass(frozen=True)
 class SupervisedConfig:
     """The fields `sft` and `rm` share: data, length of training, evaluation, checkpoints."""
 
@@ -59,6 +92,8 @@ class SupervisedConfig:
     max_bad_steps: int = option(3, "stop after this many non-finite updates in a row (each is skipped)")
     seed: int = option(0, "random seed")
     bf16: bool = option(False, "bf16 autocast for forward passes (log-probs, scores and losses stay fp32)")
+    lora: LoraConfig = option(LoraConfig(), "LoRA adapters, e.g. `lora.r=16` (0 = full fine-tuning)")
+    model_dtype: Literal["float32", "bfloat16"] = option("float32", MODEL_DTYPE_HELP)
     overwrite: bool = option(False, "allow writing into a folder that holds a finished run")
     report_to: tuple[str, ...] = option((), REPORT_TO_HELP)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from rlhfkit.config.commands import MODEL_DTYPE_HELP, LoraConfig
 from rlhfkit.config.options import REPORT_TO_HELP, known_trackers, non_negative, option, positive, within
 from rlhfkit.errors import ConfigError
 
@@ -74,6 +75,12 @@ class PPOConfig:
         3, "stop after this many non-finite optimiser steps in a row (each is skipped)"
     )
     bf16: bool = option(False, "bf16 autocast for forward passes (log-probs and losses stay fp32)")
+    lora: LoraConfig = option(
+        LoraConfig(),
+        "LoRA adapters on actor and critic, e.g. `lora.r=16`: the reference and the reward model are then "
+        "the same two bases with the adapters off (0 = four full models)",
+    )
+    model_dtype: Literal["float32", "bfloat16"] = option("float32", MODEL_DTYPE_HELP)
     overwrite: bool = option(False, "allow writing into a folder that holds a finished run")
     eval_holdout: int = option(
         32,

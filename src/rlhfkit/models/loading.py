@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from rlhfkit.errors import UsageError
+from rlhfkit.models.lora import adapter_base, is_adapter_folder, merged_with_adapter
 
 PAD_TOKEN = "<|pad|>"
 
@@ -36,6 +37,8 @@ def load_tokenizer(name: str) -> Any:
     from transformers import AutoTokenizer
 
     check_source(name)
+    if is_adapter_folder(name) and not (Path(name).expanduser() / "tokenizer_config.json").is_file():
+        name = adapter_base(name)  # an adapter saved without its tokenizer: the base's
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as exc:  # a missing folder, no tokenizer files, offline hub: the user's to fix
@@ -56,9 +59,12 @@ def _match_tokenizer(model: Any, tokenizer: Any) -> None:
 
 
 def load_causal_lm(name: str, tokenizer: Any, dtype: torch.dtype = torch.float32) -> Any:
-    """A causal LM (SFT model, actor, reference) whose vocabulary covers `tokenizer`."""
+    """A causal LM (SFT model, actor, reference) whose vocabulary covers `tokenizer`. An adapter folder is
+    loaded as its base with the adapter merged in."""
     from transformers import AutoModelForCausalLM
 
+    if is_adapter_folder(name):
+        return merged_with_adapter(name, load_causal_lm(adapter_base(name), tokenizer, dtype))
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
     except Exception as exc:
@@ -78,10 +84,13 @@ def load_scalar_model(name: str, tokenizer: Any, dtype: torch.dtype = torch.floa
     """Reward model / critic: `AutoModelForSequenceClassification` with one label on `name`'s backbone.
 
     From a causal-LM folder the `score` head is new and initialised by `init_scalar_head`; from a saved
-    reward model it is loaded as trained.
+    reward model it is loaded as trained. The head is fp32 whatever `dtype` (it is tiny, and scores stay
+    fp32). An adapter folder is loaded as its base with the adapter merged in.
     """
     from transformers import AutoModelForSequenceClassification
 
+    if is_adapter_folder(name):
+        return merged_with_adapter(name, load_scalar_model(adapter_base(name), tokenizer, dtype))
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
             name, num_labels=1, dtype=dtype, output_loading_info=True
@@ -96,6 +105,7 @@ def load_scalar_model(name: str, tokenizer: Any, dtype: torch.dtype = torch.floa
         )
     if any(key.split(".")[0] == "score" for key in info["missing_keys"]):
         init_scalar_head(model.score)
+    model.score.float()
     _match_tokenizer(model, tokenizer)
     return model
 

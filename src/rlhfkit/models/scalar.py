@@ -25,7 +25,7 @@ def scalar_values(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
     hidden = backbone(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
     ).last_hidden_state  # (B, L, d)
-    return model.score(hidden).squeeze(-1).float()  # (B, L)
+    return model.score(hidden.float()).squeeze(-1).float()  # (B, L); the head is fp32 (bf16 bases too)
 
 
 def sequence_scores(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

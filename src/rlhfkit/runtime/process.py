@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import random
+import warnings
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,8 @@ def quiet_transformers() -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    # peft (<= 0.21) asks transformers 5 under a name it deprecated; nothing the user can act on
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
 
 
 def autocast(device: torch.device, bf16: bool) -> Any:

@@ -36,6 +36,15 @@ def launch(accelerator: Any) -> dict[str, Any]:
     return {"processes": world(), "engine": engine}
 
 
+def refuse_lora_when_sharded(lora: Any, accelerator: Any) -> None:
+    """LoRA trains a few million parameters at most: DDP replicates them cheaply, and the frozen bases can be
+    bf16 (`model_dtype`). LoRA under FSDP is not supported yet."""
+    from rlhfkit.errors import UsageError
+
+    if lora.enabled and is_sharded(accelerator):
+        raise UsageError("LoRA (lora.r > 0) with FSDP is not supported yet; launch with DDP (ddp.yaml)")
+
+
 def start(accelerator: Any, model: torch.nn.Module) -> None:
     """FSDP makes the module whose forward runs first the root of its shards: run one tiny forward through
     the prepared module before any part of it runs alone (generation calls the policy inside it)."""
@@ -115,35 +124,52 @@ def _prefix(model: torch.nn.Module, part: torch.nn.Module) -> str:
     return f"{name}." if name else ""
 
 
-def model_state(accelerator: Any, model: torch.nn.Module, part: Any = None) -> dict[str, torch.Tensor]:
+def model_state(
+    accelerator: Any, model: torch.nn.Module, part: Any = None, trained_only: bool = False
+) -> dict[str, torch.Tensor]:
     """The whole state dict of `part` (a submodule of the prepared `model`; all of it by default), keyed as
-    `part.state_dict()` is. Sharded, every process must call and only the main one gets the tensors."""
+    `part.state_dict()` is; `trained_only`: the parameters that train alone (LoRA: adapters and heads).
+    Sharded, every process must call and only the main one gets the tensors."""
     part = accelerator.unwrap_model(model) if part is None else part
     if not is_sharded(accelerator):
-        return part.state_dict()
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+        state = part.state_dict()
+    else:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    _reshard(model)
-    prefix = _prefix(model, part)
-    whole = get_model_state_dict(model, options=_options())
-    return {k[len(prefix) :]: v for k, v in whole.items() if k.startswith(prefix)}
+        _reshard(model)
+        prefix = _prefix(model, part)
+        whole = get_model_state_dict(model, options=_options())
+        state = {k[len(prefix) :]: v for k, v in whole.items() if k.startswith(prefix)}
+    if trained_only:
+        trained = {name for name, p in part.named_parameters() if p.requires_grad}
+        state = {k: v for k, v in state.items() if k in trained}
+    return state
 
 
 def load_model_state(
-    accelerator: Any, model: torch.nn.Module, state: dict[str, torch.Tensor], part: Any = None
+    accelerator: Any,
+    model: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    part: Any = None,
+    trained_only: bool = False,
 ) -> None:
-    """Load a whole state dict (as `model_state` returns it) into `part` of `model`; each process keeps its
-    slice when sharded."""
+    """Load a state dict (as `model_state` returns it) into `part` of `model`; each process keeps its
+    slice when sharded. `trained_only`: `state` holds exactly the parameters that train."""
     part = accelerator.unwrap_model(model) if part is None else part
+    if trained_only:
+        trained = {name for name, p in part.named_parameters() if p.requires_grad}
+        if set(state) != trained:
+            raise RuntimeError(f"checkpoint holds {len(state)} trained tensors, the model {len(trained)}")
     if not is_sharded(accelerator):
-        part.load_state_dict(state)
+        part.load_state_dict(state, strict=not trained_only)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     _reshard(model)
     prefix = _prefix(model, part)
     whole = {prefix + k: v for k, v in state.items()}
-    set_model_state_dict(model, whole, options=StateDictOptions(full_state_dict=True))
+    options = StateDictOptions(full_state_dict=True, strict=not trained_only)
+    set_model_state_dict(model, whole, options=options)
 
 
 def _unwrapped(optimizer: Any) -> torch.optim.Optimizer:

@@ -18,6 +18,7 @@ from rlhfkit.config import PPOConfig
 from rlhfkit.errors import UsageError
 from rlhfkit.models import load_causal_lm, load_scalar_model, load_tokenizer, save_model, sequence_scores
 from rlhfkit.models.forward import response_logprobs, response_values
+from rlhfkit.models.lora import add_adapter, save_adapted
 from rlhfkit.runtime.distributed import is_main
 from rlhfkit.runtime.sharding import model_state, no_split_modules
 
@@ -104,9 +105,37 @@ class SeparateModels:
         self.reward_model.to(device)
 
 
-def load_roles(config: PPOConfig) -> SeparateModels:
+@dataclass
+class SharedBases:
+    """Two bases for four roles (LoRA): the actor is the SFT model plus an adapter and the reference the same
+    weights with the adapter off; the critic is the RM plus an adapter and a trainable copy of the head, the
+    RM the same weights with the adapter off and the original head. Adapter off is the base bit for bit."""
+
+    trainable: PolicyAndValue  # the bases with their adapters in place
+    actor: Any  # the PeftModels around them: what switches an adapter off, and what is saved
+    critic: Any
+    tokenizer: Any
+
+    def reference_logprobs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, context: int, temperature: float
+    ) -> torch.Tensor:
+        with self.actor.disable_adapter():
+            return response_logprobs(self.trainable.policy, input_ids, attention_mask, context, temperature)[
+                0
+            ]
+
+    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        with self.critic.disable_adapter():
+            return sequence_scores(self.trainable.value, input_ids, attention_mask)
+
+    def to(self, device: torch.device) -> None:
+        """Nothing: the frozen roles are the trained module's own bases."""
+
+
+def load_roles(config: PPOConfig) -> SeparateModels | SharedBases:
     """The four roles, dropout off in all of them (docs/ppo-details.md #10): the trained ones stay in eval
-    mode through rollout and training, so the ratio on the first minibatch is exactly 1."""
+    mode through rollout and training, so the ratio on the first minibatch is exactly 1. The weights that are
+    not trained (the frozen roles, LoRA's bases) are loaded in `model_dtype`."""
     tokenizer = load_tokenizer(config.policy)
     rm_tokenizer = load_tokenizer(config.reward_model)
     if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
@@ -114,17 +143,33 @@ def load_roles(config: PPOConfig) -> SeparateModels:
             f"{config.reward_model}: the reward model's tokenizer does not match the policy's "
             f"({config.policy}); train the RM from the SFT model"
         )
+    frozen = getattr(torch, config.model_dtype)
+    if config.lora.enabled:
+        actor = add_adapter(load_causal_lm(config.policy, tokenizer, frozen), config.lora, config.policy)
+        critic = add_adapter(
+            load_scalar_model(config.reward_model, tokenizer, frozen), config.lora, config.reward_model
+        )
+        trainable = PolicyAndValue(actor.get_base_model(), critic.get_base_model()).eval()
+        return SharedBases(trainable, actor, critic, tokenizer)
     actor = load_causal_lm(config.policy, tokenizer).eval()
     critic = load_scalar_model(config.reward_model, tokenizer).eval()
-    reference = freeze(load_causal_lm(config.policy, tokenizer))
-    reward_model = freeze(load_scalar_model(config.reward_model, tokenizer))
+    reference = freeze(load_causal_lm(config.policy, tokenizer, frozen))
+    reward_model = freeze(load_scalar_model(config.reward_model, tokenizer, frozen))
     return SeparateModels(PolicyAndValue(actor, critic).eval(), reference, reward_model, tokenizer)
 
 
-def save_trained(accelerator: Any, model: Any, tokenizer: Any, out: Path) -> None:
+def save_trained(accelerator: Any, model: Any, roles: Roles, out: Path) -> None:
     """`OUT/actor` (a causal-LM folder) and `OUT/critic` (a sequence-classification folder), each with the
-    tokenizer: plain Hugging Face folders every downstream tool loads. `model` is the prepared
-    `PolicyAndValue`; every process calls (a sharded model's weights are gathered), the main one writes."""
+    tokenizer: plain Hugging Face folders every downstream tool loads; with LoRA, adapters merged, and the
+    adapters themselves in `OUT/actor-adapter` and `OUT/critic-adapter` (PEFT folders). `model` is the
+    prepared `PolicyAndValue`; every process calls (a sharded model's weights are gathered), the main one
+    writes."""
+    tokenizer = roles.tokenizer
+    if isinstance(roles, SharedBases):
+        if is_main():
+            for adapted, name in ((roles.actor, "actor"), (roles.critic, "critic")):
+                save_adapted(adapted, tokenizer, out / name, out / f"{name}-adapter", save_model)
+        return
     trainable = accelerator.unwrap_model(model)
     for role, folder in ((trainable.policy, "actor"), (trainable.value, "critic")):
         state = model_state(accelerator, model, part=role)

@@ -39,10 +39,15 @@ from rlhfkit.runtime.sharding import (
     load_optimizer_state,
     model_state,
     optimizer_state,
+    refuse_lora_when_sharded,
     start,
     whole_parameters,
 )
 from rlhfkit.runtime.trackers import Trackers, check_trackers
+
+
+def trained(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def split_prompts(config: PPOConfig, tokenizer: Any) -> tuple[list[list[int]], list[list[int]]]:
@@ -95,12 +100,13 @@ class PPOTrainer:
         prompts, held_out = split_prompts(config, roles.tokenizer)
         # the ptx pass leaves the critic without gradients: DDP must be told to expect that
         accelerator = make_accelerator(config.report_to, config.out, unused_parameters=config.ptx_coef > 0)
+        refuse_lora_when_sharded(config.lora, accelerator)
         updates = config.max_steps * config.ppo_epochs * (config.batch_size // config.mini_batch_size)
         policy, value = roles.trainable.policy, roles.trainable.value
         optimizer = torch.optim.AdamW(
-            [
-                {"params": policy.parameters(), "lr": config.actor_lr},
-                {"params": value.parameters(), "lr": config.critic_lr},
+            [  # the trained parameters only: with LoRA, the adapters and the critic's head
+                {"params": trained(policy), "lr": config.actor_lr},
+                {"params": trained(value), "lr": config.critic_lr},
             ],
             eps=config.adam_eps,
             weight_decay=0.0,
@@ -216,7 +222,7 @@ class PPOTrainer:
 
     def state(self) -> dict[str, Any]:
         return {
-            "model": model_state(self.opt.accelerator, self.opt.model),
+            "model": model_state(self.opt.accelerator, self.opt.model, trained_only=self.config.lora.enabled),
             "optimizer": optimizer_state(self.opt.accelerator, self.opt.model, self.opt.optimizer),
             "scheduler": self.opt.scheduler.state_dict(),
             "kl_coef": self.kl_ctl.value,
@@ -226,7 +232,7 @@ class PPOTrainer:
 
     def restore(self, state: dict[str, Any]) -> None:
         accelerator, model = self.opt.accelerator, self.opt.model
-        load_model_state(accelerator, model, state["model"])
+        load_model_state(accelerator, model, state["model"], trained_only=self.config.lora.enabled)
         load_optimizer_state(accelerator, model, self.opt.optimizer, state["optimizer"])
         self.opt.scheduler.load_state_dict(state["scheduler"])
         self.kl_ctl.value = state["kl_coef"]
@@ -251,7 +257,7 @@ def ppo(config: PPOConfig) -> Path:
         )
     finally:
         trackers.finish()
-    save_trained(trainer.opt.accelerator, trainer.opt.model, trainer.roles.tokenizer, out)
+    save_trained(trainer.opt.accelerator, trainer.opt.model, trainer.roles, out)
     if is_main():
         final = {k: v for k, v in record.items() if k.startswith(("objective/", "eval/"))}
         write_run_file(out, "ppo", config, final=final, launch=launch(trainer.opt.accelerator))
