@@ -151,6 +151,29 @@ def test_ppo_on_two_processes_matches_one(rlhf_stack, sft_data, tmp_path, engine
     ]
 
 
+def test_ppo_with_lora_on_two_processes_matches_one(rlhf_stack, tmp_path):
+    """DDP replicates the two bases and syncs the adapters' and the head's gradients."""
+    args = ["lora.r=4", "actor_lr=1e-3", "critic_lr=1e-3", *PPO]
+    launch(ppo_args(rlhf_stack, tmp_path / "one", *args), processes=1)
+    launch(ppo_args(rlhf_stack, tmp_path / "two", *args))
+    one, two = records(tmp_path / "one"), records(tmp_path / "two")
+    assert one[0]["objective/kl"] == 0.0 and one[-1]["objective/kl"] != 0.0  # the adapters moved the actor
+    assert_close_records(one[:1], two[:1], rel=1e-5)
+    assert_close_records(one[1:], two[1:], rel=1e-3)
+    for role in ("actor", "critic"):
+        assert_same_weights(tmp_path / "one" / role, tmp_path / "two" / role)
+
+
+def test_lora_with_fsdp_is_refused_before_anything_is_written(rlhf_stack, tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run(
+        fsdp(ppo_args(rlhf_stack, out, "lora.r=4")), capture_output=True, text=True, env=CPU
+    )
+    assert done.returncode != 0
+    assert done.stderr.count("rlhfkit ppo: error: LoRA (lora.r > 0) with FSDP is not supported yet") == 2
+    assert not out.exists()
+
+
 @pytest.mark.skipif(
     torch.cuda.is_available(), reason="accelerate launch hands its processes the GPUs; two cannot share one"
 )

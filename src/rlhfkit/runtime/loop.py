@@ -25,6 +25,7 @@ from rlhfkit.runtime.checkpoint import (
 from rlhfkit.runtime.distributed import all_max, all_objects, barrier, is_main
 from rlhfkit.runtime.metrics import MetricsLog, progress, read_metrics
 from rlhfkit.runtime.outputs import CHECKPOINTS
+from rlhfkit.runtime.process import release_freed_memory
 from rlhfkit.runtime.sharding import clip_grad_norm
 from rlhfkit.runtime.trackers import Trackers
 
@@ -148,6 +149,7 @@ def run_loop(
         started = time.perf_counter()
         for step in range(first + 1, steps + 1):
             record = {"step": step, **trainer.step(step, guard), "bad_steps": guard.total}
+            release_freed_memory()
             record["steps_per_s"] = (step - first) / (time.perf_counter() - started)
             last = step == steps
             if last or (config.eval_every and step % config.eval_every == 0):
