@@ -344,7 +344,7 @@ def test_no_suggestion_of_a_name_the_class_lacks(cls, key):
 def test_a_wired_field_is_never_suggested():
     with pytest.raises(ConfigError) as error:
         load_config(DemoConfig, overrides=["model=x"])  # sft.model and rm.model are the demo's
-    assert "sft.model" not in str(error.value) and "rm.model" not in str(error.value)
+    assert "'sft.model'" not in str(error.value) and "'rm.model'" not in str(error.value)
 
 
 @pytest.mark.parametrize("key", ["sft.modle", "sft.sed", "ppo.polcy"])
