@@ -248,7 +248,7 @@ def test_demo_sections_carry_the_demo_defaults():
     )
     assert rm.eval_fraction == 0.1  # RewardConfig's own default
     ppo = cfg.ppo
-    assert (ppo.max_steps, ppo.batch_size, ppo.mini_batch_size, ppo.ppo_epochs) == (150, 32, 16, 4)
+    assert (ppo.max_steps, ppo.batch_size, ppo.mini_batch_size, ppo.ppo_epochs) == (60, 32, 16, 4)
     assert (ppo.response_length, ppo.temperature, ppo.kl_coef, ppo.eval_every) == (24, 0.7, 0.05, 5)
     assert (ppo.actor_lr, ppo.critic_lr) == (3e-4, 3e-4)
     assert ppo.vf_coef == 0.1 and ppo.kl_estimator == "k1"  # PPOConfig's own defaults

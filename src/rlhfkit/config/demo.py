@@ -36,7 +36,7 @@ DEMO_RM = RewardConfig(
 )
 DEMO_PPO = PPOConfig(
     **_wired("ppo"),
-    max_steps=150,
+    max_steps=60,  # the proxy reward saturates by iteration ~20; 150 gave the same gold reward (0.82)
     batch_size=32,
     mini_batch_size=16,
     ppo_epochs=4,
