@@ -4,6 +4,12 @@ import signal
 from pathlib import Path
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (a library's can run to dozens), or its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class UsageError(Exception):
     """Bad input: a config value, a path, a dataset row, a model that does not load."""
 

@@ -159,7 +159,10 @@ def _ppo_args(stack, out):
     [
         ("lora.target_modules=q_proj,nonexistent", "lora.target_modules: 'nonexistent' matches no module"),
         ("lora.r=-1", "lora: r must be >= 0, got -1"),
+        ("lora.target_modules=embed_tokens", "'embed_tokens' is the embedding matrix the LM head shares"),
+        ("lora.target_modules=input_layernorm", "lora.target_modules: Target module"),
     ],
+    ids=["no-match", "negative-r", "tied-embeddings", "not-a-layer"],
 )
 def test_bad_lora_settings_stop_with_status_2_before_anything_is_written(
     rlhf_stack, tmp_path, capsys, override, message
@@ -168,7 +171,8 @@ def test_bad_lora_settings_stop_with_status_2_before_anything_is_written(
     args = ["--max-steps", "1", "batch_size=4", "mini_batch_size=4", "lora.r=4", override]
 
     assert main(ppo_args(rlhf_stack, out, *args)) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1  # one line
     assert not out.exists()
 
 
@@ -182,3 +186,12 @@ def test_an_adapter_whose_base_is_missing_stops_with_status_2(rlhf_stack, tmp_pa
     assert main(["sft", "--model", str(adapter), "--data", data, "--out", str(out)]) == 2
     assert f"the adapter's base model {str(missing)!r} is missing" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_overwriting_a_lora_run_without_lora_removes_its_adapter(rlhf_stack, tmp_path):
+    data = write_jsonl(tmp_path / "sft.jsonl", sentiment_rows(32))
+    out = tmp_path / "sft"
+    args = ["sft", "--model", rlhf_stack[0], "--data", data, "--out", str(out), "--max-steps", "1"]
+    assert main([*args, "lora.r=4"]) == 0 and (out / "adapter").is_dir()
+    assert main([*args, "--overwrite"]) == 0
+    assert not (out / "adapter").exists() and (out / "model.safetensors").is_file()

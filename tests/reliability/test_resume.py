@@ -149,3 +149,20 @@ def test_a_half_written_line_is_dropped_on_resume(tmp_path):
     path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "pro')
     truncate_jsonl(path, 2)
     assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
+@pytest.mark.parametrize("kind", ["sft", "ppo"])
+def test_a_checkpoint_resumes_only_with_its_own_lora_settings(
+    kind, rlhf_stack, tiny_dir, data, tmp_path, capsys
+):
+    out = tmp_path / "killed"
+    child = run_child(command(f"{kind}-lora", rlhf_stack, tiny_dir, data, out), 5, signal.SIGKILL)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    before = (out / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    for other in ("lora.r=8", "lora.r=0"):
+        assert main([*command(kind, rlhf_stack, tiny_dir, data, out), other, "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert "the checkpoint was written with lora_r=4 (now " in err and err.count("\n") == 1
+    assert (out / "metrics.jsonl").read_text() == before  # nothing touched
+    assert main([*command(f"{kind}-lora", rlhf_stack, tiny_dir, data, out), "--resume"]) == 0

@@ -16,12 +16,14 @@ from rlhfkit.data import load_records
 from rlhfkit.data.order import batch_indices
 from rlhfkit.errors import UsageError
 from rlhfkit.models import load_tokenizer, save_model
-from rlhfkit.models.lora import add_adapter, save_adapted
+from rlhfkit.models.lora import add_adapter, remove_stale_adapter, save_adapted
 from rlhfkit.runtime.distributed import barrier, is_main, rank, world
 from rlhfkit.runtime.loop import UpdateGuard, guarded_update, run_loop
 from rlhfkit.runtime.outputs import begin, check_output, clear_checkpoints, write_run_file
 from rlhfkit.runtime.process import make_accelerator, quiet_transformers, set_seed
 from rlhfkit.runtime.sharding import (
+    check_layout,
+    checkpoint_layout,
     launch,
     load_model_state,
     load_optimizer_state,
@@ -141,12 +143,14 @@ class Supervised:
     def state(self) -> dict[str, Any]:
         accelerator, model = self.accelerator, self.model
         return {
+            "layout": checkpoint_layout(accelerator, self.config.lora),
             "model": model_state(accelerator, model, part=self.hf_model, trained_only=self.lora),
             "optimizer": optimizer_state(accelerator, model, self.optimizer),
             "scheduler": self.scheduler.state_dict(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
+        check_layout(state.get("layout"), checkpoint_layout(self.accelerator, self.config.lora))
         load_model_state(
             self.accelerator, self.model, state["model"], part=self.hf_model, trained_only=self.lora
         )
@@ -181,6 +185,7 @@ class Supervised:
                 save_adapted(self.adapted, self.tokenizer, self.out, self.out / "adapter", save_model)
             else:
                 save_model(self.hf_model, self.tokenizer, self.out, state_dict=weights)
+                remove_stale_adapter(self.out / "adapter")
             write_run_file(self.out, command, self.config, launch=launch(self.accelerator), **summary)
             if self.lora:  # the adapter folder stands for the model too (an RM's reward_stats with it)
                 write_run_file(

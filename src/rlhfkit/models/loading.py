@@ -10,15 +10,10 @@ from typing import Any
 
 import torch
 
-from rlhfkit.errors import UsageError
+from rlhfkit.errors import UsageError, first_line
 from rlhfkit.models.lora import adapter_base, is_adapter_folder, merged_with_adapter
 
 PAD_TOKEN = "<|pad|>"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def check_source(name: str) -> None:
@@ -42,7 +37,7 @@ def load_tokenizer(name: str) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as exc:  # a missing folder, no tokenizer files, offline hub: the user's to fix
-        raise UsageError(f"{name}: could not load a tokenizer ({_first_line(exc)})") from None
+        raise UsageError(f"{name}: could not load a tokenizer ({first_line(exc)})") from None
     if tokenizer.eos_token_id is None:
         raise UsageError(f"{name}: the tokenizer has no EOS token")
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
@@ -68,7 +63,7 @@ def load_causal_lm(name: str, tokenizer: Any, dtype: torch.dtype = torch.float32
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
     except Exception as exc:
-        raise UsageError(f"{name}: could not load a causal language model ({_first_line(exc)})") from None
+        raise UsageError(f"{name}: could not load a causal language model ({first_line(exc)})") from None
     _match_tokenizer(model, tokenizer)
     return model
 
@@ -97,7 +92,7 @@ def load_scalar_model(name: str, tokenizer: Any, dtype: torch.dtype = torch.floa
         )
     except Exception as exc:
         raise UsageError(
-            f"{name}: could not load a sequence-classification model ({_first_line(exc)})"
+            f"{name}: could not load a sequence-classification model ({first_line(exc)})"
         ) from None
     if not isinstance(getattr(model, "score", None), torch.nn.Linear):
         raise UsageError(

@@ -9,12 +9,13 @@ and critic's own bases (see `rlhfkit.algorithms.ppo.roles.SharedBases`).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rlhfkit.errors import UsageError
+from rlhfkit.errors import UsageError, first_line
 
 ADAPTER_CONFIG = "adapter_config.json"
 SCALAR_HEAD = "score"  # the sequence-classification head: trained in full, never adapted
@@ -25,11 +26,15 @@ def is_adapter_folder(name: str) -> bool:
 
 
 def adapter_base(name: str) -> str:
-    """The base model an adapter folder names (`base_model_name_or_path`), which must exist."""
+    """The base model an adapter folder names (`base_model_name_or_path`), which must exist; a relative path
+    is taken from the current folder, else from the adapter folder."""
+    folder = Path(name).expanduser()
     try:
-        base = json.loads((Path(name).expanduser() / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+        base = json.loads((folder / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
     except (OSError, ValueError, KeyError) as exc:
         raise UsageError(f"{name}: unreadable adapter config ({exc})") from None
+    if base and not Path(base).expanduser().exists() and (folder / base).exists():
+        return str(folder / base)
     if not base or (base.startswith((".", "/", "~")) and not Path(base).expanduser().exists()):
         raise UsageError(f"{name}: the adapter's base model {base!r} is missing")
     return base
@@ -58,9 +63,22 @@ def add_adapter(model: Any, lora: Any, source: str) -> Any:
 
     targets = list(lora.target_modules) or linear_layer_names(model)
     names = [name for name, _ in model.named_modules()]
+    # an adapter merged into a weight the embeddings and the LM head share would change both
+    tied = {
+        name
+        for name, module in model.named_modules()
+        if getattr(model.config, "tie_word_embeddings", False)
+        and module in (model.get_input_embeddings(), model.get_output_embeddings())
+    }
     for target in targets:
-        if not any(name == target or name.endswith(f".{target}") for name in names):
+        matched = [name for name in names if name == target or name.endswith(f".{target}")]
+        if not matched:
             raise UsageError(f"lora.target_modules: {target!r} matches no module of {source}")
+        if tied.intersection(matched):
+            raise UsageError(
+                f"lora.target_modules: {target!r} is the embedding matrix the LM head shares ({source} ties "
+                "them); adapt the attention and MLP layers"
+            )
     scalar = isinstance(getattr(model, SCALAR_HEAD, None), torch.nn.Linear)
     config = peft.LoraConfig(
         r=lora.r,
@@ -70,7 +88,10 @@ def add_adapter(model: Any, lora: Any, source: str) -> Any:
         modules_to_save=[SCALAR_HEAD] if scalar else None,
         bias="none",
     )
-    adapted = peft.get_peft_model(model, config)
+    try:
+        adapted = peft.get_peft_model(model, config)
+    except (ValueError, TypeError, RuntimeError) as exc:  # e.g. a layer type LoRA cannot adapt
+        raise UsageError(f"lora.target_modules: {first_line(exc)}") from None
     local = Path(source).expanduser()
     # where the adapter folder says its base is: an absolute path, so it loads from any directory
     adapted.peft_config["default"].base_model_name_or_path = (
@@ -94,8 +115,15 @@ def merged_with_adapter(name: str, base: Any) -> Any:
     try:
         merged = peft.PeftModel.from_pretrained(base, name).merge_and_unload()
     except Exception as exc:
-        raise UsageError(f"{name}: could not load the adapter ({exc})") from None
+        raise UsageError(f"{name}: could not load the adapter ({first_line(exc)})") from None
     return merged.requires_grad_(True)  # peft froze the base for inference; a loaded model is trainable
+
+
+def remove_stale_adapter(folder: Path) -> None:
+    """An earlier LoRA run's adapter folder in an output folder now written without LoRA (`--overwrite`): it
+    no longer matches the model beside it."""
+    if is_adapter_folder(str(folder)):
+        shutil.rmtree(folder)
 
 
 def save_adapted(adapted: Any, tokenizer: Any, merged: Path, adapter: Path, save_model: Any) -> None:

@@ -18,7 +18,7 @@ from rlhfkit.config import PPOConfig
 from rlhfkit.errors import UsageError
 from rlhfkit.models import load_causal_lm, load_scalar_model, load_tokenizer, save_model, sequence_scores
 from rlhfkit.models.forward import response_logprobs, response_values
-from rlhfkit.models.lora import add_adapter, save_adapted
+from rlhfkit.models.lora import add_adapter, remove_stale_adapter, save_adapted
 from rlhfkit.runtime.distributed import is_main
 from rlhfkit.runtime.sharding import model_state, no_split_modules
 
@@ -175,3 +175,4 @@ def save_trained(accelerator: Any, model: Any, roles: Roles, out: Path) -> None:
         state = model_state(accelerator, model, part=role)
         if is_main():
             save_model(role, tokenizer, out / folder, state_dict=state)
+            remove_stale_adapter(out / f"{folder}-adapter")

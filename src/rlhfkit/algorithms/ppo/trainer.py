@@ -34,6 +34,8 @@ from rlhfkit.runtime.loop import UpdateGuard, run_loop
 from rlhfkit.runtime.outputs import begin, check_output, clear_checkpoints, write_run_file
 from rlhfkit.runtime.process import make_accelerator, quiet_transformers, set_seed
 from rlhfkit.runtime.sharding import (
+    check_layout,
+    checkpoint_layout,
     launch,
     load_model_state,
     load_optimizer_state,
@@ -222,6 +224,7 @@ class PPOTrainer:
 
     def state(self) -> dict[str, Any]:
         return {
+            "layout": checkpoint_layout(self.opt.accelerator, self.config.lora),
             "model": model_state(self.opt.accelerator, self.opt.model, trained_only=self.config.lora.enabled),
             "optimizer": optimizer_state(self.opt.accelerator, self.opt.model, self.opt.optimizer),
             "scheduler": self.opt.scheduler.state_dict(),
@@ -232,6 +235,7 @@ class PPOTrainer:
 
     def restore(self, state: dict[str, Any]) -> None:
         accelerator, model = self.opt.accelerator, self.opt.model
+        check_layout(state.get("layout"), checkpoint_layout(accelerator, self.config.lora))
         load_model_state(accelerator, model, state["model"], trained_only=self.config.lora.enabled)
         load_optimizer_state(accelerator, model, self.opt.optimizer, state["optimizer"])
         self.opt.scheduler.load_state_dict(state["scheduler"])
