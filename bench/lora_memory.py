@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ppo_iteration import WORDS  # noqa: E402
+from ppo_iteration import write_prompts  # noqa: E402
 from ppo_vs_trl import RLHFKIT, build_models  # noqa: E402  (the same models and the same timed steps)
 
 SETUPS = {
@@ -66,12 +65,9 @@ def main() -> None:
     parser.add_argument("--response", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=4)
     args = parser.parse_args()
-    rng = random.Random(0)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        prompts = folder / "prompts.jsonl"
-        lines = [json.dumps({"prompt": " ".join(rng.choice(WORDS) for _ in range(12))}) for _ in range(256)]
-        prompts.write_text("\n".join(lines) + "\n")
+        prompts = write_prompts(folder / "prompts.jsonl", 256)
         print(
             f"{'model':<8} {'setup':<10} {'peak RSS':>9} {'peak CUDA':>10} {'s/iter':>8} "
             f"{'RSS vs full':>12} {'speed vs full':>14}",

@@ -34,6 +34,14 @@ WORDS = [
 ]
 
 
+def write_prompts(path: Path, count: int, seed: int = 0) -> Path:
+    """`count` prompts of 12 random task words, one JSONL row each (every benchmark's prompt set)."""
+    rng = random.Random(seed)
+    rows = [json.dumps({"prompt": " ".join(rng.choice(WORDS) for _ in range(12))}) for _ in range(count)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
 def build_models(name: str, folder: Path) -> tuple[str, str]:
     """(policy folder, reward-model folder) for `name`."""
     from rlhfkit.models import load_scalar_model, load_tokenizer, smollm2, tiny_llama, train_tokenizer
@@ -62,16 +70,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--bf16", action="store_true")
     args = parser.parse_args()
-    rng = random.Random(0)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        prompts = folder / "prompts.jsonl"
-        prompts.write_text(
-            "".join(
-                json.dumps({"prompt": " ".join(rng.choice(WORDS) for _ in range(12))}) + "\n"
-                for _ in range(64)
-            )
-        )
+        prompts = write_prompts(folder / "prompts.jsonl", 64)
         print(
             f"{'model':<9} {'dtype':<5} {'iteration':<9} {'rollout':>8} {'score':>7} {'train':>7} "
             f"{'total':>7}"

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ppo_iteration import WORDS  # noqa: E402
+from ppo_iteration import WORDS, write_prompts  # noqa: E402
 
 # rlhfkit: PPOTrainer's own steps, as the run loop calls them. argv: iterations, then config overrides.
 RLHFKIT = """
@@ -146,12 +145,9 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--rlhfkit-extra", nargs="*", default=[], help="rlhfkit overrides, e.g. lora.r=16")
     args = parser.parse_args()
-    rng = random.Random(0)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        prompts = folder / "prompts.jsonl"
-        lines = [json.dumps({"prompt": " ".join(rng.choice(WORDS) for _ in range(12))}) for _ in range(256)]
-        prompts.write_text("\n".join(lines) + "\n")
+        prompts = write_prompts(folder / "prompts.jsonl", 256)
         tokens = args.batch * args.response
         print(
             f"{'model':<14} {'engine':<8} {'first s':>8} {'s/iter':>7} {'rollout':>8} {'score':>6} "

@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ppo_iteration import WORDS, build_models  # noqa: E402
+from ppo_iteration import build_models, write_prompts  # noqa: E402
 
 
 def seconds_per_iteration(folder: Path) -> float:
@@ -80,12 +79,9 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--engine", default="ddp", choices=["ddp", "fsdp"])
     args = parser.parse_args()
-    rng = random.Random(0)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        prompts = folder / "prompts.jsonl"
-        lines = [json.dumps({"prompt": " ".join(rng.choice(WORDS) for _ in range(12))}) for _ in range(64)]
-        prompts.write_text("\n".join(lines) + "\n")
+        prompts = write_prompts(folder / "prompts.jsonl", 64)
         many_label = f"{args.processes} x {args.engine}"
         print(
             f"{'model':<9} {'1 process':>10} {many_label:>12} {'speed-up':>9} {'efficiency':>11} "

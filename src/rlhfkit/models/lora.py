@@ -64,11 +64,11 @@ def add_adapter(model: Any, lora: Any, source: str) -> Any:
     targets = list(lora.target_modules) or linear_layer_names(model)
     names = [name for name, _ in model.named_modules()]
     # an adapter merged into a weight the embeddings and the LM head share would change both
+    shared = [model.get_input_embeddings(), model.get_output_embeddings()]
     tied = {
         name
         for name, module in model.named_modules()
-        if getattr(model.config, "tie_word_embeddings", False)
-        and module in (model.get_input_embeddings(), model.get_output_embeddings())
+        if getattr(model.config, "tie_word_embeddings", False) and any(module is m for m in shared)
     }
     for target in targets:
         matched = [name for name in names if name == target or name.endswith(f".{target}")]
@@ -101,10 +101,6 @@ def add_adapter(model: Any, lora: Any, source: str) -> Any:
         if parameter.requires_grad:
             parameter.data = parameter.data.float()
     return adapted
-
-
-def trainable_names(model: torch.nn.Module) -> set[str]:
-    return {name for name, parameter in model.named_parameters() if parameter.requires_grad}
 
 
 def merged_with_adapter(name: str, base: Any) -> Any:

@@ -171,8 +171,10 @@ def save_trained(accelerator: Any, model: Any, roles: Roles, out: Path) -> None:
                 save_adapted(adapted, tokenizer, out / name, out / f"{name}-adapter", save_model)
         return
     trainable = accelerator.unwrap_model(model)
-    for role, folder in ((trainable.policy, "actor"), (trainable.value, "critic")):
-        state = model_state(accelerator, model, part=role)
+    whole = model_state(accelerator, model)  # gathered once when sharded: keys policy.* and value.*
+    saved = ((trainable.policy, "policy.", "actor"), (trainable.value, "value.", "critic"))
+    for role, prefix, folder in saved:
         if is_main():
+            state = {k[len(prefix) :]: v for k, v in whole.items() if k.startswith(prefix)}
             save_model(role, tokenizer, out / folder, state_dict=state)
             remove_stale_adapter(out / f"{folder}-adapter")
