@@ -22,6 +22,7 @@ from rlhfkit.runtime.loop import UpdateGuard, guarded_update, run_loop
 from rlhfkit.runtime.outputs import begin, check_output, clear_checkpoints, write_run_file
 from rlhfkit.runtime.process import make_accelerator, quiet_transformers, set_seed
 from rlhfkit.runtime.sharding import (
+    adamw,
     check_layout,
     checkpoint_layout,
     launch,
@@ -71,12 +72,16 @@ def split(items: Sequence[T], parts: int) -> list[list[T]]:
     return [list(items[bounds[i] : bounds[i + 1]]) for i in range(parts)]
 
 
-def make_optimizer(model: torch.nn.Module, optim: OptimConfig, steps: int) -> tuple[Any, Any]:
+def make_optimizer(
+    model: torch.nn.Module, optim: OptimConfig, steps: int, accelerator: Any
+) -> tuple[Any, Any]:
     """AdamW and a warm-up + decay schedule over `steps` optimiser steps."""
     from transformers import get_scheduler
 
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
+    optimizer = adamw(
+        model,
+        [{"params": [p for p in model.parameters() if p.requires_grad]}],
+        accelerator,
         lr=optim.lr,
         weight_decay=optim.weight_decay,
         eps=optim.adam_eps,
@@ -231,7 +236,7 @@ def prepare(
         hf_model = load_model(config.model, tokenizer)
     accelerator = make_accelerator(config.report_to, out)
     refuse_lora_when_sharded(config.lora, accelerator)
-    optimizer, scheduler = make_optimizer(hf_model, config.optim, steps)
+    optimizer, scheduler = make_optimizer(hf_model, config.optim, steps, accelerator)
     model, optimizer = accelerator.prepare(wrap(hf_model), optimizer)
     start(accelerator, model)
     model.train()

@@ -29,6 +29,11 @@ class PPOConfig:
     micro_batch_size: int | None = option(
         None, "episodes per forward pass (gradient accumulation); None = `mini_batch_size`; must divide it"
     )
+    forward_batch_size: int | None = option(
+        None,
+        "episodes per no-grad forward pass (old log-probs and values, scores, reference log-probs); None = "
+        "as many as keep one pass's logits within 1 GiB (usually the whole batch)",
+    )
     ppo_epochs: int = option(4, "passes over each batch of experience")
     response_length: int = option(32, "maximum new tokens per response")
     temperature: float = option(
@@ -75,6 +80,13 @@ class PPOConfig:
         3, "stop after this many non-finite optimiser steps in a row (each is skipped)"
     )
     bf16: bool = option(False, "bf16 autocast for forward passes (log-probs and losses stay fp32)")
+    decoder: Literal["auto", "eager", "static", "compiled"] = option(
+        "auto",
+        "how the rollout runs the model token by token: `eager` = the model's growing KV cache; "
+        "`static` = a KV cache of fixed length; `compiled` = static + torch.compile as a CUDA graph (one "
+        "launch per token); `auto` = compiled on CUDA (eager when FSDP shards the model), eager on CPU. "
+        "All sample the same tokens",
+    )
     lora: LoraConfig = option(
         LoraConfig(),
         "LoRA adapters on actor and critic, e.g. `lora.r=16`: the reference and the reward model are then "
@@ -136,6 +148,8 @@ class PPOConfig:
                 f"mini_batch_size ({self.mini_batch_size}) must divide batch_size "
                 f"({self.batch_size}), both > 0"
             )
+        if self.forward_batch_size is not None and self.forward_batch_size <= 0:
+            raise ConfigError(f"forward_batch_size must be > 0, got {self.forward_batch_size}")
         micro = self.micro_batch_size
         if micro is not None and (micro <= 0 or self.mini_batch_size % micro):
             raise ConfigError(

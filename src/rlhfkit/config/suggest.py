@@ -30,6 +30,8 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "train_batch_size": ("batch_size",),
     "rollout_batch_size": ("batch_size",),
     "micro_train_batch_size": ("micro_batch_size", "batch_size"),
+    "local_rollout_forward_batch_size": ("forward_batch_size",),
+    "micro_rollout_batch_size": ("forward_batch_size",),
     "gradient_accumulation_steps": ("grad_accum",),
     "cliprange": ("clip",),
     "eps_clip": ("clip",),

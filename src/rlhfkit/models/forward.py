@@ -7,12 +7,34 @@ positions P - 1 .. P + T - 2.
 
 from __future__ import annotations
 
+import inspect
+from functools import cache
 from typing import Any
 
 import torch
 
 from rlhfkit.core import entropy_from_logits, logprobs_from_logits
 from rlhfkit.models.scalar import position_ids, scalar_values
+
+
+@cache
+def _keeps_logits(forward_type: type) -> bool:
+    """Whether a model class's forward takes `logits_to_keep` (transformers >= 4.50 causal LMs)."""
+    return "logits_to_keep" in inspect.signature(forward_type.forward).parameters
+
+
+def response_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, context: int) -> Any:
+    """(B, T, V) the logits that predict the response tokens. Only the last T + 1 positions go through the
+    LM head where the model allows it: the head is a large share of a small model's FLOPs (SmolLM2-135M:
+    576 x 49,152 of its 135M parameters), and the prompt's logits are never used."""
+    response = input_ids.shape[1] - context
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft forwards kwargs
+    positions = torch.arange(context - 1, input_ids.shape[1], device=input_ids.device)  # (T + 1,)
+    keep = {"logits_to_keep": positions} if _keeps_logits(type(base)) else {}
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask), **keep
+    ).logits  # (B, T + 1, V) or (B, P + T, V)
+    return logits[:, -response - 1 : -1]  # (B, T, V), a view
 
 
 def response_logprobs(
@@ -24,9 +46,7 @@ def response_logprobs(
     with_entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B, T) log-probs of the response tokens under `model` at `temperature`; optionally (B, T) entropies."""
-    logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
-    ).logits[:, context - 1 : -1]  # (B, T, V), a view
+    logits = response_logits(model, input_ids, attention_mask, context)  # (B, T, V)
     responses = input_ids[:, context:]  # (B, T)
     entropy = entropy_from_logits(logits, temperature) if with_entropy else None  # (B, T)
     return logprobs_from_logits(logits, responses, temperature), entropy

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import torch
 
 from rlhfkit.data import pad
+from rlhfkit.rollout.decoding import choose_decoder, make_decoder
 from rlhfkit.rollout.sampling import Rollout, SamplingSettings, generate
 from rlhfkit.runtime.process import autocast
 
@@ -37,12 +38,22 @@ class RolloutEngine(Protocol):
 
 class LocalSampler:
     """Samples from the trainer's own policy module in this process (no copy of the weights), with the KV
-    cache, on the model's device, in bf16 autocast when asked."""
+    cache, on the model's device, in bf16 autocast when asked. `decoder` names how the forward passes run
+    (`rlhfkit.rollout.decoding`); one decoder serves every batch: its caches and compiled step are reused."""
 
-    def __init__(self, model: Any, tokenizer: Any, stop_ids: torch.Tensor, bf16: bool = False) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        stop_ids: torch.Tensor,
+        bf16: bool = False,
+        decoder: str = "auto",
+        sharded: bool = False,
+    ) -> None:
         self.model, self.pad_id, self.bf16 = model, tokenizer.pad_token_id, bf16
         self.device = next(model.parameters()).device
         self.stop_ids = stop_ids.to(self.device)
+        self.decoder = make_decoder(model, choose_decoder(decoder, self.device, sharded))
 
     def generate(
         self,
@@ -54,7 +65,9 @@ class LocalSampler:
     ) -> Rollout:
         ids, mask = (t.to(self.device) for t in pad(prompts, self.pad_id, "left", width))  # (B, P)
         with autocast(self.device, self.bf16):
-            return generate(self.model, ids, mask, settings, self.stop_ids, self.pad_id, generator, noise)
+            return generate(
+                self.model, ids, mask, settings, self.stop_ids, self.pad_id, generator, noise, self.decoder
+            )
 
     def sync_weights(self) -> None:
         """Nothing to do: the sampler reads the trained module's parameters directly."""

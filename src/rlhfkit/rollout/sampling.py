@@ -6,13 +6,12 @@ tokens, mask and log-probs out.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from rlhfkit.models.scalar import position_ids
+from rlhfkit.rollout.decoding import EagerDecoder
 
 
 @dataclass(frozen=True)
@@ -84,14 +83,6 @@ def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, target, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)  # (B,)
 
 
-def _forward_options(model: Any) -> tuple[str, dict]:
-    """The name of the KV-cache argument (`cache` in transformers >= 5.x, `past_key_values` before) and, where
-    supported, `logits_to_keep=1`: sampling needs the last position's logits only, not (B, P, V)."""
-    parameters = inspect.signature(model.forward).parameters
-    cache_name = "cache" if "cache" in parameters else "past_key_values"
-    return cache_name, ({"logits_to_keep": 1} if "logits_to_keep" in parameters else {})
-
-
 @torch.no_grad()
 def generate(
     model: Any,
@@ -102,6 +93,7 @@ def generate(
     pad_id: int,
     generator: torch.Generator | None = None,
     noise: torch.Tensor | None = None,
+    decoder: Any = None,
 ) -> Rollout:
     """Sample up to `settings.max_new_tokens` tokens per left-padded prompt, with the KV cache.
 
@@ -110,22 +102,20 @@ def generate(
     only: a process that samples some rows of a global batch, given those rows' noise, samples what one
     process sampling them all would. Log-probs are those of `softmax(logits / temperature)` — the same
     distribution training recomputes — even when top-k/top-p narrow what is sampled. Stops early once every
-    row has produced a stop token.
+    row has produced a stop token. `decoder` runs the forward passes (`rlhfkit.rollout.decoding`; the
+    eager one by default).
     """
     batch = prompt_ids.shape[0]
     if noise is None and not settings.greedy:
         noise = torch.rand(
             settings.max_new_tokens, batch, generator=generator, device=prompt_ids.device
         )  # (max_new_tokens, B)
-    cache_name, extra = _forward_options(model)
-    mask = prompt_mask.long()  # (B, P + t) grows by one column per step
-    positions = position_ids(mask)  # (B, P)
-    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
-    next_position = positions[:, -1:] + 1  # (B, 1)
+    decoder = decoder or EagerDecoder(model)
+    logits = decoder.start(prompt_ids, prompt_mask, settings.max_new_tokens)  # (B, V)
     tokens, logprobs = [], []
     finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)  # (B,)
     for step in range(settings.max_new_tokens):
-        scaled = out.logits[:, -1].float() / settings.temperature  # (B, V)
+        scaled = logits.float() / settings.temperature  # (B, V)
         if settings.greedy:
             token = scaled.argmax(dim=-1)  # (B,)
         else:
@@ -136,16 +126,7 @@ def generate(
         finished |= torch.isin(token, stop_ids)
         if finished.all():
             break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (B, P + t + 1)
-        out = model(
-            input_ids=token[:, None],
-            attention_mask=mask,
-            position_ids=next_position,
-            use_cache=True,
-            **{cache_name: out[cache_name]},
-            **extra,
-        )
-        next_position = next_position + 1
+        logits = decoder.step(token)  # (B, V)
     response, response_mask, stopped = truncate_after_stop(
         torch.stack(tokens, dim=1), stop_ids, pad_id
     )  # (B, T)

@@ -68,6 +68,22 @@ def refuse_lora_when_sharded(lora: Any, accelerator: Any) -> None:
         raise UsageError("LoRA (lora.r > 0) with FSDP is not supported yet; launch with DDP (ddp.yaml)")
 
 
+def adamw(
+    module: torch.nn.Module, groups: list[dict], accelerator: Any, **settings: Any
+) -> torch.optim.AdamW:
+    """AdamW over `groups`, with its fused kernel (one kernel for every parameter, ~4x faster steps on CPU
+    and on CUDA) unless the module is sharded. The unsharded module is moved to the accelerator's device
+    first: fused AdamW checks its parameters' device when it is built, and accelerate's `prepare` would move
+    them there anyway."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    if is_sharded(accelerator):  # FSDP turns parameters into DTensors in `prepare`: the per-tensor path
+        return torch.optim.AdamW(groups, **settings)
+    module.to(accelerator.device)
+    fused = accelerator.device.type in _get_fused_kernels_supported_devices()
+    return torch.optim.AdamW(groups, fused=fused, **settings)
+
+
 def start(accelerator: Any, model: torch.nn.Module) -> None:
     """FSDP makes the module whose forward runs first the root of its shards: run one tiny forward through
     the prepared module before any part of it runs alone (generation calls the policy inside it)."""

@@ -72,9 +72,24 @@ def shape_scores(
     return scores
 
 
+LOGIT_BUDGET = 2**28  # fp32 logits (1 GiB) one no-grad pass may hold
+
+
+def forward_rows(config: PPOConfig, width: int, vocab: int) -> int:
+    """Episodes per no-grad pass: `forward_batch_size`, or as many as keep a pass's (rows, width, vocab) fp32
+    logits within LOGIT_BUDGET. Memory bounds these passes, not the optimiser's mini-batch: bigger passes
+    mean fewer, fuller matrix products (and on a GPU fewer kernel launches)."""
+    return config.forward_batch_size or max(1, LOGIT_BUDGET // (width * vocab))
+
+
 def row_slices(rows: int, chunk: int) -> list[slice]:
     """Slices of at most `chunk` rows: no-grad passes go by chunks to bound their memory."""
     return [slice(s, min(s + chunk, rows)) for s in range(0, rows, chunk)]
+
+
+def vocab_size(roles: Roles) -> int:
+    """The policy's vocabulary (its logits' last dimension)."""
+    return roles.trainable.policy.get_output_embeddings().weight.shape[0]
 
 
 @torch.no_grad()
@@ -94,7 +109,7 @@ def make_experience(
     mine = local_rows(ids.shape[0])
     chunks = [
         slice(mine.start + s.start, mine.start + s.stop)
-        for s in row_slices(mine.stop - mine.start, config.micro_batch_size or config.mini_batch_size)
+        for s in row_slices(mine.stop - mine.start, forward_rows(config, ids.shape[1], vocab_size(roles)))
     ]
     with autocast(ids.device, config.bf16):
         # 3. old log-probs and values. The log-probs come from the same full pass as the reference's (not from

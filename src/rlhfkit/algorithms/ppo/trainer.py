@@ -34,8 +34,10 @@ from rlhfkit.runtime.loop import UpdateGuard, run_loop
 from rlhfkit.runtime.outputs import begin, check_output, clear_checkpoints, write_run_file
 from rlhfkit.runtime.process import make_accelerator, quiet_transformers, set_seed
 from rlhfkit.runtime.sharding import (
+    adamw,
     check_layout,
     checkpoint_layout,
+    is_sharded,
     launch,
     load_model_state,
     load_optimizer_state,
@@ -105,11 +107,13 @@ class PPOTrainer:
         refuse_lora_when_sharded(config.lora, accelerator)
         updates = config.max_steps * config.ppo_epochs * (config.batch_size // config.mini_batch_size)
         policy, value = roles.trainable.policy, roles.trainable.value
-        optimizer = torch.optim.AdamW(
+        optimizer = adamw(
+            roles.trainable,
             [  # the trained parameters only: with LoRA, the adapters and the critic's head
                 {"params": trained(policy), "lr": config.actor_lr},
                 {"params": trained(value), "lr": config.critic_lr},
             ],
+            accelerator,
             eps=config.adam_eps,
             weight_decay=0.0,
         )
@@ -130,7 +134,14 @@ class PPOTrainer:
             roles.tokenizer.pad_token_id,
         )
         stop_ids = stop_token_ids(roles.tokenizer, config.stop_tokens)
-        engine = LocalSampler(accelerator.unwrap_model(model).policy, roles.tokenizer, stop_ids, config.bf16)
+        engine = LocalSampler(
+            accelerator.unwrap_model(model).policy,
+            roles.tokenizer,
+            stop_ids,
+            config.bf16,
+            config.decoder,
+            is_sharded(accelerator),
+        )
         kl_ctl = (
             FixedKLController(config.kl_coef)
             if config.kl_target is None
