@@ -1,6 +1,7 @@
 """Small data sets the tests write to disk, and the readers they share."""
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -105,3 +106,38 @@ SMALL_DEMO = [
     "response_length=8",
     "ppo_eval_every=2",
 ]
+
+
+# Reward functions for `reward_functions=helpers:NAME` (the tests folder is on sys.path; CLI tests add it to
+# PYTHONPATH). `great_reward` pays what the tiny stack's RM learnt to like.
+def great_reward(prompt: str, response: str) -> float:
+    return float(response.count("great"))
+
+
+def length_reward(prompt: str, response: str) -> float:
+    return len(response.split()) / 10
+
+
+def great_reward_batched(prompts: list[str], responses: list[str]) -> list[float]:
+    return [great_reward(p, r) for p, r in zip(prompts, responses, strict=True)]
+
+
+great_reward_batched.batched = True
+
+
+async def great_reward_async(prompt: str, response: str) -> float:
+    import asyncio
+
+    await asyncio.sleep(0)
+    return great_reward(prompt, response)
+
+
+CALLS = {"n": 0}
+
+
+def fails_after_two_batches(prompt: str, response: str) -> float:
+    """Scores normally through the first two PPO iterations' batches, then raises (a flaky service)."""
+    CALLS["n"] += 1
+    if CALLS["n"] > int(os.environ.get("RLHFKIT_TEST_FAIL_AFTER", "17")):
+        raise ConnectionError("the verifier is down")
+    return great_reward(prompt, response)

@@ -67,3 +67,29 @@ def test_dotted_names_configure_the_same_reduced_demo():
     dotted = load_config(DemoConfig, overrides=SMALL_DOTTED)
     assert dotted == load_config(DemoConfig, overrides=SMALL)
     assert (dotted.ppo.max_steps, dotted.label.response_length, dotted.ppo.response_length) == (4, 8, 8)
+
+
+def test_the_demo_compares_algorithms_from_the_same_sft_and_rm(tmp_path, capsys):
+    """`--algorithms ppo,grpo,rloo`: stage 3 once per algorithm, each evaluated, the report compares them."""
+    out = tmp_path / "three"
+    assert main(["demo", "--out", str(out), "--algorithms", "ppo,grpo,rloo", "group_size=2", *SMALL]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["algorithms"]) == ["ppo", "grpo", "rloo"]
+    for name, run in summary["algorithms"].items():
+        assert math.isfinite(run["gold_reward"]) and run["train_seconds"] > 0, name
+        assert summary["config"][name]["policy"] == summary["config"]["ppo"]["policy"]  # the same SFT model
+    assert summary["config"]["grpo"]["advantage_estimator"] == "grpo"
+    assert summary["config"]["rloo"]["samples_per_prompt"] == 2
+    assert summary["gold_reward_ppo"] == summary["algorithms"]["ppo"]["gold_reward"]
+    assert (out / "grpo" / "actor").is_dir() and not (out / "grpo" / "critic").exists()
+    report = (out / "report.html").read_text()
+    assert report.count("<svg") == 8 and "Algorithms from the same SFT model and RM" in report
+    printed = capsys.readouterr().out
+    assert "GRPO: gold reward" in printed and "RLOO: gold reward" in printed
+
+
+def test_unknown_or_repeated_algorithms_are_refused(tmp_path, capsys):
+    for bad in ("ppo,dpo", "grpo,grpo"):
+        assert main(["demo", "--out", str(tmp_path / "x"), "--algorithms", bad]) == 2
+        assert "algorithms must be distinct names among" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

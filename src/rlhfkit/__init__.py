@@ -15,6 +15,7 @@ _API = {
     "label": "rlhfkit.jobs.label",
     "evaluate": "rlhfkit.jobs.evaluate",
     "demo": "rlhfkit.jobs.demo",
+    "batched": "rlhfkit.tasks.rewards",  # marks a reward function as batched
 }
 
 

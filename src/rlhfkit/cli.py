@@ -18,13 +18,24 @@ from rlhfkit.errors import Diverged, Stopped, UsageError
 from rlhfkit.runtime.distributed import finish, is_main, world
 
 # Config fields that also get a --flag of their own (the rest are set with field=value or --config).
+# A list field's flag is singular and repeatable: `--reward-function a:f --reward-function b:g`.
+REPEATED = {"reward_functions": "--reward-function"}
 FLAGS: dict[str, tuple[str, ...]] = {
     "sft": ("model", "data", "out", "max_steps", "epochs", "overwrite", "resume"),
     "rm": ("model", "data", "out", "max_steps", "epochs", "overwrite", "resume"),
     "label": ("policy", "prompts", "gold", "out", "overwrite"),
-    "ppo": ("policy", "reward_model", "prompts", "out", "max_steps", "overwrite", "resume"),
+    "ppo": (
+        "policy",
+        "reward_model",
+        "reward_functions",
+        "prompts",
+        "out",
+        "max_steps",
+        "overwrite",
+        "resume",
+    ),
     "eval": ("model", "prompts", "reward_model", "gold", "reference", "out"),
-    "demo": ("out", "preset", "seed", "overwrite"),
+    "demo": ("out", "preset", "seed", "algorithms", "overwrite"),
 }
 
 SUMMARIES = {
@@ -51,9 +62,14 @@ def run_demo(config: DemoConfig) -> int:
     print(
         f"rlhfkit demo: gold reward {summary['gold_reward_sft']:+.3f} (SFT) -> "
         f"{summary['gold_reward_ppo']:+.3f} "
-        f"(PPO) at KL {summary['kl_to_sft']:.2f}; RM accuracy {summary['rm_accuracy']:.1%}; "
-        f"{summary['wall_seconds'] / 60:.1f} min"
+        f"({config.algorithms[0].upper()}) at KL {summary['kl_to_sft']:.2f}; RM accuracy "
+        f"{summary['rm_accuracy']:.1%}; {summary['wall_seconds'] / 60:.1f} min"
     )
+    for name, run in list(summary["algorithms"].items())[1:]:
+        print(
+            f"rlhfkit demo: {name.upper()}: gold reward {run['gold_reward']:+.3f} at KL "
+            f"{run['kl_to_sft']:.2f}; trained in {run['train_seconds']:.0f} s"
+        )
     print(f"rlhfkit demo: open {out / 'report.html'}")
     return 0
 
@@ -137,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
             flag = "--" + field_name.replace("_", "-")
             if field_name in ("overwrite", "resume"):
                 sub.add_argument(flag, action="store_true", default=None, help=f"see `{field_name}` below")
+            elif field_name in REPEATED:
+                sub.add_argument(
+                    REPEATED[field_name],
+                    dest=field_name,
+                    action="append",
+                    metavar="MODULE:FUNCTION",
+                    help=f"adds to `{field_name}` (repeatable; see below)",
+                )
             else:
                 sub.add_argument(
                     flag, dest=field_name, metavar=field_name.upper(), help=f"sets `{field_name}` (see below)"

@@ -28,3 +28,8 @@ class Stopped(Exception):
 
 class Diverged(Exception):
     """Too many non-finite updates in a row; the last good state was written as a checkpoint."""
+
+
+class StepFailed(Exception):
+    """User code failed inside a step (a reward function): the run loop checkpoints the last good state and
+    stops with status 1 (as `Diverged`)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 from rlhfkit.config.commands import LabelConfig, OptimConfig, RewardConfig, SFTConfig
@@ -22,6 +22,9 @@ WIRED: dict[str, tuple[str, ...]] = {
 def _wired(section: str) -> dict[str, Any]:
     return dict.fromkeys(WIRED[section], SET_BY_DEMO)
 
+
+# `rlhfkit demo --algorithms`: the names users compare -> PPOConfig.advantage_estimator
+ESTIMATORS = {"ppo": "gae", "grpo": "grpo", "rloo": "rloo", "reinforce_pp": "reinforce_pp"}
 
 # Short stages sized for a CPU laptop; the rest of each stage keeps its command's default.
 DEMO_SFT = SFTConfig(**_wired("sft"), epochs=2, batch_size=32, optim=OptimConfig(lr=2e-3), max_length=256)
@@ -98,11 +101,26 @@ class DemoConfig:
     label: LabelConfig = option(DEMO_LABEL, "pairs sampled from the SFT model, judged by the noisy labeler")
     rm: RewardConfig = option(DEMO_RM, "stage 2, the reward model on the labeled pairs")
     ppo: PPOConfig = option(DEMO_PPO, "stage 3, PPO against the learned reward model")
+    algorithms: tuple[str, ...] = option(
+        ("ppo",),
+        "stage 3 runs once per algorithm, from the same SFT model and RM, with the `ppo` section's settings: "
+        "any of ppo (GAE with a critic), grpo, rloo, reinforce_pp, e.g. `--algorithms ppo,grpo,rloo`; the "
+        "first is the one summary.json's `*_ppo` keys and the report's curves describe",
+    )
+    group_size: int = option(4, "responses per prompt (samples_per_prompt) for grpo and rloo")
 
     def __post_init__(self) -> None:
         positive(
             self, "demonstrations", "eval_prompts", "vocab_size", "hidden_size", "num_layers", "num_heads"
         )
+        unknown = [a for a in self.algorithms if a not in ESTIMATORS]
+        if unknown or not self.algorithms or len(set(self.algorithms)) != len(self.algorithms):
+            raise ConfigError(
+                f"algorithms must be distinct names among {', '.join(ESTIMATORS)}, "
+                f"got {','.join(self.algorithms)}"
+            )
+        for algorithm in self.algorithms:
+            self.stage3(algorithm)  # its checks (batch_size a multiple of group_size) before any stage runs
         for section, names in WIRED.items():
             for name in names:
                 if getattr(getattr(self, section), name) != SET_BY_DEMO:
@@ -110,6 +128,16 @@ class DemoConfig:
                         f"config key '{section}.{name}' is set by the demo itself "
                         f"(from out, seed, bf16 and the earlier stages); leave it out"
                     )
+
+    def stage3(self, algorithm: str) -> PPOConfig:
+        """The `ppo` section as `algorithm` runs it: its advantage estimator, and `group_size` samples per
+        prompt for the estimators that compare the samples of a prompt."""
+        grouped = algorithm in ("grpo", "rloo")
+        return replace(
+            self.ppo,
+            advantage_estimator=ESTIMATORS[algorithm],
+            samples_per_prompt=self.group_size if grouped else self.ppo.samples_per_prompt,
+        )
 
     def __getattr__(self, name: str) -> Any:
         # Reading an old flat name still works (the first place it sets), for code written against them.

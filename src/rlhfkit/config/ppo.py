@@ -15,9 +15,42 @@ class PPOConfig:
     """`rlhfkit ppo`: PPO with actor, critic, frozen reference and frozen reward model."""
 
     policy: str = option(help="SFT model folder: initialises the actor and serves as the frozen reference")
-    reward_model: str = option(help="reward model folder: frozen scorer, and the critic's initialisation")
     prompts: str = option(help="prompt data: {prompt} or {messages} rows")
     out: str = option(help="output folder for actor, critic, metrics.jsonl and samples.jsonl")
+    reward_model: str | None = option(
+        None,
+        "reward model folder: frozen scorer, and the critic's initialisation when it reads the policy's "
+        "tokens (one with another tokenizer or chat template scores re-encoded text); optional when "
+        "`reward_functions` are given",
+    )
+    reward_functions: tuple[str, ...] = option(
+        (),
+        "Python rewards, `module:function` each: `(prompt, response) -> float`, or lists in and a list out "
+        "when marked `@rlhfkit.batched`; `async def` functions run `reward_concurrency` calls at once",
+    )
+    reward_weights: tuple[float, ...] = option(
+        (),
+        "weight of each reward component, the reward model first when given, then `reward_functions` in "
+        "order; () = 1 each. The score is their weighted sum",
+    )
+    reward_concurrency: int = option(16, "calls of an async reward function in flight at once")
+    advantage_estimator: Literal["gae", "grpo", "rloo", "reinforce_pp"] = option(
+        "gae",
+        "`gae` = PPO with a critic; critic-free: `grpo` (group-normalised scores), `rloo` (leave-one-out "
+        "baseline), `reinforce_pp` (REINFORCE++: batch-whitened returns). All keep the KL penalty and the "
+        "clipped policy loss",
+    )
+    samples_per_prompt: int = option(
+        1, "responses sampled per prompt, grouped (GRPO and RLOO need >= 2); `batch_size` counts responses"
+    )
+    scale_rewards: bool = option(
+        True, "GRPO: divide by the group's score std (False = Dr. GRPO: only subtract the group mean)"
+    )
+    critic_model: str | None = option(
+        None,
+        "where the critic starts (GAE only); None = the reward model when it shares the policy's tokenizer, "
+        "else the policy with a new scalar head",
+    )
     eval_prompts: str | None = option(
         None, "held-out prompts for evaluation; None = `eval_holdout` held out from `prompts`"
     )
@@ -141,6 +174,35 @@ class PPOConfig:
         within(self, "gamma", 0, 1, open_low=True)
         self._check_batches()
         self._check_sampling_and_penalties()
+        self._check_rewards_and_estimator()
+
+    def _check_rewards_and_estimator(self) -> None:
+        if not self.reward_model and not self.reward_functions:
+            raise ConfigError("give a reward_model, reward_functions, or both")
+        repeated = {f for f in self.reward_functions if self.reward_functions.count(f) > 1}
+        if repeated:
+            raise ConfigError(f"reward_functions names {sorted(repeated)[0]} twice; give a weight instead")
+        components = bool(self.reward_model) + len(self.reward_functions)
+        if self.reward_weights and len(self.reward_weights) != components:
+            raise ConfigError(
+                f"reward_weights has {len(self.reward_weights)} values for {components} reward components "
+                "(the reward model first when given, then each reward function)"
+            )
+        positive(self, "reward_concurrency", "samples_per_prompt")
+        k = self.samples_per_prompt
+        if self.batch_size % k:
+            raise ConfigError(
+                f"batch_size ({self.batch_size}) must be a multiple of samples_per_prompt ({k})"
+            )
+        if self.advantage_estimator in ("grpo", "rloo") and k < 2:
+            raise ConfigError(
+                f"advantage_estimator={self.advantage_estimator} compares the samples of a prompt: set "
+                f"samples_per_prompt >= 2 (got {k})"
+            )
+        if self.critic_model and self.advantage_estimator != "gae":
+            raise ConfigError(
+                "critic_model is used with advantage_estimator=gae only (a critic-free one is set)"
+            )
 
     def _check_batches(self) -> None:
         if self.batch_size <= 0 or self.mini_batch_size <= 0 or self.batch_size % self.mini_batch_size:

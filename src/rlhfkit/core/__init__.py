@@ -4,7 +4,12 @@ heavy dependencies (no transformers), so it can be used and tested on its own.
 Shapes: B batch, T response positions, V vocabulary. A mask is True/1 at valid response tokens.
 """
 
-from rlhfkit.core.advantages import gae
+from rlhfkit.core.advantages import (
+    discounted_returns,
+    gae,
+    group_normalised_scores,
+    leave_one_out_scores,
+)
 from rlhfkit.core.kl import (
     AdaptiveKLController,
     FixedKLController,
@@ -20,12 +25,15 @@ from rlhfkit.core.masked import explained_variance, masked_mean, masked_var, mas
 __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
+    "discounted_returns",
     "entropy_from_logits",
     "explained_variance",
     "gae",
+    "group_normalised_scores",
     "kl_estimate",
     "kl_shaped_rewards",
     "last_valid_index",
+    "leave_one_out_scores",
     "logprobs_from_logits",
     "masked_mean",
     "masked_var",

@@ -129,17 +129,31 @@ def _through_last_eos(ids: list[int], eos: int) -> list[int]:
     return ids + [eos] if last is None else ids[: last + 1]
 
 
-def _pair_sequences(record: dict, tokenizer: Any) -> tuple[list[int], list[int]]:
+def scored_sequence(
+    prompt: str | list[dict], completion: str | list[dict], tokenizer: Any, finished: bool = True
+) -> list[int]:
+    """Prompt + finished completion as the reward model reads them: a text prompt with the tokenizer's
+    special tokens, the completion and EOS; or a conversation rendered with the chat template, cut after its
+    last EOS. Pairs are encoded so for `rm`, and PPO's responses so for an RM with its own tokenizer. An
+    unfinished (text) completion gets no EOS: a conversation then ends at the completion, unclosed."""
     eos = tokenizer.eos_token_id
-    if isinstance(record["chosen"], list):
-        prompt = record["prompt"]
-        rendered = (
-            _tokens(tokenizer, _render(tokenizer, prompt + record[k])) for k in ("chosen", "rejected")
+    if not finished:
+        start = _render(tokenizer, prompt, generation_prompt=True) if isinstance(prompt, list) else prompt
+        return _tokens(tokenizer, start, special=not isinstance(prompt, list)) + _tokens(
+            tokenizer, completion
         )
-        return tuple(_through_last_eos(ids, eos) for ids in rendered)
-    prompt = _tokens(tokenizer, record["prompt"], special=True)
-    chosen, rejected = (prompt + _tokens(tokenizer, record[k]) + [eos] for k in ("chosen", "rejected"))
-    return chosen, rejected
+    if isinstance(prompt, list):
+        if isinstance(completion, str):
+            completion = [{"role": "assistant", "content": completion}]
+        return _through_last_eos(_tokens(tokenizer, _render(tokenizer, prompt + completion)), eos)
+    return _tokens(tokenizer, prompt, special=True) + _tokens(tokenizer, completion) + [eos]
+
+
+def _pair_sequences(record: dict, tokenizer: Any) -> tuple[list[int], list[int]]:
+    prompt = record["prompt"]
+    return scored_sequence(prompt, record["chosen"], tokenizer), scored_sequence(
+        prompt, record["rejected"], tokenizer
+    )
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -179,8 +193,10 @@ def encode_prompts(
     max_length: int,
     truncation: Truncation = "left",
     source: str = "prompts",
+    kept: list[dict] | None = None,
 ) -> list[list[int]]:
-    """Prompt token ids, ready for generation (chat rows end with the assistant's generation prompt)."""
+    """Prompt token ids, ready for generation (chat rows end with the assistant's generation prompt).
+    `kept`, when given, receives the records whose prompts were kept, in the same order."""
     prompts, cut, dropped = [], 0, 0
     for record in records:
         if "messages" in record:
@@ -193,6 +209,8 @@ def encode_prompts(
             continue
         cut += start > 0
         prompts.append(ids[start:])
+        if kept is not None:
+            kept.append(record)
     _report(source, cut, dropped, len(records), max_length)
     return prompts
 

@@ -1,8 +1,9 @@
 """`rlhfkit demo`: the whole pipeline on the bundled simulated-human task, measured with the gold reward.
 
 1. tokenizer + tiny model (or SmolLM2)  2. SFT  3. label pairs sampled from the SFT model with the noisy gold
-labeler  4. reward model (held-out accuracy against gold preferences)  5. PPO against the learned RM
-6. evaluate SFT and PPO on held-out prompts with the gold scorer and the RM  7. summary.json + report.html
+labeler  4. reward model (held-out accuracy against gold preferences)  5. PPO (and each other algorithm asked
+for: GRPO, RLOO, REINFORCE++) against the learned RM  6. evaluate SFT and each trained policy on held-out
+prompts with the gold scorer and the RM  7. summary.json + report.html
 """
 
 from __future__ import annotations
@@ -126,22 +127,29 @@ def demo(config: DemoConfig) -> Path:
     rm_dir = str(train_reward_model(rm_config))
     rm_accuracy = read_run_file(rm_dir)["final"]["eval/accuracy"]
 
-    say(5, "PPO against the learned reward model")
-    ppo_config = replace(
-        config.ppo,
-        policy=sft_dir,
-        reward_model=rm_dir,
-        prompts=prompts,
-        eval_prompts=eval_prompts,
-        out=str(out / "ppo"),
-        bf16=config.bf16,
-        **common,
-    )
-    ppo_dir = ppo(ppo_config)
+    runs: dict[str, dict[str, Any]] = {}
+    for algorithm in config.algorithms:
+        say(5, f"{algorithm.upper()} against the learned reward model")
+        ppo_config = replace(
+            config.stage3(algorithm),
+            policy=sft_dir,
+            reward_model=rm_dir,
+            prompts=prompts,
+            eval_prompts=eval_prompts,
+            out=str(out / algorithm),
+            bf16=config.bf16,
+            **common,
+        )
+        tick = time.perf_counter()
+        folder = ppo(ppo_config)
+        runs[algorithm] = {"folder": folder, "config": ppo_config, "seconds": time.perf_counter() - tick}
+    main = config.algorithms[0]
+    ppo_config = runs[main]["config"]
 
-    say(6, "evaluation of SFT and PPO on held-out prompts (gold and learned reward)")
+    say(6, "evaluation of SFT and each trained policy on held-out prompts (gold and learned reward)")
     results = {}
-    for name, model in (("sft", sft_dir), ("ppo", str(ppo_dir / "actor"))):
+    models = [("sft", sft_dir)] + [(a, str(run["folder"] / "actor")) for a, run in runs.items()]
+    for name, model in models:
         eval_config = EvalConfig(
             model=model,
             prompts=eval_prompts,
@@ -157,37 +165,64 @@ def demo(config: DemoConfig) -> Path:
     say(7, "summary.json and report.html")
     summary = {
         "gold_reward_sft": results["sft"]["metrics"]["gold"],
-        "gold_reward_ppo": results["ppo"]["metrics"]["gold"],
+        "gold_reward_ppo": results[main]["metrics"]["gold"],
         "proxy_reward_sft": results["sft"]["metrics"]["reward"],
-        "proxy_reward_ppo": results["ppo"]["metrics"]["reward"],
+        "proxy_reward_ppo": results[main]["metrics"]["reward"],
         "rm_accuracy": rm_accuracy,
-        "kl_to_sft": results["ppo"]["metrics"]["kl"],
+        "kl_to_sft": results[main]["metrics"]["kl"],
         "label_agreement": labeling["label_agreement"],
         "labeled_pairs": labeling["pairs"],
         "length_sft": results["sft"]["metrics"]["length"],
-        "length_ppo": results["ppo"]["metrics"]["length"],
+        "length_ppo": results[main]["metrics"]["length"],
         "wall_seconds": time.perf_counter() - started,
+        "algorithms": {
+            name: {
+                "gold_reward": results[name]["metrics"]["gold"],
+                "gold_gain": results[name]["metrics"]["gold"] - results["sft"]["metrics"]["gold"],
+                "proxy_reward": results[name]["metrics"]["reward"],
+                "kl_to_sft": results[name]["metrics"]["kl"],
+                "length": results[name]["metrics"]["length"],
+                "train_seconds": run["seconds"],
+            }
+            for name, run in runs.items()
+        },
         "seed": config.seed,
         "config": {
             "demo": to_dict(config),
             "sft": to_dict(sft_config),
             "label": to_dict(label_config),
             "rm": to_dict(rm_config),
-            "ppo": to_dict(ppo_config),
+            **{name: to_dict(run["config"]) for name, run in runs.items()},
         },
     }
     summary["gold_gain"] = summary["gold_reward_ppo"] - summary["gold_reward_sft"]
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_report(out / "report.html", summary, curves(out), results)
+    write_report(out / "report.html", summary, curves(out, list(runs)), results, main)
     write_run_file(out, "demo", config, summary={k: v for k, v in summary.items() if k != "config"})
     return out
 
 
-def curves(out: Path) -> dict[str, Any]:
-    """Everything the report plots, read back from the stages' files."""
+def curves(out: Path, algorithms: list[str]) -> dict[str, Any]:
+    """Everything the report plots, read back from the stages' files: the first algorithm's run in detail,
+    and each algorithm's held-out gold reward by KL and by training time."""
+    runs = {name: read_metrics(out / name / "metrics.jsonl") for name in algorithms}
     return {
         "sft": read_metrics(out / "sft" / "metrics.jsonl"),
         "rm": read_metrics(out / "rm" / "metrics.jsonl"),
-        "ppo": read_metrics(out / "ppo" / "metrics.jsonl"),
-        "ppo_evaluations": gold_by_evaluation(out / "ppo" / "samples.jsonl"),
+        "ppo": runs[algorithms[0]],
+        "ppo_evaluations": gold_by_evaluation(out / algorithms[0] / "samples.jsonl"),
+        "algorithms": {
+            name: frontier(metrics, out / name / "samples.jsonl") for name, metrics in runs.items()
+        },
     }
+
+
+def frontier(metrics: list[dict], samples_file: Path) -> list[dict[str, float]]:
+    """One point per held-out evaluation of a run: its gold reward, KL to the SFT model, and the training
+    seconds spent up to it (rollout, scoring and updates; evaluations left out)."""
+    golds, seconds, points = gold_by_evaluation(samples_file), 0.0, []
+    for m in metrics:
+        seconds += m["time/rollout"] + m["time/score"] + m["time/train"]
+        if "eval/kl" in m and m["step"] in golds:
+            points.append({"kl": m["eval/kl"], "gold": golds[m["step"]]["gold"], "seconds": seconds})
+    return points

@@ -98,6 +98,9 @@ def plots(curves: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     ax.legend(fontsize=8, loc="lower right")
     figures.append(_svg(fig))
 
+    if len(curves.get("algorithms", {})) > 1:
+        figures += algorithm_plots(curves["algorithms"], summary["gold_reward_sft"])
+
     fig, ax = _figure("Reward model", "RM step", "")
     rm = curves["rm"]
     ax.plot([m["step"] for m in rm], [m["loss"] for m in rm], color="#bf8700", label="training loss")
@@ -134,6 +137,40 @@ def plots(curves: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     return figures
 
 
+def algorithm_plots(runs: dict[str, list[dict[str, float]]], sft_gold: float) -> list[str]:
+    """Gold reward of each algorithm's held-out evaluations against KL to the SFT model and against training
+    time: which buys more true reward per nat of drift, and per second."""
+    figures = []
+    for key, title, xlabel in (
+        ("kl", "Algorithms: gold reward vs KL", "KL to SFT (nats)"),
+        ("seconds", "Algorithms: gold reward vs training time", "training seconds"),
+    ):
+        fig, ax = _figure(title, xlabel, "gold reward (held-out)")
+        for name, points in runs.items():
+            ax.plot([p[key] for p in points], [p["gold"] for p in points], "o-", label=name, markersize=3)
+        ax.axhline(sft_gold, color="#999", linestyle=":", label="SFT")
+        ax.legend(fontsize=8)
+        figures.append(_svg(fig))
+    return figures
+
+
+def algorithm_table(summary: dict[str, Any]) -> str:
+    """The final held-out numbers of each algorithm (empty with one)."""
+    runs = summary.get("algorithms", {})
+    if len(runs) < 2:
+        return ""
+    body = "".join(
+        f"<tr><td>{html.escape(name)}</td>{_score(r['gold_reward'])}{_score(r['gold_gain'])}"
+        f'<td class="num">{r["kl_to_sft"]:.2f}</td><td class="num">{r["length"]:.1f}</td>'
+        f'<td class="num">{r["train_seconds"]:.0f}</td></tr>'
+        for name, r in runs.items()
+    )
+    return (
+        "<h2>Algorithms from the same SFT model and RM</h2><table><tr><th>algorithm</th><th>gold</th>"
+        f"<th>gold gain</th><th>KL to SFT</th><th>length</th><th>training s</th></tr>{body}</table>"
+    )
+
+
 def _card(label: str, value: str, tone: str = "") -> str:
     return f'<div class="card {tone}"><b>{html.escape(value)}</b><span>{html.escape(label)}</span></div>'
 
@@ -142,21 +179,22 @@ def _score(value: float) -> str:
     return f'<td class="num {"pos" if value > 0.05 else "neg" if value < -0.05 else ""}">{value:+.2f}</td>'
 
 
-def sample_table(results: dict[str, Any], rows: int = 24) -> str:
-    sft, ppo = results["sft"]["samples"], results["ppo"]["samples"]
+def sample_table(results: dict[str, Any], main: str = "ppo", rows: int = 24) -> str:
+    sft, ppo = results["sft"]["samples"], results[main]["samples"]
     body = "".join(
         f"<tr><td>{html.escape(a['prompt'])}</td><td>{html.escape(a['response'])}</td>{_score(a['gold'])}"
         f"<td>{html.escape(b['response'])}</td>{_score(b['gold'])}</tr>"
         for a, b in zip(sft[:rows], ppo[:rows], strict=True)
     )
     return (
-        "<table><tr><th>held-out prompt</th><th>SFT completion</th><th>gold</th><th>PPO completion</th>"
+        "<table><tr><th>held-out prompt</th><th>SFT completion</th><th>gold</th>"
+        f"<th>{html.escape(main.upper())} completion</th>"
         f"<th>gold</th></tr>{body}</table>"
     )
 
 
 def write_report(
-    path: Path, summary: dict[str, Any], curves: dict[str, Any], results: dict[str, Any]
+    path: Path, summary: dict[str, Any], curves: dict[str, Any], results: dict[str, Any], main: str = "ppo"
 ) -> None:
     gain = summary["gold_reward_ppo"] - summary["gold_reward_sft"]
     cards = "".join(
@@ -186,8 +224,9 @@ labeler;
 PPO only ever sees the reward model learned from its noisy labels. Seed {summary["seed"]}.</p>
 <div class="cards">{cards}</div>
 <div class="plots">{figures}</div>
-<h2>Held-out prompts: SFT and PPO side by side</h2>
-{sample_table(results)}
+{algorithm_table(summary)}
+<h2>Held-out prompts: SFT and {html.escape(main.upper())} side by side</h2>
+{sample_table(results, main)}
 </body></html>
 """
     path.write_text(page, encoding="utf-8")

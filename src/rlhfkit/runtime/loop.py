@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import torch
 
-from rlhfkit.errors import Diverged, Stopped
+from rlhfkit.errors import Diverged, StepFailed, Stopped
 from rlhfkit.runtime.checkpoint import (
     StopSignals,
     load_checkpoint,
@@ -148,12 +148,27 @@ def run_loop(
         bar.update(first)
         started = time.perf_counter()
         for step in range(first + 1, steps + 1):
-            record = {"step": step, **trainer.step(step, guard), "bad_steps": guard.total}
+            try:
+                record = {"step": step, **trainer.step(step, guard), "bad_steps": guard.total}
+            except StepFailed as exc:  # the step changed nothing that is saved: the state after step - 1
+                raise Diverged(
+                    f"{exc}; the last good state is checkpointed in {checkpoint(step - 1)}"
+                ) from None
             release_freed_memory()
             record["steps_per_s"] = (step - first) / (time.perf_counter() - started)
             last = step == steps
             if last or (config.eval_every and step % config.eval_every == 0):
-                evaluation = trainer.evaluate(step)
+                evaluation, failure = None, None
+                try:  # the main process evaluates alone: a failure there is shared before anyone waits
+                    evaluation = trainer.evaluate(step)
+                except StepFailed as exc:
+                    failure = str(exc)
+                if all_max(torch.tensor(float(failure is not None))):
+                    metrics.write(record)  # the iteration itself is done: its record and state are kept
+                    raise Diverged(
+                        f"{failure or 'the evaluation failed on the main process'}; the state after {unit} "
+                        f"{step} is checkpointed in {checkpoint(step)} (its held-out evaluation is skipped)"
+                    )
                 if evaluation is not None:
                     record.update(evaluation[0])
                     samples.write_many({"step": step, **s} for s in evaluation[1])

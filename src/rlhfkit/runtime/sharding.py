@@ -36,13 +36,15 @@ def launch(accelerator: Any) -> dict[str, Any]:
     return {"processes": world(), "engine": engine}
 
 
-def checkpoint_layout(accelerator: Any, lora: Any) -> dict[str, Any]:
+def checkpoint_layout(accelerator: Any, lora: Any, critic: bool = True) -> dict[str, Any]:
     """What decides a checkpoint's layout: which tensors it holds (LoRA's trained ones alone, at its rank and
-    targets) and how the optimiser state is keyed (by name when sharded, by index otherwise)."""
+    targets; a critic's or none) and how the optimiser state is keyed (by name when sharded, by index
+    otherwise)."""
     return {
         "lora_r": lora.r,
         "lora_target_modules": list(lora.target_modules),
         "sharded": is_sharded(accelerator),
+        "critic": critic,
     }
 
 
@@ -50,10 +52,11 @@ def check_layout(saved: dict[str, Any] | None, current: dict[str, Any]) -> None:
     """A checkpoint resumes only into a run of the same layout: one clear line otherwise."""
     from rlhfkit.errors import UsageError
 
-    if saved is not None and saved != current:
-        differ = ", ".join(
-            f"{k}={saved[k]!r} (now {current[k]!r})" for k in current if saved.get(k) != current[k]
-        )
+    saved = saved or {}  # a key the checkpoint lacks (it was written before the key existed) is not compared
+    differ = ", ".join(
+        f"{k}={saved[k]!r} (now {current[k]!r})" for k in current if k in saved and saved[k] != current[k]
+    )
+    if differ:
         raise UsageError(
             f"the checkpoint was written with {differ}; resume with the settings it was written with"
         )

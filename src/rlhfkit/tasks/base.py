@@ -23,16 +23,16 @@ class Task:
     gold: Gold
 
 
-def load_gold(spec: str) -> Gold:
-    """`module:function` -> the callable; a bad spec is a UsageError naming it."""
+def load_gold(spec: str, what: str = "gold") -> Gold:
+    """`module:function` -> the callable; a bad spec is a UsageError naming it (as `what`)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise UsageError(f"gold {spec!r} is not of the form module:function")
+        raise UsageError(f"{what} {spec!r} is not of the form module:function")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UsageError(f"gold {spec!r}: cannot import {module_name} ({exc})") from None
+        raise UsageError(f"{what} {spec!r}: cannot import {module_name} ({exc})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise UsageError(f"gold {spec!r}: {module_name} has no callable {attr!r}")
+        raise UsageError(f"{what} {spec!r}: {module_name} has no callable {attr!r}")
     return fn

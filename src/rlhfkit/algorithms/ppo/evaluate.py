@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from rlhfkit.algorithms.ppo.experience import Normalise, shape_scores
+from rlhfkit.algorithms.ppo.experience import shape_scores
+from rlhfkit.algorithms.ppo.rewards import Rewards
 from rlhfkit.algorithms.ppo.roles import Roles
 from rlhfkit.config import PPOConfig
 from rlhfkit.core import sequence_kl
@@ -22,8 +23,8 @@ def evaluate_policy(
     roles: Roles,
     policy: Any,
     prompts: list[list[int]],
-    normalise: Normalise,
     config: PPOConfig,
+    rewards: Rewards,
 ) -> tuple[dict[str, float], list[dict]]:
     """Mean score, KL to the reference and length on `prompts`, and the samples. The same random draws at
     every evaluation, so two evaluations differ only by the policy."""
@@ -37,7 +38,10 @@ def evaluate_policy(
         with autocast(device, config.bf16):
             logp, _ = response_logprobs(policy, ids, mask, context, config.temperature)  # (b, T)
             ref = roles.reference_logprobs(ids, mask, context, config.temperature)  # (b, T)
-            batch_scores = shape_scores(roles.scores(ids, mask), rollout.stopped, normalise, config)  # (b,)
+            components = rewards.components(
+                rollout, [slice(0, ids.shape[0])], gather=False
+            )  # the main process alone
+            batch_scores = shape_scores(rewards.total(components), rollout.stopped, config)  # (b,)
         kls.append(sequence_kl(logp, ref, rollout.response_mask))
         scores.append(batch_scores)
         lengths.append(rollout.response_mask.sum(1).float())

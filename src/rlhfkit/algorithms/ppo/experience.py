@@ -8,12 +8,16 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhfkit.algorithms.ppo.rewards import Rewards, component_stats
 from rlhfkit.algorithms.ppo.roles import PolicyAndValue, Roles
 from rlhfkit.config import PPOConfig
 from rlhfkit.core import (
+    discounted_returns,
     explained_variance,
     gae,
+    group_normalised_scores,
     kl_shaped_rewards,
+    leave_one_out_scores,
     masked_mean,
     masked_whiten,
 )
@@ -36,7 +40,7 @@ class Experience:
     mask: torch.Tensor  # (B, T) bool
     old_logp: torch.Tensor  # (B, T) the policy that sampled, recomputed by a full pass
     ref_logp: torch.Tensor  # (B, T) the reference
-    old_values: torch.Tensor  # (B, T) normalised critic values
+    old_values: torch.Tensor  # (B, T) normalised critic values (0 without a critic)
     scores: torch.Tensor  # (B,) the scores PPO uses (normalised, clipped, penalised)
     rewards: torch.Tensor  # (B, T) per-token rewards given to GAE
     advantages: torch.Tensor  # (B, T) whitened
@@ -45,10 +49,10 @@ class Experience:
 
 def reward_normaliser(config: PPOConfig) -> Normalise:
     """Raw RM scores -> the scale PPO uses: normalised with the RM's saved mean/std when asked
-    (docs/ppo-details.md #9). The critic's values go through the same map."""
-    stats = read_run_file(config.reward_model).get("reward_stats")
-    if not config.normalize_reward:
+    (docs/ppo-details.md #9). A critic that starts as the RM reads its values through the same map."""
+    if not config.normalize_reward or not config.reward_model:  # reward functions alone: their own scale
         return lambda scores: scores
+    stats = read_run_file(config.reward_model).get("reward_stats")
     if not stats:
         log.warning(
             "%s has no reward_stats (not trained by `rlhfkit rm`): scores are not normalised",
@@ -59,12 +63,9 @@ def reward_normaliser(config: PPOConfig) -> Normalise:
     return lambda scores: (scores - mean) / std
 
 
-def shape_scores(
-    raw: torch.Tensor, stopped: torch.Tensor, normalise: Normalise, config: PPOConfig
-) -> torch.Tensor:
-    """(B,) raw RM scores -> the scores in the reward: normalised, clipped, and replaced by the configured
-    penalty for responses without a stop token (docs/ppo-details.md #4)."""
-    scores = normalise(raw)
+def shape_scores(scores: torch.Tensor, stopped: torch.Tensor, config: PPOConfig) -> torch.Tensor:
+    """(B,) scores (the RM's normalised, see `Rewards.total`) -> the scores in the reward: clipped, and
+    replaced by the configured penalty for responses without a stop token (docs/ppo-details.md #4)."""
     if config.reward_clip is not None:
         scores = scores.clamp(-config.reward_clip, config.reward_clip)
     if config.missing_eos_penalty is not None:
@@ -92,6 +93,33 @@ def vocab_size(roles: Roles) -> int:
     return roles.trainable.policy.get_output_embeddings().weight.shape[0]
 
 
+def baselined(scores: torch.Tensor, config: PPOConfig) -> torch.Tensor:
+    """(B,) scores less the baseline of the critic-free estimators that have one: GRPO's group mean (and std
+    when `scale_rewards`), RLOO's mean of the other samples of the prompt. GAE's baseline is the critic;
+    REINFORCE++ whitens the returns instead."""
+    k = config.samples_per_prompt
+    if config.advantage_estimator == "grpo":
+        return group_normalised_scores(scores, k, config.scale_rewards)
+    if config.advantage_estimator == "rloo":
+        return leave_one_out_scores(scores, k)
+    return scores
+
+
+def estimate_advantages(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, config: PPOConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) per-token rewards -> (advantages, returns). GAE with the critic's values, whitened over the
+    batch (docs/ppo-details.md #15); critic-free: the rewards-to-go themselves (the baseline is already in the
+    score), whitened over the global batch for REINFORCE++."""
+    if config.advantage_estimator == "gae":
+        advantages, returns = gae(rewards, values, mask, config.gamma, config.lam)  # (B, T)
+        return masked_whiten(advantages, mask), returns
+    returns = discounted_returns(rewards, mask, config.gamma)  # (B, T)
+    if config.advantage_estimator == "reinforce_pp":
+        return masked_whiten(returns, mask), returns
+    return returns, returns
+
+
 @torch.no_grad()
 def make_experience(
     model: PolicyAndValue,
@@ -100,6 +128,7 @@ def make_experience(
     kl_coef: float,
     normalise: Normalise,
     config: PPOConfig,
+    rewards: Rewards,
 ) -> tuple[Experience, dict[str, torch.Tensor]]:
     """Steps 3-7: everything PPO needs from one rollout, and the iteration's objective statistics."""
     ids, attention = rollout.input_ids, rollout.attention_mask  # (B, P + T)
@@ -115,32 +144,36 @@ def make_experience(
         # 3. old log-probs and values. The log-probs come from the same full pass as the reference's (not from
         # the KV-cached rollout), so the KL is exactly 0 before the first update.
         parts = [model(ids[s], attention[s], context, config.temperature, True) for s in chunks]
-        old_logp, values, entropy = (all_rows(torch.cat([p[i] for p in parts])) for i in range(3))  # (B, T)
+        old_logp, entropy = (all_rows(torch.cat([p[i] for p in parts])) for i in (0, 2))  # (B, T)
         # The critic starts as the RM: its head is read through the same normalisation as the scores, so at
         # iteration 0 its values are on the scale of the returns it must predict.
-        old_values = normalise(values)  # (B, T)
-        # 4. scores
-        raw_scores = all_rows(torch.cat([roles.scores(ids[s], attention[s]) for s in chunks]))  # (B,)
-        scores = shape_scores(raw_scores, rollout.stopped, normalise, config)  # (B,)
+        critic = parts[0][1] is not None
+        old_values = (
+            normalise(all_rows(torch.cat([p[1] for p in parts]))) if critic else torch.zeros_like(old_logp)
+        )  # (B, T)
+        # 4. scores: the weighted sum of the reward components
+        components = rewards.components(rollout, chunks)  # {name: (B,)}
+        raw_scores = rewards.total(components, normalised=False)  # (B,) for the logs
+        scores = shape_scores(rewards.total(components), rollout.stopped, config)  # (B,)
         # 5. reference log-probs
         ref_logp = all_rows(
             torch.cat(
                 [roles.reference_logprobs(ids[s], attention[s], context, config.temperature) for s in chunks]
             )
         )  # (B, T)
-    # 6. per-token rewards: the score on the last response token, and -beta * KL on every token when the
-    # penalty is in the reward (with `kl_penalty: loss` it is added to the policy loss instead)
+    # 6. per-token rewards: the score (for GRPO and RLOO, less its group's baseline) on the last response
+    # token, and -beta * KL on every token when the penalty is in the reward (with `kl_penalty: loss` it is
+    # added to the policy loss instead)
     in_reward = kl_coef if config.kl_penalty == "reward" else 0.0
-    rewards, kl = kl_shaped_rewards(
-        scores, old_logp, ref_logp, mask, in_reward, config.kl_estimator
+    per_token, kl = kl_shaped_rewards(
+        baselined(scores, config), old_logp, ref_logp, mask, in_reward, config.kl_estimator
     )  # (B, T), (B, T)
     if config.whiten_rewards:
-        rewards = masked_whiten(rewards, mask, shift_mean=False)
-    # 7. advantages (computed once, then frozen for the epochs) and masked whitening
-    advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)  # (B, T)
-    advantages = masked_whiten(advantages, mask)
+        per_token = masked_whiten(per_token, mask, shift_mean=False)
+    # 7. advantages (computed once, then frozen for the epochs)
+    advantages, returns = estimate_advantages(per_token, old_values, mask, config)  # (B, T)
     experience = Experience(
-        ids, attention, context, mask, old_logp, ref_logp, old_values, scores, rewards, advantages, returns
+        ids, attention, context, mask, old_logp, ref_logp, old_values, scores, per_token, advantages, returns
     )
     non_score = (-kl_coef * kl).sum(1)  # (B,) the objective's KL term, wherever the penalty is applied
     stats = {
@@ -150,7 +183,8 @@ def make_experience(
         "objective/non_score_reward": non_score.mean(),
         "objective/rlhf_reward": (scores + non_score).mean(),
         "objective/entropy": masked_mean(entropy, mask),
-        "val/explained_variance": explained_variance(old_values, returns, mask),
+        **({"val/explained_variance": explained_variance(old_values, returns, mask)} if critic else {}),
+        **(component_stats(components) if len(components) > 1 or rewards.functions else {}),
         "response/length_mean": mask.sum(1).float().mean(),
         "response/stop_rate": rollout.stopped.float().mean(),
         "rollout/logprob_mismatch": ((old_logp - rollout.logprobs).abs() * mask).max(),

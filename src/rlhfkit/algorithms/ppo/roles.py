@@ -25,9 +25,10 @@ from rlhfkit.runtime.sharding import model_state, no_split_modules
 
 class PolicyAndValue(torch.nn.Module):
     """Actor and critic as one module: what the optimiser trains and accelerate prepares once (DeepSpeed and
-    FSDP take one model per engine). `policy` is a causal LM, `value` a scalar-head model."""
+    FSDP take one model per engine). `policy` is a causal LM, `value` a scalar-head model, or None for the
+    critic-free estimators (GRPO, RLOO, REINFORCE++), whose forward then returns no values."""
 
-    def __init__(self, policy: Any, value: Any) -> None:
+    def __init__(self, policy: Any, value: Any | None) -> None:
         super().__init__()
         self.policy, self.value = policy, value
 
@@ -45,14 +46,17 @@ class PolicyAndValue(torch.nn.Module):
         with_entropy: bool = False,
     ) -> Any:
         """(B, P + T) prompt + response -> (B, T) response log-probs at `temperature`, (B, T) raw values of
-        the states before each response token, and (B, T) entropies when asked. Without `context`, the
-        policy's own output (a causal LM's, with `.logits`): the ptx term's pass, through the same module."""
+        the states before each response token (None without a critic), and (B, T) entropies when asked.
+        Without `context`, the policy's own output (a causal LM's, with `.logits`): the ptx term's pass,
+        through the same module."""
         if context is None:
             return self.policy(input_ids=input_ids, attention_mask=attention_mask)
         logp, entropy = response_logprobs(
             self.policy, input_ids, attention_mask, context, temperature, with_entropy
         )  # (B, T)
-        values = response_values(self.value, input_ids, attention_mask, context)  # (B, T)
+        values = (
+            None if self.value is None else response_values(self.value, input_ids, attention_mask, context)
+        )  # (B, T)
         return logp, values, entropy
 
 
@@ -61,6 +65,13 @@ class Roles(Protocol):
 
     tokenizer: Any
     trainable: PolicyAndValue
+    rm_tokenizer: Any | None  # the reward model's own tokenizer when it differs from the policy's
+    rm_max_length: int | None  # then, the most tokens it reads (its position embeddings)
+
+    @property
+    def has_reward_model(self) -> bool:
+        """Whether a reward model scores (reward functions may score alone)."""
+        ...
 
     def reference_logprobs(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, context: int, temperature: float
@@ -69,7 +80,8 @@ class Roles(Protocol):
         ...
 
     def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B,) raw reward-model scores, read at each sequence's last real token."""
+        """(B,) raw reward-model scores, read at each sequence's last real token; the ids are in the RM's
+        tokens (`rm_tokenizer`'s when it is set)."""
         ...
 
     def to(self, device: torch.device) -> None:
@@ -85,12 +97,19 @@ def freeze(model: Any) -> Any:
 
 @dataclass
 class SeparateModels:
-    """Four full models: actor and reference loaded from the SFT folder, critic and RM from the RM folder."""
+    """Full models: actor and reference loaded from the SFT folder; the critic (for GAE) from the RM folder,
+    `critic_model`, or the policy with a new head; the RM (when given) frozen."""
 
     trainable: PolicyAndValue
     reference: Any
-    reward_model: Any
+    reward_model: Any | None
     tokenizer: Any
+    rm_tokenizer: Any | None = None
+    rm_max_length: int | None = None  # the RM's positions, when it reads its own tokens
+
+    @property
+    def has_reward_model(self) -> bool:
+        return self.reward_model is not None
 
     def reference_logprobs(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, context: int, temperature: float
@@ -102,19 +121,30 @@ class SeparateModels:
 
     def to(self, device: torch.device) -> None:
         self.reference.to(device)
-        self.reward_model.to(device)
+        if self.reward_model is not None:
+            self.reward_model.to(device)
 
 
 @dataclass
 class SharedBases:
     """Two bases for four roles (LoRA): the actor is the SFT model plus an adapter and the reference the same
     weights with the adapter off; the critic is the RM plus an adapter and a trainable copy of the head, the
-    RM the same weights with the adapter off and the original head. Adapter off is the base bit for bit."""
+    RM the same weights with the adapter off and the original head. Adapter off is the base bit for bit.
+    Without a critic (critic-free estimators), or when the critic does not start from the RM, the RM is a
+    frozen model of its own (`reward_model`)."""
 
     trainable: PolicyAndValue  # the bases with their adapters in place
     actor: Any  # the PeftModels around them: what switches an adapter off, and what is saved
-    critic: Any
+    critic: Any | None
     tokenizer: Any
+    reward_model: Any | None = None  # a separate frozen RM; None = the critic's base (or no RM)
+    rm_tokenizer: Any | None = None
+    rm_max_length: int | None = None
+    rm_in_critic: bool = True
+
+    @property
+    def has_reward_model(self) -> bool:
+        return self.rm_in_critic or self.reward_model is not None
 
     def reference_logprobs(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, context: int, temperature: float
@@ -125,56 +155,99 @@ class SharedBases:
             ]
 
     def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if not self.rm_in_critic:
+            return sequence_scores(self.reward_model, input_ids, attention_mask)
         with self.critic.disable_adapter():
             return sequence_scores(self.trainable.value, input_ids, attention_mask)
 
     def to(self, device: torch.device) -> None:
-        """Nothing: the frozen roles are the trained module's own bases."""
+        """The separate RM, if any: the other frozen roles are the trained module's own bases."""
+        if self.reward_model is not None:
+            self.reward_model.to(device)
+
+
+def same_tokens(a: Any, b: Any) -> bool:
+    """Whether two tokenizers turn the same conversation into the same ids: same vocabulary, same template."""
+    return a.get_vocab() == b.get_vocab() and getattr(a, "chat_template", None) == getattr(
+        b, "chat_template", None
+    )
+
+
+def critic_starts_from_rm(config: PPOConfig, roles: Roles) -> bool:
+    """Whether the critic is the RM at iteration 0 (so its head reads on the RM's scale)."""
+    shares = roles.has_reward_model and roles.rm_tokenizer is None
+    return roles.trainable.value is not None and critic_source(config, shares) == config.reward_model
+
+
+def critic_source(config: PPOConfig, rm_shares_tokens: bool) -> str | None:
+    """Where the critic starts: `critic_model`, else the RM (which knows what a good response is) when it
+    reads the policy's tokens, else the policy with a new scalar head; None without GAE (no critic)."""
+    if config.advantage_estimator != "gae":
+        return None
+    return config.critic_model or (config.reward_model if rm_shares_tokens else config.policy)
 
 
 def load_roles(config: PPOConfig) -> SeparateModels | SharedBases:
-    """The four roles, dropout off in all of them (docs/ppo-details.md #10): the trained ones stay in eval
-    mode through rollout and training, so the ratio on the first minibatch is exactly 1. The weights that are
-    not trained (the frozen roles, LoRA's bases) are loaded in `model_dtype`."""
+    """The roles, dropout off in all of them (docs/ppo-details.md #10): the trained ones stay in eval mode
+    through rollout and training, so the ratio on the first minibatch is exactly 1. The weights that are not
+    trained (the frozen roles, LoRA's bases) are loaded in `model_dtype`. A reward model whose tokenizer (or
+    chat template) differs from the policy's keeps its own and scores re-encoded text."""
     tokenizer = load_tokenizer(config.policy)
-    rm_tokenizer = load_tokenizer(config.reward_model)
-    if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
+    rm_tokenizer = load_tokenizer(config.reward_model) if config.reward_model else None
+    shares = rm_tokenizer is not None and same_tokens(rm_tokenizer, tokenizer)
+    own_tokens = None if shares or rm_tokenizer is None else rm_tokenizer
+    source = critic_source(config, shares)
+    if config.critic_model and not same_tokens(load_tokenizer(config.critic_model), tokenizer):
         raise UsageError(
-            f"{config.reward_model}: the reward model's tokenizer does not match the policy's "
-            f"({config.policy}); train the RM from the SFT model"
+            f"critic_model {config.critic_model}: its tokenizer does not match the policy's "
+            f"({config.policy}); the critic reads the policy's tokens"
         )
     frozen = getattr(torch, config.model_dtype)
+
+    def frozen_rm() -> Any:
+        return freeze(load_scalar_model(config.reward_model, rm_tokenizer, frozen)) if rm_tokenizer else None
+
+    def positions(model: Any) -> int | None:
+        return getattr(model.config, "max_position_embeddings", None) if own_tokens is not None else None
+
     if config.lora.enabled:
         actor = add_adapter(load_causal_lm(config.policy, tokenizer, frozen), config.lora, config.policy)
-        critic = add_adapter(
-            load_scalar_model(config.reward_model, tokenizer, frozen), config.lora, config.reward_model
-        )
-        trainable = PolicyAndValue(actor.get_base_model(), critic.get_base_model()).eval()
-        return SharedBases(trainable, actor, critic, tokenizer)
+        critic = None
+        if source is not None:
+            critic = add_adapter(load_scalar_model(source, tokenizer, frozen), config.lora, source)
+        rm_in_critic = critic is not None and source == config.reward_model
+        trainable = PolicyAndValue(actor.get_base_model(), critic and critic.get_base_model()).eval()
+        separate = None if rm_in_critic else frozen_rm()
+        limit = positions(separate) if separate is not None else None
+        return SharedBases(trainable, actor, critic, tokenizer, separate, own_tokens, limit, rm_in_critic)
     actor = load_causal_lm(config.policy, tokenizer).eval()
-    critic = load_scalar_model(config.reward_model, tokenizer).eval()
+    critic = load_scalar_model(source, tokenizer).eval() if source is not None else None
     reference = freeze(load_causal_lm(config.policy, tokenizer, frozen))
-    reward_model = freeze(load_scalar_model(config.reward_model, tokenizer, frozen))
-    return SeparateModels(PolicyAndValue(actor, critic).eval(), reference, reward_model, tokenizer)
+    reward_model = frozen_rm()
+    limit = positions(reward_model) if reward_model is not None else None
+    return SeparateModels(
+        PolicyAndValue(actor, critic).eval(), reference, reward_model, tokenizer, own_tokens, limit
+    )
 
 
 def save_trained(accelerator: Any, model: Any, roles: Roles, out: Path) -> None:
-    """`OUT/actor` (a causal-LM folder) and `OUT/critic` (a sequence-classification folder), each with the
-    tokenizer: plain Hugging Face folders every downstream tool loads; with LoRA, adapters merged, and the
-    adapters themselves in `OUT/actor-adapter` and `OUT/critic-adapter` (PEFT folders). `model` is the
-    prepared `PolicyAndValue`; every process calls (a sharded model's weights are gathered), the main one
-    writes."""
+    """`OUT/actor` (a causal-LM folder) and, with a critic, `OUT/critic` (a sequence-classification folder),
+    each with the tokenizer: plain Hugging Face folders every downstream tool loads; with LoRA, adapters
+    merged, and the adapters themselves in `OUT/actor-adapter` and `OUT/critic-adapter` (PEFT folders).
+    `model` is the prepared `PolicyAndValue`; every process calls (a sharded model's weights are gathered),
+    the main one writes."""
     tokenizer = roles.tokenizer
     if isinstance(roles, SharedBases):
         if is_main():
             for adapted, name in ((roles.actor, "actor"), (roles.critic, "critic")):
-                save_adapted(adapted, tokenizer, out / name, out / f"{name}-adapter", save_model)
+                if adapted is not None:
+                    save_adapted(adapted, tokenizer, out / name, out / f"{name}-adapter", save_model)
         return
     trainable = accelerator.unwrap_model(model)
     whole = model_state(accelerator, model)  # gathered once when sharded: keys policy.* and value.*
     saved = ((trainable.policy, "policy.", "actor"), (trainable.value, "value.", "critic"))
     for role, prefix, folder in saved:
-        if is_main():
+        if is_main() and role is not None:
             state = {k[len(prefix) :]: v for k, v in whole.items() if k.startswith(prefix)}
             save_model(role, tokenizer, out / folder, state_dict=state)
             remove_stale_adapter(out / f"{folder}-adapter")

@@ -20,13 +20,15 @@ import torch
 
 from rlhfkit.algorithms.ppo.evaluate import evaluate_policy
 from rlhfkit.algorithms.ppo.experience import Experience, make_experience, reward_normaliser
-from rlhfkit.algorithms.ppo.roles import Roles, load_roles, save_trained
+from rlhfkit.algorithms.ppo.rewards import Rewards, load_rewards
+from rlhfkit.algorithms.ppo.rewards import describe as describe_rewards
+from rlhfkit.algorithms.ppo.roles import Roles, critic_starts_from_rm, load_roles, save_trained
 from rlhfkit.algorithms.ppo.update import Optimisation, ppo_update, ptx_sampler
 from rlhfkit.config import PPOConfig
 from rlhfkit.core import AdaptiveKLController, FixedKLController
 from rlhfkit.data import encode_prompts, load_records
 from rlhfkit.data.order import batch_indices
-from rlhfkit.errors import UsageError
+from rlhfkit.errors import StepFailed, UsageError
 from rlhfkit.rollout import LocalSampler, Rollout, RolloutEngine, SamplingSettings, stop_token_ids
 from rlhfkit.rollout.sampling import widen
 from rlhfkit.runtime.distributed import all_max, all_rows, barrier, is_main, local_rows, world
@@ -54,12 +56,27 @@ def trained(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def split_prompts(config: PPOConfig, tokenizer: Any) -> tuple[list[list[int]], list[list[int]]]:
-    """(training prompts, held-out prompts): `eval_prompts`, or `eval_holdout` seeded picks from `prompts`."""
+Prompts = list[list[int]]
 
-    def encode(source: str) -> list[list[int]]:
-        records = load_records(source, "prompt")
-        return encode_prompts(records, tokenizer, config.max_prompt_length, config.truncation, source)
+
+def split_prompts(config: PPOConfig, tokenizer: Any) -> tuple[Prompts, Prompts, dict[tuple[int, ...], dict]]:
+    """(training prompts, held-out prompts, each prompt's data row by its ids): `eval_prompts`, or
+    `eval_holdout` seeded picks from `prompts`. Reward functions and an RM with its own tokenizer read the
+    rows, not the ids."""
+    records: dict[tuple[int, ...], dict] = {}
+
+    def encode(source: str) -> Prompts:
+        kept: list[dict] = []
+        prompts = encode_prompts(
+            load_records(source, "prompt"),
+            tokenizer,
+            config.max_prompt_length,
+            config.truncation,
+            source,
+            kept,
+        )
+        records.update((tuple(ids), record) for ids, record in zip(prompts, kept, strict=True))
+        return prompts
 
     prompts = encode(config.prompts)
     if config.eval_prompts:
@@ -68,11 +85,13 @@ def split_prompts(config: PPOConfig, tokenizer: Any) -> tuple[list[list[int]], l
         n_eval = min(config.eval_holdout, len(prompts) // 4)
         order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(config.seed)).tolist()
         train, held_out = [prompts[i] for i in order[n_eval:]], [prompts[i] for i in order[:n_eval]]
-    if len(train) < config.batch_size:
+    groups = config.batch_size // config.samples_per_prompt
+    if len(train) < groups:
         raise UsageError(
-            f"{config.prompts}: {len(train)} training prompts, fewer than batch_size={config.batch_size}"
+            f"{config.prompts}: {len(train)} training prompts, fewer than the {groups} an iteration samples "
+            f"(batch_size={config.batch_size} / samples_per_prompt={config.samples_per_prompt})"
         )
-    return train, held_out
+    return train, held_out, records
 
 
 @dataclass
@@ -85,8 +104,9 @@ class PPOTrainer:
     engine: RolloutEngine
     kl_ctl: FixedKLController | AdaptiveKLController
     sampling_generator: torch.Generator  # rollouts
-    prompts: list[list[int]]
-    held_out: list[list[int]]
+    prompts: Prompts
+    held_out: Prompts
+    rewards: Rewards
 
     @classmethod
     def create(cls, config: PPOConfig) -> PPOTrainer:
@@ -101,7 +121,9 @@ class PPOTrainer:
                 )
         set_seed(config.seed)
         roles = load_roles(config)
-        prompts, held_out = split_prompts(config, roles.tokenizer)
+        prompts, held_out, records = split_prompts(config, roles.tokenizer)
+        normalise = reward_normaliser(config)  # the RM's scores; the critic's values when it starts as the RM
+        rewards = load_rewards(config, roles, records, normalise)
         # the ptx pass leaves the critic without gradients: DDP must be told to expect that
         accelerator = make_accelerator(config.report_to, config.out, unused_parameters=config.ptx_coef > 0)
         refuse_lora_when_sharded(config.lora, accelerator)
@@ -111,7 +133,7 @@ class PPOTrainer:
             roles.trainable,
             [  # the trained parameters only: with LoRA, the adapters and the critic's head
                 {"params": trained(policy), "lr": config.actor_lr},
-                {"params": trained(value), "lr": config.critic_lr},
+                *([] if value is None else [{"params": trained(value), "lr": config.critic_lr}]),
             ],
             accelerator,
             eps=config.adam_eps,
@@ -129,7 +151,7 @@ class PPOTrainer:
             scheduler,
             accelerator,
             generator,
-            reward_normaliser(config),
+            normalise if critic_starts_from_rm(config, roles) else (lambda values: values),
             ptx_sampler(config, roles.tokenizer, generator),
             roles.tokenizer.pad_token_id,
         )
@@ -148,16 +170,16 @@ class PPOTrainer:
             else AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
         )
         sampling = torch.Generator(device=accelerator.device).manual_seed(config.seed + 1000)
-        return cls(config, roles, opt, engine, kl_ctl, sampling, prompts, held_out)
+        return cls(config, roles, opt, engine, kl_ctl, sampling, prompts, held_out, rewards)
 
     def prompt_batch(self, step: int) -> list[list[int]]:
-        """1. The global batch of prompts of iteration `step`: reshuffled every pass over the set; a pure
-        function of the seed and the step."""
-        config = self.config
+        """1. The global batch of prompts of iteration `step`, each `samples_per_prompt` times in a row:
+        reshuffled every pass over the set; a pure function of the seed and the step."""
+        config, k = self.config, self.config.samples_per_prompt
         _, indices = batch_indices(
-            len(self.prompts), config.batch_size, config.seed, step - 1, drop_last=True
+            len(self.prompts), config.batch_size // k, config.seed, step - 1, drop_last=True
         )
-        return [self.prompts[i] for i in indices]
+        return [self.prompts[i] for i in indices for _ in range(k)]  # a prompt's k samples side by side
 
     def rollout(self, prompts: list[list[int]]) -> Rollout:
         """2. One sampled response per prompt of the global batch from the current policy: each process
@@ -183,7 +205,7 @@ class PPOTrainer:
         model = self.opt.accelerator.unwrap_model(self.opt.model)  # no gradients: no DDP hooks either
         with self.whole_parameters():
             return make_experience(
-                model, self.roles, rollout, self.kl_ctl.value, self.opt.normalise, self.config
+                model, self.roles, rollout, self.kl_ctl.value, self.opt.normalise, self.config, self.rewards
             )
 
     def update(self, experience: Experience, guard: UpdateGuard) -> dict[str, float]:
@@ -195,10 +217,15 @@ class PPOTrainer:
     def step(self, step: int, guard: UpdateGuard) -> dict[str, Any]:
         """Steps 1-9 of iteration `step`; returns its metrics."""
         tick = time.perf_counter()
+        before = self.sampling_generator.get_state()
         rollout = self.rollout(self.prompt_batch(step))  # 1-2
         t_rollout = time.perf_counter()
         kl_coef = self.kl_ctl.value
-        experience, stats = self.experience(rollout)  # 3-7
+        try:
+            experience, stats = self.experience(rollout)  # 3-7
+        except StepFailed:  # a reward function failed: back to the state after the last step
+            self.sampling_generator.set_state(before)
+            raise
         t_score = time.perf_counter()
         train_stats = self.update(experience, guard)  # 8
         kl = stats["objective/kl"].item()
@@ -224,18 +251,21 @@ class PPOTrainer:
             if not is_main():
                 return None
             policy = self.opt.accelerator.unwrap_model(self.opt.model).policy
-            return evaluate_policy(
-                self.engine, self.roles, policy, self.held_out, self.opt.normalise, self.config
-            )
+            return evaluate_policy(self.engine, self.roles, policy, self.held_out, self.config, self.rewards)
 
     def whole_parameters(self) -> Any:
         """Generation and scoring with the trained module's parameters gathered once when it is sharded
         (`rlhfkit.runtime.sharding`); nothing otherwise."""
         return whole_parameters(self.opt.accelerator, self.opt.model)
 
+    def layout(self) -> dict[str, Any]:
+        """What a checkpoint of this run holds (`rlhfkit.runtime.sharding.checkpoint_layout`)."""
+        critic = self.roles.trainable.value is not None
+        return checkpoint_layout(self.opt.accelerator, self.config.lora, critic)
+
     def state(self) -> dict[str, Any]:
         return {
-            "layout": checkpoint_layout(self.opt.accelerator, self.config.lora),
+            "layout": self.layout(),
             "model": model_state(self.opt.accelerator, self.opt.model, trained_only=self.config.lora.enabled),
             "optimizer": optimizer_state(self.opt.accelerator, self.opt.model, self.opt.optimizer),
             "scheduler": self.opt.scheduler.state_dict(),
@@ -246,7 +276,7 @@ class PPOTrainer:
 
     def restore(self, state: dict[str, Any]) -> None:
         accelerator, model = self.opt.accelerator, self.opt.model
-        check_layout(state.get("layout"), checkpoint_layout(accelerator, self.config.lora))
+        check_layout(state.get("layout"), self.layout())
         load_model_state(accelerator, model, state["model"], trained_only=self.config.lora.enabled)
         load_optimizer_state(accelerator, model, self.opt.optimizer, state["optimizer"])
         self.opt.scheduler.load_state_dict(state["scheduler"])
@@ -275,7 +305,14 @@ def ppo(config: PPOConfig) -> Path:
     save_trained(trainer.opt.accelerator, trainer.opt.model, trainer.roles, out)
     if is_main():
         final = {k: v for k, v in record.items() if k.startswith(("objective/", "eval/"))}
-        write_run_file(out, "ppo", config, final=final, launch=launch(trainer.opt.accelerator))
+        write_run_file(
+            out,
+            "ppo",
+            config,
+            final=final,
+            launch=launch(trainer.opt.accelerator),
+            rewards=describe_rewards(trainer.rewards),
+        )
         clear_checkpoints(out)
     barrier()
     return out

@@ -57,22 +57,23 @@ def micro_batch_loss(
         logp, values, _ = opt.model(
             exp.input_ids[rows], exp.attention_mask[rows], exp.context, config.temperature
         )  # (m, T), (m, T)
-    values = opt.normalise(values)  # (m, T)
     pg_loss, pg = ppo_policy_loss(logp, exp.old_logp[rows], exp.advantages[rows], mask, config.clip)
-    vf_loss, vf = value_loss(values, exp.old_values[rows], exp.returns[rows], mask, config.value_clip)
-    loss, extra = pg_loss + config.vf_coef * vf_loss, {}
+    loss, extra = pg_loss, {}
+    if values is not None:  # GAE: the critic's clipped value loss
+        values = opt.normalise(values)  # (m, T)
+        vf_loss, vf = value_loss(values, exp.old_values[rows], exp.returns[rows], mask, config.value_clip)
+        loss = loss + config.vf_coef * vf_loss
+        extra = {"loss/value": vf_loss.detach(), "val/clipfrac": vf["clipfrac"]}
     if config.kl_penalty == "loss":  # the GRPO placement: beta * KL estimate, with its gradient
         kl_loss = masked_mean(kl_estimate(logp, exp.ref_logp[rows], config.kl_estimator), mask)
-        loss, extra = loss + kl_coef * kl_loss, {"loss/kl": kl_loss.detach()}
+        loss, extra = loss + kl_coef * kl_loss, {**extra, "loss/kl": kl_loss.detach()}
     ratio_deviation = ((logp.detach() - exp.old_logp[rows]).exp() - 1).abs().masked_fill(~mask, 0).max()
     stats = {
         "loss/policy": pg_loss.detach(),
-        "loss/value": vf_loss.detach(),
         "policy/approx_kl": pg["approx_kl"],
         "policy/clipfrac": pg["clipfrac"],
         "policy/ratio_mean": pg["ratio_mean"],
         "policy/ratio_sq_mean": pg["ratio_sq_mean"],
-        "val/clipfrac": vf["clipfrac"],
         **extra,
     }
     return loss, {**stats, "ratio_deviation": ratio_deviation}
@@ -124,13 +125,14 @@ def minibatch_step(
     # Both roles step, or neither: a non-finite loss or gradient norm skips the update (docs/ppo-details.md
     # #21). Each role's gradient is clipped on its own.
     value = opt.accelerator.unwrap_model(opt.model).value
+    roles = [policy.parameters()] + ([] if value is None else [value.parameters()])
     _, applied = guarded_update(
         opt.optimizer,
         opt.scheduler,
         opt.accelerator,
-        [policy.parameters(), value.parameters()],
+        roles,
         config.max_grad_norm,
-        [stats["loss/policy"], stats["loss/value"], stats["loss/ptx"]],
+        [stats["loss/policy"], stats.get("loss/value", 0.0), stats["loss/ptx"]],
         guard,
     )
     return {**stats, "skipped": float(not applied)}
