@@ -64,10 +64,11 @@ GOOD_ROWS = [
     (
         "preference",
         {"chosen": MSGS, "rejected": MSGS[:1] + [{"role": "assistant", "content": "bye"}]},
-        {"prompt": [], "chosen": MSGS, "rejected": MSGS[:1] + [{"role": "assistant", "content": "bye"}]},
+        {"prompt": MSGS[:1], "chosen": MSGS[1:], "rejected": [{"role": "assistant", "content": "bye"}]},
     ),
     ("prompt", {"prompt": "a"}, {"prompt": "a"}),
     ("prompt", {"messages": MSGS[:1]}, {"messages": MSGS[:1]}),
+    ("sft", {"text": "a whole document"}, {"text": "a whole document"}),
 ]
 
 
@@ -84,3 +85,111 @@ def test_margin_on_some_rows_only(tmp_path):
     )
     with pytest.raises(UsageError, match="'margin' must be given on every row or on none"):
         load_records(str(path), "preference")
+
+
+# --- implicit prompts (HH-RLHF, UltraFeedback), margins from scores -------------------------------------
+
+TURNS = "\n\nHuman: Is the movie good?\n\nAssistant: It is great.\n\nHuman: Why?\n\nAssistant:"
+HH = {"chosen": TURNS + " Fine acting.", "rejected": TURNS + " No idea."}
+USER = {"role": "user", "content": "Is the movie good?"}
+GOOD, BAD = {"role": "assistant", "content": "Yes, great."}, {"role": "assistant", "content": "No."}
+
+
+def preference(data, **options):
+    return validate_row(Row(data, "p.jsonl", 3), "preference", **options)
+
+
+def test_hh_rlhf_prompt_ends_with_the_last_shared_assistant_marker():
+    record = preference(HH)
+    assert record["prompt"].endswith("\n\nHuman: Why?\n\nAssistant:")
+    assert record["chosen"] == " Fine acting." and record["rejected"] == " No idea."
+
+
+def test_plain_texts_without_a_marker_share_up_to_a_word_boundary():
+    record = preference({"chosen": "the movie was great", "rejected": "the movie was grim"})
+    assert record == {"prompt": "the movie was ", "chosen": "great", "rejected": "grim"}
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"chosen": "great", "rejected": "awful"}, "field 'chosen' shares no beginning with 'rejected'"),
+        ({"chosen": TURNS, "rejected": TURNS + " No."}, "field 'rejected' is 'chosen' cut short"),
+        ({"chosen": [GOOD], "rejected": [BAD]}, "field 'chosen' shares no leading message"),
+        ({"chosen": [USER, GOOD], "rejected": [USER]}, "field 'rejected' adds no message"),
+        (
+            {"prompt": 3, "chosen": [USER, GOOD], "rejected": [USER, BAD]},
+            "field 'prompt' must be a string or",
+        ),
+    ],
+)
+def test_pairs_that_share_nothing_or_everything_are_refused(data, message):
+    with pytest.raises(UsageError, match=rf"^p\.jsonl row 3: {message}"):
+        preference(data)
+
+
+def test_ultrafeedback_h4_prompt_string_beside_conversations_that_repeat_it():
+    record = preference({"prompt": "Is the movie good?", "chosen": [USER, GOOD], "rejected": [USER, BAD]})
+    assert record == {"prompt": [USER], "chosen": [GOOD], "rejected": [BAD]}
+
+
+def test_a_prompt_string_beside_answers_alone_becomes_the_user_turn():
+    record = preference({"prompt": "Is the movie good?", "chosen": [GOOD], "rejected": [BAD]})
+    assert record == {"prompt": [USER], "chosen": [GOOD], "rejected": [BAD]}
+
+
+def test_trl_lib_ultrafeedback_conversations_alone_share_their_user_turn():
+    record = preference(
+        {"chosen": [USER, GOOD], "rejected": [USER, BAD], "score_chosen": 8.5, "score_rejected": 3}
+    )
+    assert record == {"prompt": [USER], "chosen": [GOOD], "rejected": [BAD]}
+    scored = preference(
+        {"chosen": [USER, GOOD], "rejected": [USER, BAD], "score_chosen": 8.5, "score_rejected": 3},
+        margin_from_scores=True,
+    )
+    assert scored["margin"] == 5.5
+
+
+def test_margin_from_scores_needs_both_scores():
+    with pytest.raises(UsageError, match="field 'score_rejected' must be a number"):
+        preference(
+            {"prompt": "p", "chosen": "x", "rejected": "y", "score_chosen": 1}, margin_from_scores=True
+        )
+
+
+def test_columns_rename_join_and_swap_by_label():
+    from rlhfkit.config import ColumnsConfig
+    from rlhfkit.data.schema import _record
+
+    alpaca = ColumnsConfig(prompt="instruction,input", completion="output")
+    row = Row({"instruction": "Summarise.", "input": "A long text.", "output": "Short."}, "a.json", 1)
+    assert _record(row, "sft", alpaca) == {"prompt": "Summarise.\n\nA long text.", "completion": "Short."}
+    no_input = Row({"instruction": "Say hi.", "input": "", "output": "Hi."}, "a.json", 2)
+    assert _record(no_input, "sft", alpaca)["prompt"] == "Say hi."
+    shp = ColumnsConfig(
+        prompt="history", chosen="human_ref_A", rejected="human_ref_B", label="labels",
+        score_chosen="score_A", score_rejected="score_B",
+    )  # fmt: skip
+    data = {
+        "history": "Which?",
+        "human_ref_A": "A.",
+        "human_ref_B": "B.",
+        "labels": 0,
+        "score_A": 2,
+        "score_B": 9,
+    }
+    record = validate_row(
+        __import__("rlhfkit.data.columns", fromlist=["rename"]).rename(Row(data, "shp", 1), shp),
+        "preference",
+        margin_from_scores=True,
+    )
+    assert record == {
+        "prompt": "Which?",
+        "chosen": "B.",
+        "rejected": "A.",
+        "margin": 7.0,
+    }  # label 0: B preferred
+    with pytest.raises(
+        UsageError, match="shp row 1: column 'question' \\(mapped to 'prompt' by columns.prompt\\) is missing"
+    ):
+        _record(Row(data, "shp", 1), "preference", ColumnsConfig(prompt="question"))

@@ -27,6 +27,7 @@ def test_parquet_and_saved_dataset_folders(tmp_path):
     assert load_records(str(tmp_path / "d.parquet"), "sft") == ROWS
     assert load_records(str(tmp_path / "saved"), "sft") == ROWS
     assert load_records(str(tmp_path / "dict"), "sft", split="test") == ROWS[:1]
+    assert load_records(str(tmp_path / "dict") + "@test", "sft") == ROWS[:1]  # the split in the name
     with pytest.raises(UsageError, match="no split 'validation'"):
         read_rows(str(tmp_path / "dict"), split="validation")
 
@@ -36,13 +37,23 @@ def test_hub_name_goes_through_load_dataset(monkeypatch):
 
     calls = []
 
-    def fake_load_dataset(name, split):
-        calls.append((name, split))
+    def fake_load_dataset(name, config=None, split=None, data_dir=None):
+        if config == "subset-folder":  # not a config name: the data folder is tried next
+            raise ValueError(f"BuilderConfig '{config}' not found")
+        calls.append((name, config, data_dir, split))
         return datasets.Dataset.from_list(ROWS)
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     assert load_records("someone/sft-data", "sft") == ROWS
-    assert calls == [("someone/sft-data", "train")]
+    assert load_records("someone/sft-data@test_prefs", "sft") == ROWS
+    assert load_records("someone/sft-data:default@test", "sft") == ROWS
+    assert load_records("someone/sft-data:subset-folder", "sft") == ROWS
+    assert calls == [
+        ("someone/sft-data", None, None, "train"),
+        ("someone/sft-data", None, None, "test_prefs"),
+        ("someone/sft-data", "default", None, "test"),
+        ("someone/sft-data", None, "subset-folder", "train"),
+    ]
 
 
 def test_hub_name_offline_is_a_usage_error(monkeypatch):
@@ -67,7 +78,7 @@ def test_hub_name_offline_is_a_usage_error(monkeypatch):
             '{"prompt": "a", "completion": "b"}\n{"prompt": "a",\n',
             r"bad.jsonl row 2: not valid JSON",
         ),
-        ("data.csv", "a,b\n", "unsupported file type '.csv'"),
+        ("data.txt", "a,b\n", "unsupported file type '.txt'"),
         ("broken.parquet", "not parquet", "broken.parquet: not a readable Parquet file"),
     ],
 )
@@ -80,7 +91,9 @@ def test_bad_files(tmp_path, name, content, message):
 
 
 def test_folder_that_is_not_a_dataset(tmp_path):
-    with pytest.raises(UsageError, match="not a dataset saved by `datasets`"):
+    with pytest.raises(
+        UsageError, match="not a dataset saved by `datasets` .* could not be loaded with datasets"
+    ):
         read_rows(str(tmp_path))
 
 
@@ -94,3 +107,41 @@ def test_json_array_files_and_home_paths(tmp_path, monkeypatch):
     assert load_records(str(path), "sft") == ROWS
     monkeypatch.setenv("HOME", str(tmp_path))
     assert load_records("~/rows.json", "sft") == ROWS
+
+
+def test_csv_and_tsv_files(tmp_path):
+    (tmp_path / "d.csv").write_text('prompt,completion\na,b\n"c, with a comma",d\n')
+    (tmp_path / "d.tsv").write_text("prompt\tcompletion\na\tb\n")
+    assert load_records(str(tmp_path / "d.csv"), "sft") == [
+        {"prompt": "a", "completion": "b"},
+        {"prompt": "c, with a comma", "completion": "d"},
+    ]
+    assert load_records(str(tmp_path / "d.tsv"), "sft") == ROWS[:1]
+
+
+def test_a_folder_of_data_files_with_a_subset_folder(tmp_path):
+    """HH-RLHF's layout: subsets are folders of data files, named after the colon."""
+    (tmp_path / "hh" / "harmless-base").mkdir(parents=True)
+    write_jsonl(tmp_path / "hh" / "harmless-base" / "train.jsonl", ROWS)
+    write_jsonl(tmp_path / "hh" / "harmless-base" / "test.jsonl", ROWS[:1])
+    assert load_records(f"{tmp_path / 'hh'}:harmless-base@test", "sft") == ROWS[:1]
+    assert load_records(f"{tmp_path / 'hh'}:harmless-base", "sft") == ROWS
+
+
+def test_source_names_split_into_name_config_and_split(tmp_path):
+    from rlhfkit.data.sources import parse_source
+
+    assert parse_source("org/data") == ("org/data", None, "train")
+    assert parse_source("org/data@test_prefs") == ("org/data", None, "test_prefs")
+    assert parse_source("org/data:sub@test") == ("org/data", "sub", "test")
+    existing = tmp_path / "a@b.jsonl"
+    existing.write_text("{}\n")
+    assert parse_source(str(existing)) == (str(existing), None, "train")  # a path that exists is whole
+
+
+def test_jsonl_rows_are_read_on_access(tmp_path):
+    from rlhfkit.data.sources import open_rows
+
+    rows = open_rows(write_jsonl(tmp_path / "big.jsonl", ROWS * 500))
+    assert len(rows) == 1000 and rows[999].data == ROWS[1] and rows[999].number == 1000
+    assert len(rows.offsets) * rows.offsets.itemsize == 8000  # the index: 8 bytes a row

@@ -40,12 +40,18 @@ T = TypeVar("T")
 
 
 def train_and_eval_records(
-    data: str, eval_data: str | None, eval_fraction: float, kind: str, seed: int
+    data: str,
+    eval_data: str | None,
+    eval_fraction: float,
+    kind: str,
+    seed: int,
+    columns: Any = None,
+    margin_from_scores: bool = False,
 ) -> tuple[list[dict], list[dict]]:
     """Validated training and held-out records; without `eval_data` a seeded `eval_fraction` is held out."""
-    records = load_records(data, kind)
+    records = load_records(data, kind, columns=columns, margin_from_scores=margin_from_scores)
     if eval_data:
-        return records, load_records(eval_data, kind)
+        return records, load_records(eval_data, kind, columns=columns, margin_from_scores=margin_from_scores)
     if len(records) < 2 or eval_fraction <= 0:
         return records, []
     n_eval = min(len(records) - 1, max(1, round(eval_fraction * len(records))))
@@ -217,7 +223,13 @@ def prepare(
     quiet_transformers()
     tokenizer = load_tokenizer(config.model)
     train_records, eval_records = train_and_eval_records(
-        config.data, config.eval_data, config.eval_fraction, kind, config.seed
+        config.data,
+        config.eval_data,
+        config.eval_fraction,
+        kind,
+        config.seed,
+        config.columns,
+        getattr(config, "margin_from_scores", False),
     )
     train = encode(train_records, tokenizer, config.max_length, config.truncation, config.data)
     held_out = encode(

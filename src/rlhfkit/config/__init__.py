@@ -12,6 +12,7 @@ names no field, or a value of the wrong type or range, is a `ConfigError` that n
 """
 
 from rlhfkit.config.commands import (
+    ColumnsConfig,
     EvalConfig,
     LabelConfig,
     LoraConfig,
@@ -50,6 +51,7 @@ __all__ = [
     "COMMAND_CONFIGS",
     "SET_BY_DEMO",
     "DemoConfig",
+    "ColumnsConfig",
     "LoraConfig",
     "EvalConfig",
     "LabelConfig",

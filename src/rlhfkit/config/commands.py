@@ -59,6 +59,30 @@ class LoraConfig:
         return self.r > 0
 
 
+COLUMN_HELP = "the column holding `{}` (empty = `{}`); several, comma-separated, are joined with a blank line"
+
+
+@dataclass(frozen=True)
+class ColumnsConfig:
+    """Where each field of ours is in the user's rows: `columns.prompt=question`."""
+
+    prompt: str = option("", COLUMN_HELP.format("prompt", "prompt"))
+    completion: str = option("", COLUMN_HELP.format("completion", "completion"))
+    chosen: str = option("", COLUMN_HELP.format("chosen", "chosen"))
+    rejected: str = option("", COLUMN_HELP.format("rejected", "rejected"))
+    messages: str = option("", COLUMN_HELP.format("messages", "messages"))
+    text: str = option("", COLUMN_HELP.format("text", "text"))
+    score_chosen: str = option("", COLUMN_HELP.format("score_chosen", "score_chosen"))
+    score_rejected: str = option("", COLUMN_HELP.format("score_rejected", "score_rejected"))
+    label: str = option(
+        "", "a 0/1 column: 1 = the `chosen` column is preferred, 0 = the `rejected` one is (SHP's `labels`)"
+    )
+
+
+COLUMNS_HELP = (
+    "where our fields are in your rows, e.g. `columns.prompt=question`, `columns.prompt=instruction,input` "
+    "(joined with a blank line), `columns.label=labels` (0 swaps chosen and rejected)"
+)
 MODEL_DTYPE_HELP = (
     "dtype of the weights that are not trained (LoRA bases, PPO's frozen reference and reward model): "
     "float32 or bfloat16; trained weights, optimiser states, log-probs and losses stay float32"
@@ -94,6 +118,7 @@ class SupervisedConfig:
     bf16: bool = option(False, "bf16 autocast for forward passes (log-probs, scores and losses stay fp32)")
     lora: LoraConfig = option(LoraConfig(), "LoRA adapters, e.g. `lora.r=16` (0 = full fine-tuning)")
     model_dtype: Literal["float32", "bfloat16"] = option("float32", MODEL_DTYPE_HELP)
+    columns: ColumnsConfig = option(ColumnsConfig(), COLUMNS_HELP)
     overwrite: bool = option(False, "allow writing into a folder that holds a finished run")
     report_to: tuple[str, ...] = option((), REPORT_TO_HELP)
 
@@ -125,6 +150,11 @@ class RewardConfig(SupervisedConfig):
     optim: OptimConfig = option(OptimConfig(lr=1e-5), "optimiser settings, e.g. `optim.lr=1e-4`")
     stats_samples: int = option(
         2048, "chosen responses scored for the reward normalisation statistics PPO uses"
+    )
+    margin_from_scores: bool = option(
+        False,
+        "each pair's margin is `score_chosen - score_rejected` (UltraFeedback's columns; SHP's score_A/B "
+        "through `columns.score_chosen`/`columns.score_rejected`) instead of a `margin` field",
     )
 
     def __post_init__(self) -> None:

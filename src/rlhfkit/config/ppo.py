@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rlhfkit.config.commands import MODEL_DTYPE_HELP, LoraConfig
+from rlhfkit.config.commands import COLUMNS_HELP, MODEL_DTYPE_HELP, ColumnsConfig, LoraConfig
 from rlhfkit.config.options import REPORT_TO_HELP, known_trackers, non_negative, option, positive, within
 from rlhfkit.errors import ConfigError
 
@@ -126,6 +126,9 @@ class PPOConfig:
         "the same two bases with the adapters off (0 = four full models)",
     )
     model_dtype: Literal["float32", "bfloat16"] = option("float32", MODEL_DTYPE_HELP)
+    columns: ColumnsConfig = option(
+        ColumnsConfig(), COLUMNS_HELP + "; for prompts, eval_prompts and ptx_data"
+    )
     overwrite: bool = option(False, "allow writing into a folder that holds a finished run")
     eval_holdout: int = option(
         32,

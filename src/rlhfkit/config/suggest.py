@@ -58,6 +58,13 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "reward_pretrain": ("reward_model",),
     "dataset": ("data", "prompts"),
     "dataset_name": ("data", "prompts"),
+    "dataset_train_split": ("data",),
+    "dataset_text_field": ("columns.text",),
+    "input_key": ("columns.prompt",),  # OpenRLHF's column names
+    "output_key": ("columns.completion",),
+    "chosen_key": ("columns.chosen",),
+    "rejected_key": ("columns.rejected",),
+    "pretrain_data": ("ptx_data",),
     "prompt_data": ("prompts",),
     "eval_dataset": ("eval_data", "eval_prompts"),
     "eval_steps": ("eval_every",),

@@ -75,16 +75,17 @@ def _fit(length: int, keep_tail: int, max_length: int, truncation: Truncation) -
     return length - max_length
 
 
-def _report(source: str, cut: int, dropped: int, total: int, max_length: int) -> None:
-    if cut:
+def _report(source: str, cut: int, dropped: int, total: int, max_length: int, quiet: bool = False) -> None:
+    if cut and not quiet:
         log.warning(
-            "%s: %d of %d rows longer than max_length=%d: prompts truncated from the left",
+            "%s: %d of %d rows longer than max_length=%d: prompts truncated from the left "
+            "(plain text at its end)",
             source,
             cut,
             total,
             max_length,
         )
-    if dropped:
+    if dropped and not quiet:
         log.warning(
             "%s: %d of %d rows longer than max_length=%d were dropped", source, dropped, total, max_length
         )
@@ -98,10 +99,20 @@ def encode_sft(
     max_length: int,
     truncation: Truncation = "left",
     source: str = "data",
+    quiet: bool = False,
 ) -> list[SFTExample]:
-    """SFT sequences; labels are IGNORE except on the completion (plain rows) or assistant turns."""
+    """SFT sequences; labels are IGNORE except on the completion (plain rows) or assistant turns; a text row
+    is learnt whole, cut at its end when it is longer than `max_length` (dropped with `truncation="drop"`)."""
     examples, cut, dropped = [], 0, 0
     for record in records:
+        if "text" in record:
+            ids = _tokens(tokenizer, record["text"], special=True) + [tokenizer.eos_token_id]
+            if len(ids) > max_length and truncation == "drop":
+                dropped += 1
+                continue
+            cut += len(ids) > max_length
+            examples.append(SFTExample(ids[:max_length], ids[:max_length]))
+            continue
         if "messages" in record:
             pieces = [
                 (_tokens(tokenizer, text), learn)
@@ -118,7 +129,7 @@ def encode_sft(
             continue
         cut += start > 0
         examples.append(SFTExample(ids[start:], labels[start:]))
-    _report(source, cut, dropped, len(records), max_length)
+    _report(source, cut, dropped, len(records), max_length, quiet)
     return examples
 
 

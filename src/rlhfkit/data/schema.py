@@ -1,15 +1,23 @@
 """Row validation for the three data formats. Every problem is a `UsageError` naming file, row and field.
 
-- SFT: `{"prompt": str, "completion": str}` or `{"messages": [{"role", "content"}, ...]}`.
+- SFT (and ptx): `{"prompt": str, "completion": str}`, `{"messages": [{"role", "content"}, ...]}`, or plain
+  text `{"text": str}` (continued pretraining: every token is learnt).
 - Preferences: `{"prompt": str, "chosen": str, "rejected": str, "margin"?: float}`, or chosen/rejected as
-  message lists (with `prompt` a message list, or absent when chosen/rejected hold the whole conversation).
+  message lists. The prompt may be implicit (see `_validate_preference`): texts that share a beginning
+  (HH-RLHF), or conversations that share their leading messages (UltraFeedback).
 - Prompts: `{"prompt": str}` or `{"messages": [...]}`.
+
+Rows are renamed first when a `columns` mapping is given (`rlhfkit.data.columns`).
 """
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Sequence
 from typing import Any, Literal
 
+from rlhfkit.data.columns import rename
 from rlhfkit.data.sources import Row
 from rlhfkit.errors import UsageError
 
@@ -48,13 +56,15 @@ def _is_conversational(row: Row, *fields: str) -> bool:
     return any(isinstance(row.data.get(f), list) for f in fields)
 
 
-def validate_row(row: Row, kind: Kind) -> dict[str, Any]:
+def validate_row(row: Row, kind: Kind, margin_from_scores: bool = False) -> dict[str, Any]:
     """The row's fields in normal form; raises `UsageError` for the first problem found."""
     if not isinstance(row.data, dict):
         raise UsageError(
             f"{row.where()}: expected an object with named fields, got {type(row.data).__name__}"
         )
     if kind == "sft":
+        if "text" in row.data and not {"prompt", "completion", "messages"} & set(row.data):
+            return {"text": _text(row, "text")}
         if "messages" in row.data:
             messages = _messages(row, "messages")
             if not any(m["role"] == "assistant" for m in messages):
@@ -66,20 +76,86 @@ def validate_row(row: Row, kind: Kind) -> dict[str, Any]:
             return {"messages": _messages(row, "messages")}
         return {"prompt": _text(row, "prompt")}
     if kind == "preference":
-        return _validate_preference(row)
+        return _validate_preference(row, margin_from_scores)
     raise ValueError(f"unknown data kind {kind!r}")
 
 
-def _validate_preference(row: Row) -> dict[str, Any]:
+ASSISTANT = "\n\nAssistant:"  # HH-RLHF's turn marker: its implicit prompt ends with the last shared one
+
+
+def implicit_text_prompt(chosen: str, rejected: str) -> str:
+    """The prompt two plain-text responses share: their common beginning through its last
+    `\n\nAssistant:` (HH-RLHF), else cut back to its last whitespace so that no word is split; "" when they
+    share nothing."""
+    shared = os.path.commonprefix([chosen, rejected])
+    marker = shared.rfind(ASSISTANT)
+    if marker >= 0:
+        return shared[: marker + len(ASSISTANT)]
+    cut = max(shared.rfind(" "), shared.rfind("\n"))
+    return shared[: cut + 1] if cut >= 0 else ""
+
+
+def _shared_messages(chosen: list[dict], rejected: list[dict]) -> int:
+    """How many leading messages two conversations share."""
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    return n
+
+
+def _conversational_pair(row: Row) -> tuple[list[dict], list[dict], list[dict]]:
+    """(prompt, chosen, rejected) messages. The prompt is a `prompt` message list; or a `prompt` string, as
+    the user turn, unless chosen/rejected repeat it (UltraFeedback-H4); or the messages chosen and rejected
+    share (trl-lib's UltraFeedback)."""
+    chosen, rejected = _messages(row, "chosen"), _messages(row, "rejected")
+    prompt = row.data.get("prompt")
+    if isinstance(prompt, list):
+        return _messages(row, "prompt"), chosen, rejected
+    if isinstance(prompt, str) and prompt.strip():
+        repeated = chosen[0]["role"] == "user" and chosen[0]["content"].strip() == prompt.strip()
+        if not repeated:  # chosen and rejected hold the answers alone
+            return [{"role": "user", "content": prompt}], chosen, rejected
+    elif prompt is not None:
+        raise _fail(row, "prompt", "must be a string or a list of {role, content} messages")
+    shared = _shared_messages(chosen, rejected)
+    if shared == 0:
+        raise _fail(row, "chosen", "shares no leading message with 'rejected': give the prompt in 'prompt'")
+    if shared == min(len(chosen), len(rejected)):
+        raise _fail(row, "rejected", "adds no message of its own to what it shares with 'chosen'")
+    return chosen[:shared], chosen[shared:], rejected[shared:]
+
+
+def _text_pair(row: Row) -> tuple[str, str, str]:
+    """(prompt, chosen, rejected) text: a `prompt` field, or the beginning the two share (HH-RLHF)."""
+    chosen, rejected = _text(row, "chosen"), _text(row, "rejected")
+    if "prompt" in row.data:
+        return _text(row, "prompt"), chosen, rejected
+    prompt = implicit_text_prompt(chosen, rejected)
+    if not prompt:
+        raise _fail(row, "chosen", "shares no beginning with 'rejected' and there is no 'prompt' field")
+    if len(prompt) in (len(chosen), len(rejected)):
+        raise _fail(row, "rejected", "is 'chosen' cut short or extended: their shared part leaves one empty")
+    return prompt, chosen[len(prompt) :], rejected[len(prompt) :]
+
+
+def _score(row: Row, field: str) -> float:
+    value = row.data.get(field)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _fail(row, field, f"must be a number (margin_from_scores), got {value!r}")
+    return float(value)
+
+
+def _validate_preference(row: Row, margin_from_scores: bool = False) -> dict[str, Any]:
     if _is_conversational(row, "chosen", "rejected"):
-        chosen, rejected = _messages(row, "chosen"), _messages(row, "rejected")
-        prompt = _messages(row, "prompt") if "prompt" in row.data else []
+        prompt, chosen, rejected = _conversational_pair(row)
     else:
-        prompt, chosen, rejected = _text(row, "prompt"), _text(row, "chosen"), _text(row, "rejected")
+        prompt, chosen, rejected = _text_pair(row)
     if chosen == rejected:
         raise _fail(row, "rejected", "is identical to 'chosen'")
     out: dict[str, Any] = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-    if row.data.get("margin") is not None:
+    if margin_from_scores:
+        out["margin"] = _score(row, "score_chosen") - _score(row, "score_rejected")
+    elif row.data.get("margin") is not None:
         margin = row.data["margin"]
         if isinstance(margin, bool) or not isinstance(margin, (int, float)):
             raise _fail(row, "margin", f"must be a number, got {type(margin).__name__}")
@@ -87,11 +163,18 @@ def _validate_preference(row: Row) -> dict[str, Any]:
     return out
 
 
-def load_records(source: str, kind: Kind, split: str = "train") -> list[dict[str, Any]]:
-    """Read and validate every row of `source` before anything else happens."""
+def load_records(
+    source: str,
+    kind: Kind,
+    split: str = "train",
+    columns: Any = None,
+    margin_from_scores: bool = False,
+) -> list[dict[str, Any]]:
+    """Read and validate every row of `source` before anything else happens (`columns`: a
+    `rlhfkit.config.ColumnsConfig` mapping the user's column names to ours)."""
     from rlhfkit.data.sources import read_rows
 
-    records = [validate_row(row, kind) for row in read_rows(source, split)]
+    records = [_record(row, kind, columns, margin_from_scores) for row in read_rows(source, split)]
     if (
         kind == "preference"
         and any("margin" in r for r in records)
@@ -99,3 +182,26 @@ def load_records(source: str, kind: Kind, split: str = "train") -> list[dict[str
     ):
         raise UsageError(f"{source}: field 'margin' must be given on every row or on none")
     return records
+
+
+def _record(row: Row, kind: Kind, columns: Any, margin_from_scores: bool = False) -> dict[str, Any]:
+    return validate_row(rename(row, columns) if columns is not None else row, kind, margin_from_scores)
+
+
+class LazyRecords(Sequence):
+    """The validated records of a source, read one at a time when asked for: every row is checked once,
+    up front (the same errors as `load_records`), and only an index is kept (`open_rows`). For corpora much
+    larger than memory should hold: PPO's ptx data."""
+
+    def __init__(self, source: str, kind: Kind, columns: Any = None) -> None:
+        from rlhfkit.data.sources import open_rows
+
+        self.rows, self.kind, self.columns = open_rows(source), kind, columns
+        for row in self.rows:
+            _record(row, kind, columns)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:  # type: ignore[override]
+        return _record(self.rows[i], self.kind, self.columns)

@@ -1,15 +1,27 @@
-"""Reading rows from JSONL, Parquet, a folder saved by `datasets`, or a dataset name on the hub."""
+"""Reading rows from JSONL/JSON, Parquet, CSV/TSV, a folder saved by `datasets` (or of data files), or a
+dataset name on the hub.
+
+A source may name a split and a config (or subset): `NAME[:CONFIG][@SPLIT]`, e.g.
+`HuggingFaceH4/ultrafeedback_binarized@train_prefs`, `Anthropic/hh-rlhf:harmless-base@test`,
+`my/saved_dataset@test_prefs`. The config is the dataset's config name, or else its data folder (HH-RLHF's
+subsets are folders). Without `@SPLIT` the split is `train`.
+
+`open_rows` reads lazily where it can: a JSONL file is indexed by byte offsets (8 bytes a row), and anything
+read through `datasets` stays in its memory-mapped Arrow cache; a row is parsed when it is asked for.
+"""
 
 from __future__ import annotations
 
 import json
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.errors import UsageError
+from rlhfkit.errors import UsageError, first_line
 
-LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv")
 
 
 @dataclass(frozen=True)
@@ -24,90 +36,171 @@ class Row:
         return f"{self.source} row {self.number}"
 
 
-def read_rows(source: str, split: str = "train") -> list[Row]:
-    """All rows of `source`: a .jsonl/.json/.parquet file, a `datasets.save_to_disk` folder, or a hub name.
+def parse_source(source: str, split: str = "train") -> tuple[str, str | None, str]:
+    """`NAME[:CONFIG][@SPLIT]` -> (name, config, split). A path that exists is taken whole."""
+    if Path(source).expanduser().exists():
+        return source, None, split
+    name, at, named_split = source.rpartition("@")
+    if at and name and named_split and "/" not in named_split:
+        source, split = name, named_split
+    head, colon, config = source.rpartition(":")
+    if colon and head and config and "/" not in config:
+        return head, config, split
+    return source, None, split
+
+
+class JsonlRows(Sequence):
+    """The rows of a JSON Lines file, read on access through an index of line offsets."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offsets, self.numbers = path, array("q"), array("q")
+        with path.open("rb") as handle:
+            offset = 0
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    self.offsets.append(offset)
+                    self.numbers.append(number)
+                offset += len(line)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, i: int) -> Row:  # type: ignore[override]
+        with self.path.open("rb") as handle:
+            handle.seek(self.offsets[i])
+            line = handle.readline()
+        number = self.numbers[i]
+        try:
+            return Row(json.loads(line), str(self.path), number)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(
+                f"{self.path} row {number}: not valid JSON ({getattr(exc, 'msg', exc)})"
+            ) from None
+
+    def __iter__(self) -> Iterator[Row]:
+        with self.path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    try:
+                        yield Row(json.loads(line), str(self.path), number)
+                    except json.JSONDecodeError as exc:
+                        raise UsageError(f"{self.path} row {number}: not valid JSON ({exc.msg})") from None
+
+
+class TableRows(Sequence):
+    """The rows of a `datasets.Dataset` (memory-mapped Arrow) or a list, numbered from 1."""
+
+    def __init__(self, table: Any, source: str) -> None:
+        self.table, self.source = table, source
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int) -> Row:  # type: ignore[override]
+        return Row(self.table[i], self.source, i + 1)
+
+    def __iter__(self) -> Iterator[Row]:
+        return (Row(data, self.source, number) for number, data in enumerate(self.table, start=1))
+
+
+def open_rows(source: str, split: str = "train") -> Sequence[Row]:
+    """The rows of `source` (see the module's note for the forms it takes), read lazily where possible.
 
     A missing file, an empty file and a line that is not JSON are `UsageError`s naming file and row.
     """
-    path = Path(source).expanduser()
+    name, config, split = parse_source(source, split)
+    path = Path(name).expanduser()
     if path.is_dir():
-        rows = _read_saved_dataset(path, split)
+        rows = _open_folder(path, config, split, source)
     elif path.is_file():
         if path.suffix not in LOCAL_SUFFIXES:
             raise UsageError(
-                f"{source}: unsupported file type {path.suffix!r}; use .jsonl, .json or .parquet"
+                f"{source}: unsupported file type {path.suffix!r}; use .jsonl, .json, .parquet, .csv or .tsv"
             )
-        rows = _read_parquet(path) if path.suffix == ".parquet" else _read_jsonl(path)
-    elif path.suffix in LOCAL_SUFFIXES or source.startswith((".", "/", "~")):
+        rows = _open_file(path)
+    elif path.suffix in LOCAL_SUFFIXES or name.startswith((".", "/", "~")):
         raise UsageError(f"{source}: file does not exist")
     else:
-        rows = _read_hub_dataset(source, split)
-    if not rows:
+        rows = TableRows(_load_dataset(name, config, split, f"{source}: not a local file and"), source)
+    if not len(rows):
         raise UsageError(f"{source}: no rows (empty file or dataset)")
     return rows
 
 
-def _read_jsonl(path: Path) -> list[Row]:
-    """JSON Lines; a .json file holding one array of objects is read as rows too."""
-    if path.suffix == ".json":
-        text = path.read_text(encoding="utf-8")
-        if text.lstrip().startswith("["):
-            try:
-                records = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-            return [Row(data, str(path), number) for number, data in enumerate(records, start=1)]
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{path} row {number}: not valid JSON ({exc.msg})") from None
-            rows.append(Row(data, str(path), number))
-    return rows
+def read_rows(source: str, split: str = "train") -> list[Row]:
+    """All rows of `source` in a list (see `open_rows`)."""
+    return list(open_rows(source, split))
 
 
-def _read_parquet(path: Path) -> list[Row]:
+def _open_file(path: Path) -> Sequence[Row]:
+    if path.suffix == ".parquet":
+        return _read_parquet(path)
+    if path.suffix in (".csv", ".tsv"):
+        delimiter = "\t" if path.suffix == ".tsv" else ","
+        table = _load_dataset("csv", None, "train", f"{path}:", data_files=str(path), delimiter=delimiter)
+        return TableRows(table, str(path))
+    if path.suffix == ".json" and path.read_text(encoding="utf-8").lstrip().startswith("["):
+        try:
+            records = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        return TableRows(records, str(path))
+    return JsonlRows(path)
+
+
+def _read_parquet(path: Path) -> Sequence[Row]:
     import pyarrow.parquet as pq
 
     try:
-        records = pq.read_table(path).to_pylist()
+        table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise UsageError(f"{path}: not a readable Parquet file ({exc})") from None
-    return [Row(data, str(path), number) for number, data in enumerate(records, start=1)]
+    return TableRows(_ArrowRecords(table), str(path))
 
 
-def _rows_of(dataset: Any, source: str, split: str) -> list[Row]:
-    from datasets import DatasetDict
+class _ArrowRecords(Sequence):
+    """An Arrow table's rows as dicts, converted one at a time (the table stays columnar)."""
 
-    if isinstance(dataset, DatasetDict):
-        if split not in dataset:
-            raise UsageError(f"{source}: no split {split!r} (has {', '.join(dataset)})")
-        dataset = dataset[split]
-    return [Row(data, source, number) for number, data in enumerate(dataset, start=1)]
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __getitem__(self, i: int) -> dict:  # type: ignore[override]
+        return self.table.slice(i, 1).to_pylist()[0]
+
+    def __iter__(self) -> Iterator[dict]:
+        for batch in self.table.to_batches():
+            yield from batch.to_pylist()
 
 
-def _read_saved_dataset(path: Path, split: str) -> list[Row]:
-    from datasets import load_from_disk
+def _open_folder(path: Path, config: str | None, split: str, source: str) -> Sequence[Row]:
+    """A folder written by `save_to_disk`, or a folder of data files (read as `datasets` reads a hub repo)."""
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        from datasets import DatasetDict, load_from_disk
 
-    try:
         dataset = load_from_disk(str(path))
-    except FileNotFoundError:
-        raise UsageError(f"{path}: folder is not a dataset saved by `datasets` (save_to_disk)") from None
-    return _rows_of(dataset, str(path), split)
+        if isinstance(dataset, DatasetDict):
+            if split not in dataset:
+                raise UsageError(f"{source}: no split {split!r} (has {', '.join(dataset)})")
+            dataset = dataset[split]
+        return TableRows(dataset, source)
+    problem = f"{source}: not a dataset saved by `datasets` (save_to_disk), and as a folder of data files it"
+    return TableRows(_load_dataset(str(path), config, split, problem), source)
 
 
-def _read_hub_dataset(name: str, split: str) -> list[Row]:
+def _load_dataset(name: str, config: str | None, split: str, problem: str, **options: Any) -> Any:
+    """`datasets.load_dataset` with the config taken as a config name, or else as a data folder (HH-RLHF's
+    subsets); any failure is the user's to fix, in one line that starts with `problem`."""
     from datasets import load_dataset
 
     try:
-        dataset = load_dataset(name, split=split)
-    except Exception as exc:  # offline, unknown name, bad split: all are the user's to fix
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(
-            f"{name}: not a local file and could not be loaded with datasets ({first_line})"
-        ) from None
-    return _rows_of(dataset, name, split)
+        try:
+            return load_dataset(name, config, split=split, **options)
+        except ValueError as exc:
+            if config is None or "config" not in str(exc).lower():
+                raise
+            return load_dataset(name, data_dir=config, split=split, **options)
+    except Exception as exc:  # offline, unknown name, bad split or config: all are the user's to fix
+        raise UsageError(f"{problem} could not be loaded with datasets ({first_line(exc)})") from None

@@ -68,7 +68,7 @@ def split_prompts(config: PPOConfig, tokenizer: Any) -> tuple[Prompts, Prompts, 
     def encode(source: str) -> Prompts:
         kept: list[dict] = []
         prompts = encode_prompts(
-            load_records(source, "prompt"),
+            load_records(source, "prompt", columns=config.columns),
             tokenizer,
             config.max_prompt_length,
             config.truncation,

@@ -12,7 +12,8 @@ from rlhfkit.algorithms.ppo.experience import Experience, Normalise
 from rlhfkit.algorithms.sft import completion_nll
 from rlhfkit.config import PPOConfig
 from rlhfkit.core import kl_estimate, masked_mean, ppo_policy_loss, value_loss
-from rlhfkit.data import IGNORE, encode_sft, load_records
+from rlhfkit.data import IGNORE, encode_sft
+from rlhfkit.data.schema import LazyRecords
 from rlhfkit.runtime.distributed import all_max, all_sum, local_rows, world
 from rlhfkit.runtime.loop import UpdateGuard, guarded_update
 from rlhfkit.runtime.process import autocast
@@ -34,16 +35,18 @@ class Optimisation:
 
 def ptx_sampler(config: PPOConfig, tokenizer: Any, generator: torch.Generator) -> Callable[[], list] | None:
     """Batches of the pretraining/SFT data for the ptx term, or None when the term is off (nothing is drawn,
-    so the random stream is the same as without ptx data)."""
+    so the random stream is the same as without ptx data). The data is read lazily (`LazyRecords`): every
+    row is checked at start-up, then only the drawn rows are read and tokenised, so a pretraining corpus far
+    larger than the prompt set does not sit in memory."""
     if config.ptx_coef <= 0 or not config.ptx_data:
         return None
-    examples = encode_sft(
-        load_records(config.ptx_data, "sft"), tokenizer, config.ptx_max_length, source=config.ptx_data
-    )
+    records = LazyRecords(config.ptx_data, "sft", config.columns)
 
     def sample() -> list:
-        picks = torch.randint(len(examples), (config.mini_batch_size,), generator=generator).tolist()
-        return [examples[i] for i in picks]
+        picks = torch.randint(len(records), (config.mini_batch_size,), generator=generator).tolist()
+        return encode_sft(
+            [records[i] for i in picks], tokenizer, config.ptx_max_length, source=config.ptx_data, quiet=True
+        )
 
     return sample
 
