@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ppo_iteration import WORDS, build_models, write_prompts  # noqa: E402
+from ppo_vs_trl import child  # noqa: E402
 
 PPO = """
 import json, resource, sys, time
@@ -47,13 +47,6 @@ def write_corpus(path: Path, rows: int, seed: int = 0) -> Path:
             words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(40, 120)))
             handle.write(json.dumps({"text": words}) + "\n")
     return path
-
-
-def child(code: str, *args: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(done.stderr[-3000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:

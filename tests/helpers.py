@@ -62,6 +62,28 @@ def prompt_rows(n: int, seed: int = 0) -> list[dict]:
     return [{"prompt": f"the {rng.choice(NOUNS)} was"} for _ in range(n)]
 
 
+def ppo_config(stack: tuple[str, str, str], out, **overrides):
+    """A PPOConfig for the tiny (sft, rm, prompts) stack: short iterations, `overrides` on top."""
+    from rlhfkit.config import PPOConfig
+
+    sft_dir, rm_dir, prompts = stack
+    fields = dict(
+        policy=sft_dir,
+        reward_model=rm_dir,
+        prompts=prompts,
+        out=str(out),
+        max_steps=3,
+        batch_size=8,
+        mini_batch_size=4,
+        response_length=10,
+        normalize_reward=False,
+        actor_lr=1e-4,
+        critic_lr=1e-4,
+        eval_every=0,
+    )
+    return PPOConfig(**{**fields, **overrides})
+
+
 def ppo_args(stack: tuple[str, str, str], out, *extra: str) -> list[str]:
     """`rlhfkit ppo` arguments for the tiny (sft, rm, prompts) stack, writing to `out`."""
     sft_dir, rm_dir, prompts = stack

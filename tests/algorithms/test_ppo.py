@@ -7,33 +7,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import sentiment_rows, write_jsonl
+from helpers import ppo_config, sentiment_rows, write_jsonl
 from rlhfkit.algorithms.ppo import PPOTrainer, ppo
-from rlhfkit.config import PPOConfig
 from rlhfkit.core import masked_mean, masked_var
 from rlhfkit.models import load_causal_lm, load_scalar_model, load_tokenizer, scalar_values, sequence_scores
 from rlhfkit.runtime.loop import UpdateGuard
 from rlhfkit.runtime.metrics import read_metrics
 from rlhfkit.runtime.outputs import read_run_file
 
-
-def make_config(stack, out, **overrides):
-    sft_dir, rm_dir, prompts = stack
-    fields = dict(
-        policy=sft_dir,
-        reward_model=rm_dir,
-        prompts=prompts,
-        out=str(out),
-        max_steps=3,
-        batch_size=8,
-        mini_batch_size=4,
-        response_length=10,
-        normalize_reward=False,
-        actor_lr=1e-4,
-        critic_lr=1e-4,
-        eval_every=0,
-    )
-    return PPOConfig(**{**fields, **overrides})
+make_config = ppo_config
 
 
 def start(stack, tmp_path, **overrides):

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from helpers import great_rows, sentiment_rows, write_jsonl
+from helpers import great_rows, ppo_config, sentiment_rows, write_jsonl
 from rlhfkit.algorithms.ppo import PPOTrainer, ppo
-from rlhfkit.config import LoraConfig, PPOConfig
+from rlhfkit.config import LoraConfig
 from rlhfkit.errors import ConfigError, UsageError
 from rlhfkit.runtime.metrics import read_metrics
 from rlhfkit.runtime.outputs import read_run_file
@@ -22,23 +22,7 @@ from rlhfkit.tasks.rewards import (
 
 
 def config(stack, out, **overrides):
-    sft_dir, rm_dir, prompts = stack
-    fields = dict(
-        policy=sft_dir,
-        reward_model=rm_dir,
-        prompts=prompts,
-        out=str(out),
-        max_steps=2,
-        batch_size=8,
-        mini_batch_size=4,
-        response_length=8,
-        normalize_reward=False,
-        actor_lr=1e-4,
-        critic_lr=1e-4,
-        eval_every=0,
-        eval_holdout=8,
-    )
-    return PPOConfig(**{**fields, **overrides})
+    return ppo_config(stack, out, **{"max_steps": 2, "response_length": 8, "eval_holdout": 8, **overrides})
 
 
 # --- calling reward functions ---------------------------------------------------------------------------

@@ -175,3 +175,34 @@ def test_bad_rows_name_the_file_row_and_field(tiny_dir, tmp_path, capsys, comman
     error = capsys.readouterr().err.strip()
     assert message in error and "bad.jsonl" in error and len(error.splitlines()) == 1, error
     assert not out.exists()
+
+
+def test_ptx_rows_are_drawn_lazily_and_a_row_too_long_is_drawn_again(rlhf_stack, tiny_tokenizer, tmp_path):
+    import torch
+
+    from rlhfkit.algorithms.ppo.update import ptx_sampler
+    from rlhfkit.config import ColumnsConfig, PPOConfig
+    from rlhfkit.errors import UsageError
+
+    long = {"prompt": "the movie was", "completion": " great" * 200}  # its completion alone passes 64 tokens
+    corpus = write_jsonl(tmp_path / "mixed.jsonl", [{"content": "a short document."}, {"content": long}] * 20)
+    sft, rm, prompts = rlhf_stack
+    data = write_jsonl(tmp_path / "sft.jsonl", [long, {"text": "fine."}] * 10)
+    config = PPOConfig(
+        policy=sft, reward_model=rm, prompts=prompts, out=str(tmp_path / "o"), ptx_coef=1.0,
+        mini_batch_size=4, batch_size=8, ptx_max_length=64, ptx_data=data,
+    )  # fmt: skip
+    sample = ptx_sampler(config, tiny_tokenizer, torch.Generator().manual_seed(0))
+    for _ in range(5):
+        batch = sample()
+        assert len(batch) == 4 and all(
+            len(e.input_ids) <= 64 for e in batch
+        )  # the long rows were drawn again
+    only_long = PPOConfig(**{**config.__dict__, "ptx_data": write_jsonl(tmp_path / "long.jsonl", [long] * 3)})
+    with pytest.raises(UsageError, match="no row of the first 256 fits ptx_max_length=64"):
+        ptx_sampler(only_long, tiny_tokenizer, torch.Generator())
+    mapped = PPOConfig(
+        **{**config.__dict__, "ptx_data": corpus, "ptx_columns": ColumnsConfig(text="content")}
+    )
+    with pytest.raises(UsageError, match="mixed.jsonl row 2: field 'text' must be a string, got dict"):
+        ptx_sampler(mapped, tiny_tokenizer, torch.Generator())  # every row is checked at start-up

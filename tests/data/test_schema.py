@@ -166,6 +166,9 @@ def test_columns_rename_join_and_swap_by_label():
     assert _record(row, "sft", alpaca) == {"prompt": "Summarise.\n\nA long text.", "completion": "Short."}
     no_input = Row({"instruction": "Say hi.", "input": "", "output": "Hi."}, "a.json", 2)
     assert _record(no_input, "sft", alpaca)["prompt"] == "Say hi."
+    # a mapping of fields a kind does not read is not applied: plain text beside a pair mapping
+    text = Row({"text": "A document."}, "corpus.jsonl", 1)
+    assert _record(text, "sft", ColumnsConfig(chosen="response_j")) == {"text": "A document."}
     shp = ColumnsConfig(
         prompt="history", chosen="human_ref_A", rejected="human_ref_B", label="labels",
         score_chosen="score_A", score_rejected="score_B",
@@ -178,11 +181,7 @@ def test_columns_rename_join_and_swap_by_label():
         "score_A": 2,
         "score_B": 9,
     }
-    record = validate_row(
-        __import__("rlhfkit.data.columns", fromlist=["rename"]).rename(Row(data, "shp", 1), shp),
-        "preference",
-        margin_from_scores=True,
-    )
+    record = _record(Row(data, "shp", 1), "preference", shp, margin_from_scores=True)
     assert record == {
         "prompt": "Which?",
         "chosen": "B.",
@@ -193,3 +192,18 @@ def test_columns_rename_join_and_swap_by_label():
         UsageError, match="shp row 1: column 'question' \\(mapped to 'prompt' by columns.prompt\\) is missing"
     ):
         _record(Row(data, "shp", 1), "preference", ColumnsConfig(prompt="question"))
+
+
+def test_tabs_count_as_word_boundaries():
+    record = preference({"chosen": "Q:\tthe movie\tyes", "rejected": "Q:\tthe movie\tno"})
+    assert record == {"prompt": "Q:\tthe movie\t", "chosen": "yes", "rejected": "no"}
+
+
+def test_a_prompt_string_is_taken_off_each_side_that_repeats_it():
+    """H4 rows where only one side repeats the user turn, and an empty prompt."""
+    record = preference({"prompt": "Is the movie good?", "chosen": [USER, GOOD], "rejected": [BAD]})
+    assert record == {"prompt": [USER], "chosen": [GOOD], "rejected": [BAD]}
+    with pytest.raises(UsageError, match="field 'prompt' is empty"):
+        preference({"prompt": "  ", "chosen": [USER, GOOD], "rejected": [USER, BAD]})
+    with pytest.raises(UsageError, match="field 'rejected' holds the prompt and no answer"):
+        preference({"prompt": "Is the movie good?", "chosen": [USER, GOOD], "rejected": [USER]})

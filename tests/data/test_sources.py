@@ -131,12 +131,33 @@ def test_a_folder_of_data_files_with_a_subset_folder(tmp_path):
 def test_source_names_split_into_name_config_and_split(tmp_path):
     from rlhfkit.data.sources import parse_source
 
-    assert parse_source("org/data") == ("org/data", None, "train")
+    assert parse_source("org/data") == ("org/data", None, None)
     assert parse_source("org/data@test_prefs") == ("org/data", None, "test_prefs")
     assert parse_source("org/data:sub@test") == ("org/data", "sub", "test")
+    assert parse_source("org/data:data/reward") == ("org/data", "data/reward", None)  # a data folder
+    assert parse_source("./saved@test") == ("./saved", None, "test")
+    assert parse_source("C:\\data\\x.jsonl") == ("C:\\data\\x.jsonl", None, None)  # a drive, not a config
     existing = tmp_path / "a@b.jsonl"
     existing.write_text("{}\n")
-    assert parse_source(str(existing)) == (str(existing), None, "train")  # a path that exists is whole
+    assert parse_source(str(existing)) == (str(existing), None, None)  # a path that exists is whole
+
+
+def test_a_file_has_no_splits(tmp_path):
+    data = write_jsonl(tmp_path / "prefs.jsonl", ROWS)
+    with pytest.raises(UsageError, match="a file has no splits or configs"):
+        read_rows(data + "@test")
+
+
+def test_jsonl_with_a_bom_crlf_and_odd_whitespace_reads_the_same_lazily_and_eagerly(tmp_path):
+    from rlhfkit.data.sources import open_rows
+
+    path = tmp_path / "odd.jsonl"
+    path.write_bytes(
+        b"\xef\xbb\xbf" + json.dumps(ROWS[0]).encode() + b"\r\n\r\n" + json.dumps(ROWS[1]).encode() + b"\r\n"
+    )
+    rows = open_rows(str(path))
+    assert [r.data for r in rows] == ROWS and [rows[i].data for i in range(len(rows))] == ROWS
+    assert [r.number for r in rows] == [1, 3]
 
 
 def test_jsonl_rows_are_read_on_access(tmp_path):

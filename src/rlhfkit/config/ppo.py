@@ -126,8 +126,9 @@ class PPOConfig:
         "the same two bases with the adapters off (0 = four full models)",
     )
     model_dtype: Literal["float32", "bfloat16"] = option("float32", MODEL_DTYPE_HELP)
-    columns: ColumnsConfig = option(
-        ColumnsConfig(), COLUMNS_HELP + "; for prompts, eval_prompts and ptx_data"
+    columns: ColumnsConfig = option(ColumnsConfig(), COLUMNS_HELP + "; for prompts and eval_prompts")
+    ptx_columns: ColumnsConfig = option(
+        ColumnsConfig(), "the same mapping for ptx_data, e.g. `ptx_columns.text=content`"
     )
     overwrite: bool = option(False, "allow writing into a folder that holds a finished run")
     eval_holdout: int = option(

@@ -33,25 +33,25 @@ def _join(row: Row, names: list[str], field: str) -> Any:
     return "\n\n".join(p for p in parts if p.strip())
 
 
-def rename(row: Row, columns: Any) -> Row:
-    """The row with our field names (a new Row; the original is not changed). `columns` is a
+def rename(row: Row, columns: Any, used: tuple[str, ...]) -> Row:
+    """The row with our field names (a new Row; the original is not changed) for the fields in `used` (what
+    the data's kind reads: a mapping of the others is not applied). `columns` is a
     `rlhfkit.config.ColumnsConfig`."""
-    mapped = {f: n.split(",") for f, n in ((f.name, getattr(columns, f.name)) for f in fields(columns)) if n}
-    mapped.pop("label", None)
-    if not mapped and not columns.label:
+    names = {f.name: getattr(columns, f.name) for f in fields(columns) if f.name in used}
+    label = names.pop("label", "")
+    mapped = {field: columns.split(",") for field, columns in names.items() if columns}
+    if not mapped and not label:
         return row
     if not isinstance(row.data, dict):
         return row  # validation names the problem
     data = dict(row.data)
     for field, names in mapped.items():
         data[field] = _join(row, [n.strip() for n in names], field)
-    if columns.label:
-        label = _join(row, [columns.label], "label")
-        if label not in (0, 1, True, False):
-            raise UsageError(
-                f"{row.where()}: column {columns.label!r} (columns.label) must be 0 or 1, got {label!r}"
-            )
-        if not label:  # the `rejected` column holds the preferred response
+    if label:
+        value = _join(row, [label], "label")
+        if value not in (0, 1, True, False):
+            raise UsageError(f"{row.where()}: column {label!r} (columns.label) must be 0 or 1, got {value!r}")
+        if not value:  # the `rejected` column holds the preferred response
             data["chosen"], data["rejected"] = data.get("rejected"), data.get("chosen")
             if "score_chosen" in data or "score_rejected" in data:
                 data["score_chosen"], data["score_rejected"] = (

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -22,6 +23,12 @@ from rlhfkit.data.sources import Row
 from rlhfkit.errors import UsageError
 
 Kind = Literal["sft", "preference", "prompt"]
+# the fields each kind reads: a column mapping renames those alone
+KIND_FIELDS = {
+    "sft": ("prompt", "completion", "messages", "text"),
+    "preference": ("prompt", "chosen", "rejected", "score_chosen", "score_rejected", "label"),
+    "prompt": ("prompt", "messages"),
+}
 ROLES = ("system", "user", "assistant")
 
 
@@ -85,14 +92,14 @@ ASSISTANT = "\n\nAssistant:"  # HH-RLHF's turn marker: its implicit prompt ends 
 
 def implicit_text_prompt(chosen: str, rejected: str) -> str:
     """The prompt two plain-text responses share: their common beginning through its last
-    `\n\nAssistant:` (HH-RLHF), else cut back to its last whitespace so that no word is split; "" when they
-    share nothing."""
+    `\\n\\nAssistant:` (HH-RLHF), else cut back to its last whitespace so that no word is split; "" when
+    they share nothing."""
     shared = os.path.commonprefix([chosen, rejected])
     marker = shared.rfind(ASSISTANT)
     if marker >= 0:
         return shared[: marker + len(ASSISTANT)]
-    cut = max(shared.rfind(" "), shared.rfind("\n"))
-    return shared[: cut + 1] if cut >= 0 else ""
+    spaces = [m.end() for m in re.finditer(r"\s", shared)]
+    return shared[: spaces[-1]] if spaces else ""
 
 
 def _shared_messages(chosen: list[dict], rejected: list[dict]) -> int:
@@ -104,18 +111,26 @@ def _shared_messages(chosen: list[dict], rejected: list[dict]) -> int:
 
 
 def _conversational_pair(row: Row) -> tuple[list[dict], list[dict], list[dict]]:
-    """(prompt, chosen, rejected) messages. The prompt is a `prompt` message list; or a `prompt` string, as
-    the user turn, unless chosen/rejected repeat it (UltraFeedback-H4); or the messages chosen and rejected
-    share (trl-lib's UltraFeedback)."""
+    """(prompt, chosen, rejected) messages. The prompt is a `prompt` message list; or a `prompt` string, the
+    user turn (taken off the front of chosen and rejected where they repeat it: UltraFeedback-H4); or the
+    leading messages chosen and rejected share (trl-lib's UltraFeedback)."""
     chosen, rejected = _messages(row, "chosen"), _messages(row, "rejected")
     prompt = row.data.get("prompt")
     if isinstance(prompt, list):
         return _messages(row, "prompt"), chosen, rejected
-    if isinstance(prompt, str) and prompt.strip():
-        repeated = chosen[0]["role"] == "user" and chosen[0]["content"].strip() == prompt.strip()
-        if not repeated:  # chosen and rejected hold the answers alone
-            return [{"role": "user", "content": prompt}], chosen, rejected
-    elif prompt is not None:
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise _fail(row, "prompt", "is empty")
+        user = {"role": "user", "content": prompt}
+
+        def answers(turns: list[dict], field: str) -> list[dict]:
+            repeats = turns[0]["role"] == "user" and turns[0]["content"].strip() == prompt.strip()
+            if repeats and len(turns) == 1:
+                raise _fail(row, field, "holds the prompt and no answer")
+            return turns[1:] if repeats else turns
+
+        return [user], answers(chosen, "chosen"), answers(rejected, "rejected")
+    if prompt is not None:
         raise _fail(row, "prompt", "must be a string or a list of {role, content} messages")
     shared = _shared_messages(chosen, rejected)
     if shared == 0:
@@ -185,7 +200,8 @@ def load_records(
 
 
 def _record(row: Row, kind: Kind, columns: Any, margin_from_scores: bool = False) -> dict[str, Any]:
-    return validate_row(rename(row, columns) if columns is not None else row, kind, margin_from_scores)
+    renamed = rename(row, columns, KIND_FIELDS[kind]) if columns is not None else row
+    return validate_row(renamed, kind, margin_from_scores)
 
 
 class LazyRecords(Sequence):

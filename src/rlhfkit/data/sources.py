@@ -13,6 +13,7 @@ read through `datasets` stays in its memory-mapped Arrow cache; a row is parsed 
 from __future__ import annotations
 
 import json
+import re
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any
 from rlhfkit.errors import UsageError, first_line
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv")
+BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -36,40 +38,41 @@ class Row:
         return f"{self.source} row {self.number}"
 
 
-def parse_source(source: str, split: str = "train") -> tuple[str, str | None, str]:
-    """`NAME[:CONFIG][@SPLIT]` -> (name, config, split). A path that exists is taken whole."""
+def parse_source(source: str) -> tuple[str, str | None, str | None]:
+    """`NAME[:CONFIG][@SPLIT]` -> (name, config, split), None where not named. A path that exists is taken
+    whole; a Windows drive letter is part of the name."""
     if Path(source).expanduser().exists():
-        return source, None, split
-    name, at, named_split = source.rpartition("@")
-    if at and name and named_split and "/" not in named_split:
-        source, split = name, named_split
-    head, colon, config = source.rpartition(":")
-    if colon and head and config and "/" not in config:
-        return head, config, split
-    return source, None, split
+        return source, None, None
+    name, at, split = source.rpartition("@")
+    if not (at and name and split and "/" not in split):
+        name, split = source, None
+    drive = name[:2] if re.match(r"^[A-Za-z]:[\\/]", name) else ""
+    head, colon, config = name[len(drive) :].partition(":")  # a config may hold "/" (a data folder)
+    return drive + head, (config or None) if colon else None, split
 
 
 class JsonlRows(Sequence):
-    """The rows of a JSON Lines file, read on access through an index of line offsets."""
+    """The rows of a JSON Lines file, read on access through an index of line offsets (8 bytes a row, and its
+    line number). Lines are split on `\\n` alone, the same way when indexing and when reading; a UTF-8 BOM
+    at the start is skipped."""
 
     def __init__(self, path: Path) -> None:
         self.path, self.offsets, self.numbers = path, array("q"), array("q")
-        with path.open("rb") as handle:
+        for offset, number, _ in self._lines():
+            self.offsets.append(offset)
+            self.numbers.append(number)
+
+    def _lines(self) -> Iterator[tuple[int, int, bytes]]:
+        """(offset, line number, bytes) of every non-blank line."""
+        with self.path.open("rb") as handle:
             offset = 0
             for number, line in enumerate(handle, start=1):
-                if line.strip():
-                    self.offsets.append(offset)
-                    self.numbers.append(number)
+                start = 3 if number == 1 and line.startswith(BOM) else 0
+                if line[start:].strip():
+                    yield offset + start, number, line[start:]
                 offset += len(line)
 
-    def __len__(self) -> int:
-        return len(self.offsets)
-
-    def __getitem__(self, i: int) -> Row:  # type: ignore[override]
-        with self.path.open("rb") as handle:
-            handle.seek(self.offsets[i])
-            line = handle.readline()
-        number = self.numbers[i]
+    def _row(self, line: bytes, number: int) -> Row:
         try:
             return Row(json.loads(line), str(self.path), number)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -77,14 +80,16 @@ class JsonlRows(Sequence):
                 f"{self.path} row {number}: not valid JSON ({getattr(exc, 'msg', exc)})"
             ) from None
 
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, i: int) -> Row:  # type: ignore[override]
+        with self.path.open("rb") as handle:
+            handle.seek(self.offsets[i])
+            return self._row(handle.readline(), self.numbers[i])
+
     def __iter__(self) -> Iterator[Row]:
-        with self.path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if line.strip():
-                    try:
-                        yield Row(json.loads(line), str(self.path), number)
-                    except json.JSONDecodeError as exc:
-                        raise UsageError(f"{self.path} row {number}: not valid JSON ({exc.msg})") from None
+        return (self._row(line, number) for _, number, line in self._lines())
 
 
 class TableRows(Sequence):
@@ -108,7 +113,8 @@ def open_rows(source: str, split: str = "train") -> Sequence[Row]:
 
     A missing file, an empty file and a line that is not JSON are `UsageError`s naming file and row.
     """
-    name, config, split = parse_source(source, split)
+    name, config, named_split = parse_source(source)
+    split = named_split or split
     path = Path(name).expanduser()
     if path.is_dir():
         rows = _open_folder(path, config, split, source)
@@ -117,6 +123,8 @@ def open_rows(source: str, split: str = "train") -> Sequence[Row]:
             raise UsageError(
                 f"{source}: unsupported file type {path.suffix!r}; use .jsonl, .json, .parquet, .csv or .tsv"
             )
+        if config or named_split:
+            raise UsageError(f"{source}: a file has no splits or configs; name the file alone")
         rows = _open_file(path)
     elif path.suffix in LOCAL_SUFFIXES or name.startswith((".", "/", "~")):
         raise UsageError(f"{source}: file does not exist")
@@ -139,13 +147,19 @@ def _open_file(path: Path) -> Sequence[Row]:
         delimiter = "\t" if path.suffix == ".tsv" else ","
         table = _load_dataset("csv", None, "train", f"{path}:", data_files=str(path), delimiter=delimiter)
         return TableRows(table, str(path))
-    if path.suffix == ".json" and path.read_text(encoding="utf-8").lstrip().startswith("["):
+    if path.suffix == ".json" and _starts_with_bracket(path):
         try:
-            records = json.loads(path.read_text(encoding="utf-8"))
+            records = json.loads(path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as exc:
             raise UsageError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
         return TableRows(records, str(path))
     return JsonlRows(path)
+
+
+def _starts_with_bracket(path: Path) -> bool:
+    """Whether a .json file holds one array (read whole) rather than JSON Lines, from its first bytes."""
+    with path.open("rb") as handle:
+        return handle.read(4096).removeprefix(BOM).lstrip().startswith(b"[")
 
 
 def _read_parquet(path: Path) -> Sequence[Row]:

@@ -14,6 +14,7 @@ from rlhfkit.config import PPOConfig
 from rlhfkit.core import kl_estimate, masked_mean, ppo_policy_loss, value_loss
 from rlhfkit.data import IGNORE, encode_sft
 from rlhfkit.data.schema import LazyRecords
+from rlhfkit.errors import UsageError
 from rlhfkit.runtime.distributed import all_max, all_sum, local_rows, world
 from rlhfkit.runtime.loop import UpdateGuard, guarded_update
 from rlhfkit.runtime.process import autocast
@@ -37,15 +38,31 @@ def ptx_sampler(config: PPOConfig, tokenizer: Any, generator: torch.Generator) -
     """Batches of the pretraining/SFT data for the ptx term, or None when the term is off (nothing is drawn,
     so the random stream is the same as without ptx data). The data is read lazily (`LazyRecords`): every
     row is checked at start-up, then only the drawn rows are read and tokenised, so a pretraining corpus far
-    larger than the prompt set does not sit in memory."""
+    larger than the prompt set does not sit in memory. A drawn row too long to keep (an SFT row whose
+    completion alone passes `ptx_max_length`) is drawn again."""
     if config.ptx_coef <= 0 or not config.ptx_data:
         return None
-    records = LazyRecords(config.ptx_data, "sft", config.columns)
+    records = LazyRecords(config.ptx_data, "sft", config.ptx_columns)
+    source, size = config.ptx_data, config.mini_batch_size
+
+    def encode(rows: list[int]) -> list:
+        return encode_sft(
+            [records[i] for i in rows], tokenizer, config.ptx_max_length, source=source, quiet=True
+        )
+
+    if not encode(list(range(min(len(records), 256)))):  # before anything is written
+        raise UsageError(f"{source}: no row of the first 256 fits ptx_max_length={config.ptx_max_length}")
 
     def sample() -> list:
-        picks = torch.randint(len(records), (config.mini_batch_size,), generator=generator).tolist()
-        return encode_sft(
-            [records[i] for i in picks], tokenizer, config.ptx_max_length, source=config.ptx_data, quiet=True
+        examples: list = []
+        for _ in range(10):
+            examples += encode(
+                torch.randint(len(records), (size - len(examples),), generator=generator).tolist()
+            )
+            if len(examples) == size:
+                return examples
+        raise UsageError(
+            f"{source}: drawn rows keep being longer than ptx_max_length={config.ptx_max_length}"
         )
 
     return sample
