@@ -206,3 +206,27 @@ def test_ptx_rows_are_drawn_lazily_and_a_row_too_long_is_drawn_again(rlhf_stack,
     )
     with pytest.raises(UsageError, match="mixed.jsonl row 2: field 'text' must be a string, got dict"):
         ptx_sampler(mapped, tiny_tokenizer, torch.Generator())  # every row is checked at start-up
+
+
+def test_eval_and_label_read_prompts_through_a_column_mapping(rlhf_stack, tmp_path):
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"question": "the movie was"}, {"question": "the pizza"}])
+    sft = rlhf_stack[0]
+    common = ["columns.prompt=question", "response_length=4", "batch_size=2"]
+    assert (
+        main(["eval", "--model", sft, "--prompts", questions, "--gold", "helpers:great_reward", *common]) == 0
+    )
+    out = tmp_path / "pairs.jsonl"
+    args = [
+        "label",
+        "--policy",
+        sft,
+        "--prompts",
+        questions,
+        "--gold",
+        "helpers:great_reward",
+        "--out",
+        str(out),
+    ]
+    assert main([*args, *common]) == 0
+    prompts = {json.loads(line)["prompt"] for line in out.read_text().splitlines()}
+    assert prompts and prompts <= {"the movie was", "the pizza"}  # identical pairs are left out

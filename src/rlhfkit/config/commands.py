@@ -177,6 +177,7 @@ class LabelConfig:
     temperature: float = option(1.0, "sampling temperature")
     seed: int = option(0, "random seed")
     overwrite: bool = option(False, "allow replacing an existing output file")
+    columns: ColumnsConfig = option(ColumnsConfig(), COLUMNS_HELP + "; for prompts")
     max_prompt_length: int = option(1024, PROMPT_CUT)
 
     def __post_init__(self) -> None:
@@ -200,6 +201,7 @@ class EvalConfig:
     temperature: float = option(0.7, "sampling temperature (log-probs for the KL are taken at it too)")
     batch_size: int = option(64, "prompts sampled at once")
     seed: int = option(0, "random seed")
+    columns: ColumnsConfig = option(ColumnsConfig(), COLUMNS_HELP + "; for prompts")
     max_prompt_length: int = option(1024, PROMPT_CUT)
 
     def __post_init__(self) -> None:

@@ -32,7 +32,7 @@ def evaluate(config: EvalConfig, gold: Any = None) -> dict[str, Any]:
     gold = gold or (load_gold(config.gold) if config.gold else None)
     quiet_transformers()
     tokenizer = load_tokenizer(config.model)
-    texts, prompt_ids = load_prompts(config.prompts, tokenizer, config.max_prompt_length)
+    texts, prompt_ids = load_prompts(config.prompts, tokenizer, config.max_prompt_length, config.columns)
     model = load_causal_lm(config.model, tokenizer).eval()
     reward_model = load_scalar_model(config.reward_model, tokenizer).eval() if config.reward_model else None
     reference = load_causal_lm(config.reference, tokenizer).eval() if config.reference else None

@@ -23,9 +23,12 @@ class Completions:
     rollout: Rollout
 
 
-def load_prompts(source: str, tokenizer: Any, max_length: int) -> tuple[list[str], list[list[int]]]:
-    """The prompts of `source` as text (for a gold function) and as token ids cut from the left."""
-    records = load_records(source, "prompt")
+def load_prompts(
+    source: str, tokenizer: Any, max_length: int, columns: Any = None
+) -> tuple[list[str], list[list[int]]]:
+    """The prompts of `source` as text (for a gold function) and as token ids cut from the left (`columns`:
+    a `rlhfkit.config.ColumnsConfig` naming the user's prompt column)."""
+    records = load_records(source, "prompt", columns=columns)
     return prompt_texts(records, tokenizer), encode_prompts(records, tokenizer, max_length, "left", source)
 
 
