@@ -404,3 +404,15 @@ def test_a_checkpoint_with_a_critic_does_not_resume_without_one():
         check_layout(with_critic, without)
     older = {k: v for k, v in with_critic.items() if k != "critic"}  # written before the key existed
     check_layout(older, with_critic)
+
+
+def test_prompts_that_truncate_to_the_same_tokens_are_warned_about(rlhf_stack, tmp_path, caplog):
+    """Reward functions find a prompt's row again by its tokens: two different rows cut to the same tokens
+    cannot be told apart, and the run says so."""
+    import logging
+
+    rows = [{"prompt": f"{word} the movie was"} for word in ("first", "second")] * 10
+    prompts = write_jsonl(tmp_path / "p.jsonl", rows)
+    with caplog.at_level(logging.WARNING, logger="rlhfkit"):
+        PPOTrainer.create(config(rlhf_stack, tmp_path / "o", prompts=prompts, max_prompt_length=3))
+    assert "10 prompts have the same (truncated) tokens as another, different prompt" in caplog.text

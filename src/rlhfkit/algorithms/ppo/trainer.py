@@ -10,6 +10,7 @@ The run loop (`rlhfkit.runtime.loop`) drives the iterations: checkpoints, resume
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ from rlhfkit.runtime.sharding import (
 )
 from rlhfkit.runtime.trackers import Trackers, check_trackers
 
+log = logging.getLogger("rlhfkit")
+
 
 def trained(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
@@ -75,7 +78,16 @@ def split_prompts(config: PPOConfig, tokenizer: Any) -> tuple[Prompts, Prompts, 
             source,
             kept,
         )
-        records.update((tuple(ids), record) for ids, record in zip(prompts, kept, strict=True))
+        clashes = 0
+        for ids, record in zip(prompts, kept, strict=True):
+            clashes += records.setdefault(tuple(ids), record) != record
+        if clashes:  # reward functions and a re-encoding RM read the row, found again by its ids
+            log.warning(
+                "%s: %d prompts have the same (truncated) tokens as another, different prompt; reward "
+                "functions and a reward model with its own tokenizer see the first one's text",
+                source,
+                clashes,
+            )
         return prompts
 
     prompts = encode(config.prompts)
