@@ -89,12 +89,68 @@ def test_the_compiled_step_traces_without_changing_samples(model_and_prompts):
 def test_auto_picks_the_graph_path_on_cuda_only(model_and_prompts):
     model = model_and_prompts[0]
     assert choose_decoder("auto", torch.device("cuda")) == "compiled"
-    assert choose_decoder("auto", torch.device("cuda"), sharded=True) == "eager"
     assert choose_decoder("auto", torch.device("cpu")) == "eager"
     assert choose_decoder("static", torch.device("cpu")) == "static"
+    # FSDP gathers new weight tensors every rollout: eager, even when another decoder is asked for
+    for asked in ("auto", "static", "compiled"):
+        assert choose_decoder(asked, torch.device("cuda"), sharded=True) == "eager"
+    # sliding-window layers recompile every token when compiled: the static cache, uncompiled
+    from transformers import MistralConfig
+
+    assert choose_decoder("auto", torch.device("cuda"), config=MistralConfig(sliding_window=4)) == "static"
+    assert choose_decoder("auto", torch.device("cuda"), config=model.config) == "compiled"
     assert isinstance(make_decoder(model, "eager"), EagerDecoder)
     assert make_decoder(model, "static").forward is model
     assert make_decoder(model, "compiled").forward is not model  # torch.compile wraps it (compiles lazily)
+
+
+class FakeCompileError(Exception):
+    """Stands for an error raised from inside torch.compile."""
+
+
+FakeCompileError.__module__ = "torch._dynamo.exc"
+
+
+def test_a_compile_failure_mid_step_reruns_the_batch_uncompiled(model_and_prompts):
+    """The compiled step fails after the model already wrote part of the cache (a later subgraph failing):
+    the decoder replays the batch uncompiled from its prompt, and samples what eager samples."""
+    model, tokenizer, ids, mask = model_and_prompts
+    decoder = StaticDecoder(model, width_multiple=16)
+    calls = {"n": 0}
+
+    def flaky(**arguments):
+        calls["n"] += 1
+        out = model(**arguments)  # the cache is written...
+        if calls["n"] == 3:
+            raise FakeCompileError("backend failed")  # ...then compiling a later part fails
+        return out
+
+    decoder.forward = flaky
+    settings = SamplingSettings(max_new_tokens=8, temperature=0.9)
+    eager = sample(model, tokenizer, ids, mask, EagerDecoder(model), settings, 4)
+    recovered = sample(model, tokenizer, ids, mask, decoder, settings, 4)
+    assert torch.equal(eager.response_ids, recovered.response_ids)
+    assert decoder.forward is model  # uncompiled from then on
+
+
+def test_an_error_that_is_not_compiling_is_raised(model_and_prompts):
+    model, tokenizer, ids, mask = model_and_prompts
+    decoder = StaticDecoder(model)
+
+    def out_of_memory(**arguments):
+        raise RuntimeError("CUDA out of memory")
+
+    decoder.forward = out_of_memory
+    with pytest.raises(RuntimeError, match="out of memory"):
+        sample(model, tokenizer, ids, mask, decoder, SamplingSettings(max_new_tokens=4), 0)
+
+
+def test_at_most_two_caches_are_kept(model_and_prompts):
+    model, tokenizer, ids, mask = model_and_prompts
+    decoder = StaticDecoder(model)
+    for rows in (4, 3, 2, 3):
+        sample(model, tokenizer, ids[:rows], mask[:rows], decoder, SamplingSettings(max_new_tokens=3), 0)
+    assert [key[0] for key in decoder.caches] == [2, 3]  # the newest two, the latest used last
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

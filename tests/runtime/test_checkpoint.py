@@ -117,3 +117,16 @@ def test_a_file_that_is_not_a_checkpoint_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="not a checkpoint rlhfkit can load safely") as refused:
         load_checkpoint(folder)
     assert "\n" not in str(refused.value)
+
+
+def test_loading_an_optimizer_state_keeps_the_fused_kernel():
+    """Saved param groups replace the live ones on load: the run's own kernel choice is kept."""
+    import torch
+
+    from rlhfkit.runtime.sharding import load_optimizer_state
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    saved = torch.optim.AdamW([weight], foreach=False).state_dict()  # an older run's per-tensor optimiser
+    live = torch.optim.AdamW([weight], fused=True)
+    load_optimizer_state(None, None, live, saved)
+    assert live.param_groups[0]["fused"] is True and not live.param_groups[0]["foreach"]

@@ -65,7 +65,8 @@ class PPOConfig:
     forward_batch_size: int | None = option(
         None,
         "episodes per no-grad forward pass (old log-probs and values, scores, reference log-probs); None = "
-        "as many as keep one pass's logits within 1 GiB (usually the whole batch)",
+        "`micro_batch_size` when set, else as many as keep one pass's logits within 1 GiB (usually the "
+        "whole batch)",
     )
     ppo_epochs: int = option(4, "passes over each batch of experience")
     response_length: int = option(32, "maximum new tokens per response")

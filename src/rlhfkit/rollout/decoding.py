@@ -38,12 +38,27 @@ def forward_options(model: Any) -> tuple[str, dict, bool]:
     return cache_name, extra, "cache_position" in parameters
 
 
-def choose_decoder(name: str, device: torch.device, sharded: bool = False) -> str:
-    """`auto` -> `compiled` on CUDA (unless the module is sharded: FSDP gathers new weight tensors for every
-    rollout, which a captured graph cannot follow), `eager` elsewhere; any other name is kept."""
+def choose_decoder(name: str, device: torch.device, sharded: bool = False, config: Any = None) -> str:
+    """`auto` -> `compiled` on CUDA, `eager` elsewhere. Not compiled for a model with sliding-window layers
+    (its cache's integer counters change every token: one recompile per token) -> `static` there. A
+    sharded (FSDP) module gathers new weight tensors for every rollout, which neither a captured graph nor a
+    cache kept between batches can follow -> `eager`, whatever was asked."""
+    if sharded:
+        if name in ("static", "compiled"):
+            log.warning("decoder=%s cannot follow FSDP's gathered weights: decoding eagerly", name)
+        return "eager"
     if name != "auto":
         return name
-    return "compiled" if device.type == "cuda" and not sharded else "eager"
+    if device.type != "cuda":
+        return "eager"
+    return "static" if sliding_window(config) else "compiled"
+
+
+def sliding_window(config: Any) -> bool:
+    """Whether a model config has sliding-window attention layers (Mistral, Gemma 2/3, ...)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    types = getattr(text, "layer_types", None) or ()
+    return bool(getattr(text, "sliding_window", None)) or any("sliding" in str(t) for t in types)
 
 
 class EagerDecoder:
@@ -80,9 +95,12 @@ class EagerDecoder:
 
 
 class StaticDecoder:
-    """Forward passes with a KV cache of fixed length. The cache of each (rows, length, dtype) is kept and
-    reset between batches, so a compiled step sees the same tensors every time. `compile` is torch.compile's
-    backend (`inductor` with CUDA graphs on CUDA; tests trace the step with the `eager` backend on CPU)."""
+    """Forward passes with a KV cache of fixed length, reset between batches, so a compiled step sees the same
+    tensors every time. The two newest caches (rollout and evaluation shapes) are kept; an older one is freed.
+    `compile` is torch.compile's backend (`inductor` with CUDA graphs on CUDA; tests trace the step with the
+    `eager` backend on CPU)."""
+
+    KEPT = 2  # caches kept: one per shape a run alternates between (its rollouts, its evaluations)
 
     def __init__(self, model: Any, compile: str | None = None, width_multiple: int = 1) -> None:
         self.model, self.caches = model, {}
@@ -99,71 +117,96 @@ class StaticDecoder:
         from transformers import StaticCache
 
         key = (rows, length, dtype)
-        if key not in self.caches:
-            # transformers 5.x sizes the cache from the first keys it stores; 4.x reads the last three
-            sizes = {"max_batch_size": rows, "dtype": dtype, "device": device}
-            self.caches[key] = StaticCache(config=self.model.config, max_cache_len=length, **sizes)
-        else:
+        if key in self.caches:
+            self.caches[key] = self.caches.pop(key)  # the newest last
             self.caches[key].reset()
+            return self.caches[key]
+        while len(self.caches) >= self.KEPT:
+            del self.caches[next(iter(self.caches))]
+        # transformers 5.x sizes the cache from the first keys it stores; 4.x reads the last three
+        sizes = {"max_batch_size": rows, "dtype": dtype, "device": device}
+        self.caches[key] = StaticCache(config=self.model.config, max_cache_len=length, **sizes)
         return self.caches[key]
 
     def start(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         """(B, P) left-padded prompts and their mask -> (B, V) logits of the first response token."""
         rows, width = ids.shape
         left = -width % self.width_multiple
-        ids = torch.nn.functional.pad(ids, (left, 0), value=0)  # (B, W) masked: any id will do
+        self.ids = torch.nn.functional.pad(ids, (left, 0), value=0)  # (B, W) masked: any id will do
         # the mask is allocated at the cache's full length; step t switches on column W + t
         self.mask = torch.nn.functional.pad(mask.long(), (left, max_new_tokens), value=0)  # (B, W + T)
-        self.width = ids.shape[1]
+        self.width, self.fed = self.ids.shape[1], []
+        autocast = torch.is_autocast_enabled(ids.device.type)
+        dtype = torch.get_autocast_dtype(ids.device.type) if autocast else self.model.dtype
+        self.cache = self._cache(rows, self.width + max_new_tokens, dtype, ids.device)
+        return self._prefill()
+
+    def _prefill(self) -> torch.Tensor:
+        """The prompt pass, eager: it runs once per batch, and its shapes are the batch's own."""
         positions = position_ids(self.mask[:, : self.width])  # (B, W)
         self.position = positions[:, -1:] + 1  # (B, 1)
-        dtype = (
-            torch.get_autocast_dtype(ids.device.type) if torch.is_autocast_enabled(ids.device.type) else None
-        )
-        self.cache = self._cache(rows, self.width + max_new_tokens, dtype or self.model.dtype, ids.device)
-        self.t = 0
-        # the prompt pass runs eagerly: it runs once per batch, and its shapes are the batch's own
         out = self.model(
-            input_ids=ids,
+            input_ids=self.ids,
             attention_mask=self.mask,
             position_ids=positions,
             use_cache=True,
             **{self.cache_name: self.cache},
-            **self._cache_position(torch.arange(self.width, device=ids.device)),
+            **self._cache_position(torch.arange(self.width, device=self.ids.device)),
             **self.extra,
         )
         return out.logits[:, -1]
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """(B,) the tokens just sampled -> (B, V) logits of the next ones."""
-        column = self.width + self.t
-        self.mask[:, column] = 1
-        arguments = {
-            "input_ids": token[:, None],
-            "attention_mask": self.mask,
-            "position_ids": self.position,
-            "use_cache": True,
-            self.cache_name: self.cache,
-            **self._cache_position(torch.tensor([column], device=token.device)),
-            **self.extra,
-        }
+        self.mask[:, self.width + len(self.fed)] = 1
         try:
-            out = self.forward(**arguments)
-        except Exception as exc:  # a model or torch build torch.compile cannot handle: the uncompiled step
-            if self.forward is self.model:
+            logits = self._step(self.forward, token)
+        except Exception as exc:
+            if self.forward is self.model or not _compile_failure(exc):
                 raise
+            # a model or torch build torch.compile cannot handle: part of the step may have written the
+            # cache, so the batch so far is run again, uncompiled, from its prompt
             log.warning(
                 "torch.compile failed (%s); decoding with the static cache uncompiled", first_line(exc)
             )
             self.forward = self.model
-            out = self.forward(**arguments)
-        self.position, self.t = self.position + 1, self.t + 1
+            self.cache.reset()
+            fed, self.fed = self.fed, []
+            self._prefill()
+            for earlier in fed:
+                self._step(self.model, earlier)
+            logits = self._step(self.model, token)
+        return logits
+
+    def _step(self, forward: Any, token: torch.Tensor) -> torch.Tensor:
+        column = self.width + len(self.fed)
+        out = forward(
+            input_ids=token[:, None],
+            attention_mask=self.mask,
+            position_ids=self.position,
+            use_cache=True,
+            **{self.cache_name: self.cache},
+            **self._cache_position(torch.tensor([column], device=token.device)),
+            **self.extra,
+        )
+        self.position = self.position + 1
+        self.fed.append(token)
         # a copy: a CUDA graph's output buffer is overwritten by its next replay
         return out.logits[:, -1].clone()
 
     def _cache_position(self, positions: torch.Tensor) -> dict:
         """transformers 4.x writes a static cache at `cache_position`; 5.x counts what it has written."""
         return {"cache_position": positions} if self.cache_position else {}
+
+
+def _compile_failure(exc: BaseException) -> bool:
+    """Whether `exc` comes from torch.compile (dynamo's tracing, a backend's compiling), not from running the
+    model (out of memory, a bad input): only the former falls back to the uncompiled step."""
+    from torch._dynamo import exc as dynamo
+
+    return isinstance(exc, (dynamo.TorchDynamoException, dynamo.BackendCompilerFailed)) or (
+        type(exc).__module__.startswith(("torch._dynamo", "torch._inductor"))
+    )
 
 
 def make_decoder(model: Any, name: str) -> EagerDecoder | StaticDecoder:

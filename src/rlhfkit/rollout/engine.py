@@ -53,7 +53,7 @@ class LocalSampler:
         self.model, self.pad_id, self.bf16 = model, tokenizer.pad_token_id, bf16
         self.device = next(model.parameters()).device
         self.stop_ids = stop_ids.to(self.device)
-        self.decoder = make_decoder(model, choose_decoder(decoder, self.device, sharded))
+        self.decoder = make_decoder(model, choose_decoder(decoder, self.device, sharded, model.config))
 
     def generate(
         self,

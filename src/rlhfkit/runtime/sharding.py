@@ -230,7 +230,11 @@ def optimizer_state(accelerator: Any, model: torch.nn.Module, optimizer: Any) ->
 
 def load_optimizer_state(accelerator: Any, model: torch.nn.Module, optimizer: Any, state: dict) -> None:
     if not is_sharded(accelerator):
+        # the saved param groups replace the live ones: keep this run's kernel choice (fused or not)
+        kernels = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
         optimizer.load_state_dict(state)
+        for group, kernel in zip(optimizer.param_groups, kernels, strict=True):
+            group.update(kernel)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 

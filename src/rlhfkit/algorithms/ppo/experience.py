@@ -77,10 +77,11 @@ LOGIT_BUDGET = 2**28  # fp32 logits (1 GiB) one no-grad pass may hold
 
 
 def forward_rows(config: PPOConfig, width: int, vocab: int) -> int:
-    """Episodes per no-grad pass: `forward_batch_size`, or as many as keep a pass's (rows, width, vocab) fp32
-    logits within LOGIT_BUDGET. Memory bounds these passes, not the optimiser's mini-batch: bigger passes
-    mean fewer, fuller matrix products (and on a GPU fewer kernel launches)."""
-    return config.forward_batch_size or max(1, LOGIT_BUDGET // (width * vocab))
+    """Episodes per no-grad pass: `forward_batch_size`; else `micro_batch_size` (set to fit memory); else as
+    many as keep a pass's (rows, width, vocab) fp32 logits within LOGIT_BUDGET. Memory bounds these passes,
+    not the optimiser's mini-batch: bigger passes mean fewer, fuller matrix products (and on a GPU fewer
+    kernel launches)."""
+    return config.forward_batch_size or config.micro_batch_size or max(1, LOGIT_BUDGET // (width * vocab))
 
 
 def row_slices(rows: int, chunk: int) -> list[slice]:
