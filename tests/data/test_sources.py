@@ -165,4 +165,12 @@ def test_jsonl_rows_are_read_on_access(tmp_path):
 
     rows = open_rows(write_jsonl(tmp_path / "big.jsonl", ROWS * 500))
     assert len(rows) == 1000 and rows[999].data == ROWS[1] and rows[999].number == 1000
-    assert len(rows.offsets) * rows.offsets.itemsize == 8000  # the index: 8 bytes a row
+    assert len(rows.index[0]) * rows.index[0].itemsize == 8000  # the index: 8 bytes a row
+
+
+def test_an_empty_corpus_is_refused_after_one_pass(tmp_path):
+    from rlhfkit.data.schema import LazyRecords
+
+    (tmp_path / "blank.jsonl").write_text("\n\n")
+    with pytest.raises(UsageError, match="blank.jsonl: no rows"):
+        LazyRecords(str(tmp_path / "blank.jsonl"), "sft")

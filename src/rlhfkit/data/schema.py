@@ -210,11 +210,13 @@ class LazyRecords(Sequence):
     larger than memory should hold: PPO's ptx data."""
 
     def __init__(self, source: str, kind: Kind, columns: Any = None) -> None:
-        from rlhfkit.data.sources import open_rows
+        from rlhfkit.data.sources import no_rows, open_rows
 
         self.rows, self.kind, self.columns = open_rows(source), kind, columns
-        for row in self.rows:
+        for row in self.rows:  # the one pass over the file: it also builds a JSONL file's index
             _record(row, kind, columns)
+        if not len(self.rows):
+            raise no_rows(source)
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -53,14 +53,20 @@ def parse_source(source: str) -> tuple[str, str | None, str | None]:
 
 class JsonlRows(Sequence):
     """The rows of a JSON Lines file, read on access through an index of line offsets (8 bytes a row, and its
-    line number). Lines are split on `\\n` alone, the same way when indexing and when reading; a UTF-8 BOM
-    at the start is skipped."""
+    line number), built by the first pass over the file (iterating it, or asking for its length or a row).
+    Lines are split on `\\n` alone, the same way when indexing and when reading; a UTF-8 BOM at the start
+    is skipped."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.offsets, self.numbers = path, array("q"), array("q")
-        for offset, number, _ in self._lines():
-            self.offsets.append(offset)
-            self.numbers.append(number)
+        self.path, self._index = path, None
+
+    @property
+    def index(self) -> tuple[array, array]:
+        """(offsets, line numbers) of the non-blank lines."""
+        if self._index is None:
+            for _ in self:
+                pass
+        return self._index
 
     def _lines(self) -> Iterator[tuple[int, int, bytes]]:
         """(offset, line number, bytes) of every non-blank line."""
@@ -81,15 +87,21 @@ class JsonlRows(Sequence):
             ) from None
 
     def __len__(self) -> int:
-        return len(self.offsets)
+        return len(self.index[0])
 
     def __getitem__(self, i: int) -> Row:  # type: ignore[override]
+        offsets, numbers = self.index
         with self.path.open("rb") as handle:
-            handle.seek(self.offsets[i])
-            return self._row(handle.readline(), self.numbers[i])
+            handle.seek(offsets[i])
+            return self._row(handle.readline(), numbers[i])
 
     def __iter__(self) -> Iterator[Row]:
-        return (self._row(line, number) for _, number, line in self._lines())
+        offsets, numbers = array("q"), array("q")
+        for offset, number, line in self._lines():
+            offsets.append(offset)
+            numbers.append(number)
+            yield self._row(line, number)
+        self._index = offsets, numbers
 
 
 class TableRows(Sequence):
@@ -111,7 +123,8 @@ class TableRows(Sequence):
 def open_rows(source: str, split: str = "train") -> Sequence[Row]:
     """The rows of `source` (see the module's note for the forms it takes), read lazily where possible.
 
-    A missing file, an empty file and a line that is not JSON are `UsageError`s naming file and row.
+    A missing file and a line that is not JSON are `UsageError`s naming file and row; an empty source has no
+    rows, which its reader refuses (`no_rows`) once it has read them: a JSONL file is read once.
     """
     name, config, named_split = parse_source(source)
     split = named_split or split
@@ -130,14 +143,19 @@ def open_rows(source: str, split: str = "train") -> Sequence[Row]:
         raise UsageError(f"{source}: file does not exist")
     else:
         rows = TableRows(_load_dataset(name, config, split, f"{source}: not a local file and"), source)
-    if not len(rows):
-        raise UsageError(f"{source}: no rows (empty file or dataset)")
     return rows
 
 
+def no_rows(source: str) -> UsageError:
+    return UsageError(f"{source}: no rows (empty file or dataset)")
+
+
 def read_rows(source: str, split: str = "train") -> list[Row]:
-    """All rows of `source` in a list (see `open_rows`)."""
-    return list(open_rows(source, split))
+    """All rows of `source` in a list (see `open_rows`); none is a UsageError."""
+    rows = list(open_rows(source, split))
+    if not rows:
+        raise no_rows(source)
+    return rows
 
 
 def _open_file(path: Path) -> Sequence[Row]:

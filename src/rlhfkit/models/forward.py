@@ -17,10 +17,16 @@ from rlhfkit.core import entropy_from_logits, logprobs_from_logits
 from rlhfkit.models.scalar import position_ids, scalar_values
 
 
+def forward_parameters(model: Any) -> frozenset[str]:
+    """The keyword arguments a model's forward takes: those of the Hugging Face model a peft wrapper passes
+    its keyword arguments on to. Which to pass (`logits_to_keep`, the cache's name) is read from here."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _parameters(type(base))
+
+
 @cache
-def _keeps_logits(forward_type: type) -> bool:
-    """Whether a model class's forward takes `logits_to_keep` (transformers >= 4.50 causal LMs)."""
-    return "logits_to_keep" in inspect.signature(forward_type.forward).parameters
+def _parameters(model_type: type) -> frozenset[str]:
+    return frozenset(inspect.signature(model_type.forward).parameters)
 
 
 def response_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, context: int) -> Any:
@@ -28,9 +34,8 @@ def response_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.T
     LM head where the model allows it: the head is a large share of a small model's FLOPs (SmolLM2-135M:
     576 x 49,152 of its 135M parameters), and the prompt's logits are never used."""
     response = input_ids.shape[1] - context
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft forwards kwargs
     positions = torch.arange(context - 1, input_ids.shape[1], device=input_ids.device)  # (T + 1,)
-    keep = {"logits_to_keep": positions} if _keeps_logits(type(base)) else {}
+    keep = {"logits_to_keep": positions} if "logits_to_keep" in forward_parameters(model) else {}
     logits = model(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask), **keep
     ).logits  # (B, T + 1, V) or (B, P + T, V)

@@ -15,13 +15,13 @@ each `step` feeds one token per row and returns the next logits.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from typing import Any
 
 import torch
 
 from rlhfkit.errors import first_line
+from rlhfkit.models.forward import forward_parameters
 from rlhfkit.models.scalar import position_ids
 
 log = logging.getLogger("rlhfkit")
@@ -32,7 +32,7 @@ def forward_options(model: Any) -> tuple[str, dict, bool]:
     """The name of the KV-cache argument (`cache` in transformers >= 5.x, `past_key_values` before), the
     extra arguments that save work (`logits_to_keep=1`: sampling needs the last position's logits only, not
     (B, P, V)), and whether the forward takes `cache_position` (transformers 4.x static caches need it)."""
-    parameters = inspect.signature(model.forward).parameters
+    parameters = forward_parameters(model)
     cache_name = "cache" if "cache" in parameters else "past_key_values"
     extra = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
     return cache_name, extra, "cache_position" in parameters

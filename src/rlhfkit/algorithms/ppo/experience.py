@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from rlhfkit.algorithms.ppo.rewards import Rewards, component_stats
+from rlhfkit.algorithms.ppo.rewards import Normalise, Rewards, component_stats
 from rlhfkit.algorithms.ppo.roles import PolicyAndValue, Roles
 from rlhfkit.config import PPOConfig
 from rlhfkit.core import (
@@ -27,7 +26,6 @@ from rlhfkit.runtime.outputs import read_run_file
 from rlhfkit.runtime.process import autocast
 
 log = logging.getLogger("rlhfkit")
-Normalise = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass

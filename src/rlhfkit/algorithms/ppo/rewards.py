@@ -25,7 +25,7 @@ from rlhfkit.tasks.rewards import (
 )
 
 RM = "model"  # the reward model's component name: `reward/model`
-Normalise = Callable[[torch.Tensor], torch.Tensor]
+Normalise = Callable[[torch.Tensor], torch.Tensor]  # raw RM scores (or critic values) -> PPO's scale
 
 
 @dataclass
@@ -60,20 +60,18 @@ class Rewards:
             for r in rows
         ]
 
-    def model_scores(self, rollout: Rollout, rows: slice) -> torch.Tensor:
+    def model_scores(
+        self, rollout: Rollout, rows: slice, records: list[dict], responses: list[str]
+    ) -> torch.Tensor:
         """(b,) raw RM scores of `rows`: on the rollout's own ids when the RM reads the policy's tokens, else
-        on prompt + response re-encoded with the RM's tokenizer and chat template."""
+        on prompt + response (`records`, `responses`: those rows' as text) re-encoded with the RM's tokenizer
+        and chat template."""
         if self.roles.rm_tokenizer is None:
             return self.roles.scores(rollout.input_ids[rows], rollout.attention_mask[rows])
-        tokenizer, indices = self.roles.rm_tokenizer, range(*rows.indices(rollout.prompt_ids.shape[0]))
+        tokenizer = self.roles.rm_tokenizer
         limit = self.roles.rm_max_length  # the RM's own positions: a long prompt loses its beginning
         sequences = []
-        for record, response, stopped in zip(
-            self.prompts(rollout, indices),
-            self.responses(rollout, indices),
-            rollout.stopped[rows],
-            strict=True,
-        ):
+        for record, response, stopped in zip(records, responses, rollout.stopped[rows], strict=True):
             prompt = record.get("messages") or record["prompt"]
             # an unfinished response is scored without the EOS (or closing turn) it never produced
             ids = scored_sequence(prompt, response, tokenizer, finished=bool(stopped))
@@ -82,10 +80,10 @@ class Rewards:
         device = rollout.prompt_ids.device
         return self.roles.scores(ids.to(device), mask.to(device))
 
-    def function_scores(self, rollout: Rollout, rows: range) -> dict[str, torch.Tensor]:
-        """{name: (b,) float tensor} of each reward function on `rows`; a RewardFunctionError on failure."""
-        prompts = prompt_texts(self.prompts(rollout, rows), self.roles.tokenizer)
-        responses = self.responses(rollout, rows)
+    def function_scores(self, records: list[dict], responses: list[str]) -> dict[str, torch.Tensor]:
+        """{name: (b,) float tensor} of each reward function on the rows of `records` and `responses`; a
+        RewardFunctionError on failure."""
+        prompts = prompt_texts(records, self.roles.tokenizer)
         names = self.names[len(self.names) - len(self.functions) :]
         return {
             name: torch.tensor(call_reward_function(f, prompts, responses, self.concurrency))
@@ -101,9 +99,19 @@ class Rewards:
         device = rollout.prompt_ids.device
         mine, failure, scores = range(chunks[0].start, chunks[-1].stop), None, {}
         try:  # anything that fails here fails on this process alone: the others are told before they wait
+            # the rows as text, decoded once, for the functions and for an RM with its own tokenizer
+            text = self.functions or self.roles.rm_tokenizer is not None
+            records = self.prompts(rollout, mine) if text else []
+            responses = self.responses(rollout, mine) if text else []
+
+            def part(items: list, rows: slice) -> list:
+                return items[rows.start - mine.start : rows.stop - mine.start]
+
             if self.roles.has_reward_model:
-                scores[RM] = torch.cat([self.model_scores(rollout, s) for s in chunks])
-            scores |= self.function_scores(rollout, mine) if self.functions else {}
+                scores[RM] = torch.cat(
+                    [self.model_scores(rollout, s, part(records, s), part(responses, s)) for s in chunks]
+                )
+            scores |= self.function_scores(records, responses) if self.functions else {}
         except RewardFunctionError as exc:
             failure = str(exc)
         except Exception as exc:
