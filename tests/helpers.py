@@ -4,6 +4,7 @@ import json
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 NOUNS = ["movie", "pizza", "phone", "hotel", "book", "song", "laptop", "cafe", "show", "game"]
 GOOD = ["great", "lovely", "wonderful", "superb", "delightful"]
@@ -163,3 +164,17 @@ def fails_after_two_batches(prompt: str, response: str) -> float:
     if CALLS["n"] > int(os.environ.get("RLHFKIT_TEST_FAIL_AFTER", "17")):
         raise ConnectionError("the verifier is down")
     return great_reward(prompt, response)
+
+
+def chatml(tokenizer: Any) -> Any:
+    """A copy of `tokenizer` with ChatML's turns: `<|im_start|>role\\ncontent<|im_end|>\\n`, EOS not used
+    (its end of turn, `<|im_end|>`, is not EOS)."""
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.add_tokens(["<|im_start|>", "<|im_end|>"], special_tokens=True)
+    tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    return tok

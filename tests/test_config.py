@@ -511,3 +511,43 @@ def test_new_fields_have_their_documented_defaults():
         "kl_penalty",
         "report_to",
     ]
+
+
+# Every Literal field of each config class, with a valid value to replace and a bogus one. Built from Python
+# (not the command line, whose parser checks them), a value outside the Literal used to be accepted and fail
+# later with exit status 1 (loss_aggregation="bogus" in the trainer).
+LITERALS = [
+    (PPOConfig, REQUIRED_PPO, name)
+    for name in (
+        "advantage_estimator",
+        "rloo_baseline",
+        "loss_aggregation",
+        "ratio_level",
+        "truncation",
+        "kl_estimator",
+        "decoder",
+        "model_dtype",
+        "kl_penalty",
+    )  # fmt: skip
+] + [
+    (OptimConfig, {}, "schedule"),
+    (SFTConfig, dict(model="m", data="d", out="o"), "truncation"),
+    (RewardConfig, dict(model="m", data="d", out="o"), "model_dtype"),
+    (DemoConfig, {}, "preset"),
+]
+
+
+@pytest.mark.parametrize(("cls", "required", "name"), LITERALS, ids=lambda x: getattr(x, "__name__", x))
+def test_a_literal_field_built_from_python_is_checked(cls, required, name):
+    with pytest.raises(ConfigError, match=rf"^{name} must be one of '.*', got 'bogus'$"):
+        cls(**required, **{name: "bogus"})
+    cls(**required)  # the defaults pass
+
+
+def test_every_literal_field_is_checked():
+    """LITERALS covers every Literal field of PPOConfig (a new one is checked by the same helper)."""
+    import typing
+
+    hints = typing.get_type_hints(PPOConfig)
+    literal = {n for n, t in hints.items() if typing.get_origin(t) is typing.Literal}
+    assert literal == {name for cls, _, name in LITERALS if cls is PPOConfig}

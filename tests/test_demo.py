@@ -72,20 +72,24 @@ def test_dotted_names_configure_the_same_reduced_demo():
 def test_the_demo_compares_algorithms_from_the_same_sft_and_rm(tmp_path, capsys):
     """`--algorithms ppo,grpo,rloo`: stage 3 once per algorithm, each evaluated, the report compares them."""
     out = tmp_path / "three"
-    assert main(["demo", "--out", str(out), "--algorithms", "ppo,grpo,rloo", "group_size=2", *SMALL]) == 0
+    assert main(["demo", "--out", str(out), "--algorithms", "grpo,ppo,rloo", "group_size=2", *SMALL]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary["algorithms"]) == ["ppo", "grpo", "rloo"]
+    assert list(summary["algorithms"]) == ["grpo", "ppo", "rloo"]
     for name, run in summary["algorithms"].items():
         assert math.isfinite(run["gold_reward"]) and run["train_seconds"] > 0, name
         assert summary["config"][name]["policy"] == summary["config"]["ppo"]["policy"]  # the same SFT model
     assert summary["config"]["grpo"]["advantage_estimator"] == "grpo"
     assert summary["config"]["rloo"]["samples_per_prompt"] == 2
-    assert summary["gold_reward_ppo"] == summary["algorithms"]["ppo"]["gold_reward"]
+    # the first algorithm's results at the top level are named after it (GRPO's here, not PPO's)
+    assert summary["algorithm"] == "grpo" and "gold_reward_ppo" not in summary
+    assert summary["gold_reward_grpo"] == summary["algorithms"]["grpo"]["gold_reward"]
+    assert summary["kl_to_sft"] == summary["algorithms"]["grpo"]["kl_to_sft"]
     assert (out / "grpo" / "actor").is_dir() and not (out / "grpo" / "critic").exists()
     report = (out / "report.html").read_text()
     assert report.count("<svg") == 8 and "Algorithms from the same SFT model and RM" in report
+    assert "gold reward, SFT → GRPO" in report and "GRPO completion" in report
     printed = capsys.readouterr().out
-    assert "GRPO: gold reward" in printed and "RLOO: gold reward" in printed
+    assert "(GRPO) at KL" in printed and "PPO: gold reward" in printed and "RLOO: gold reward" in printed
 
 
 def test_unknown_or_repeated_algorithms_are_refused(tmp_path, capsys):
@@ -93,3 +97,32 @@ def test_unknown_or_repeated_algorithms_are_refused(tmp_path, capsys):
         assert main(["demo", "--out", str(tmp_path / "x"), "--algorithms", bad]) == 2
         assert "algorithms must be distinct names among" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_the_summary_names_the_first_algorithms_results_after_it():
+    """GRPO first: its numbers at the top level are `*_grpo` (not `*_ppo`), and `kl_to_sft`/`gold_gain` are
+    its own. Values exact in binary: gain 0.25 - (-0.5) = 0.75."""
+    from rlhfkit.jobs.demo import summarise
+
+    def metrics(gold, reward, kl, length):
+        return {"metrics": {"gold": gold, "reward": reward, "kl": kl, "length": length}}
+
+    results = {
+        "sft": metrics(-0.5, 0.0, 0.0, 10.0),
+        "grpo": metrics(0.25, 1.5, 2.0, 12.0),
+        "ppo": metrics(0.5, 3.0, 4.0, 14.0),
+    }
+    summary = summarise(results, {"grpo": 30.0, "ppo": 50.0}, 0.75, {"label_agreement": 0.875, "pairs": 64})
+    assert summary["algorithm"] == "grpo"
+    assert (summary["gold_reward_grpo"], summary["proxy_reward_grpo"], summary["length_grpo"]) == (
+        0.25,
+        1.5,
+        12.0,
+    )
+    assert not [key for key in summary if key.endswith("_ppo")]
+    assert (summary["kl_to_sft"], summary["gold_gain"]) == (2.0, 0.75)
+    assert summary["algorithms"]["ppo"] == {
+        "gold_reward": 0.5, "gold_gain": 1.0, "proxy_reward": 3.0, "kl_to_sft": 4.0, "length": 14.0,
+        "train_seconds": 50.0,
+    }  # fmt: skip
+    assert (summary["rm_accuracy"], summary["label_agreement"], summary["labeled_pairs"]) == (0.75, 0.875, 64)

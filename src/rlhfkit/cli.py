@@ -59,10 +59,11 @@ def run_demo(config: DemoConfig) -> int:
 
     out = demo(config)
     summary = json.loads((out / "summary.json").read_text())
+    first = summary["algorithm"]  # the first algorithm's results are named after it
     print(
         f"rlhfkit demo: gold reward {summary['gold_reward_sft']:+.3f} (SFT) -> "
-        f"{summary['gold_reward_ppo']:+.3f} "
-        f"({config.algorithms[0].upper()}) at KL {summary['kl_to_sft']:.2f}; RM accuracy "
+        f"{summary[f'gold_reward_{first}']:+.3f} "
+        f"({first.upper()}) at KL {summary['kl_to_sft']:.2f}; RM accuracy "
         f"{summary['rm_accuracy']:.1%}; {summary['wall_seconds'] / 60:.1f} min"
     )
     for name, run in list(summary["algorithms"].items())[1:]:
@@ -134,45 +135,72 @@ def show_warnings(command: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """`rlhfkit` with a sub-parser per command: `--help`, `--version`, and the messages for a missing or
+    unknown command. A command's own arguments are parsed by `command_parser` (see `parse_arguments`)."""
     parser = argparse.ArgumentParser(
         prog="rlhfkit", description="RLHF the InstructGPT way: SFT, reward model, PPO."
     )
     parser.add_argument("--version", action="version", version=f"rlhfkit {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, cls in COMMAND_CONFIGS.items():
-        sub = commands.add_parser(
-            name,
-            help=SUMMARIES[name],
-            description=f"{SUMMARIES[name]}.",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-            epilog="config fields (set them in --config FILE.yaml or as field=value):\n"
-            + "\n".join(describe(cls)),
-        )
-        sub.add_argument("--config", metavar="FILE.yaml", help="YAML file of config fields")
-        for field_name in FLAGS[name]:
-            flag = "--" + field_name.replace("_", "-")
-            if field_name in ("overwrite", "resume"):
-                sub.add_argument(flag, action="store_true", default=None, help=f"see `{field_name}` below")
-            elif field_name in REPEATED:
-                sub.add_argument(
-                    REPEATED[field_name],
-                    dest=field_name,
-                    action="append",
-                    metavar="MODULE:FUNCTION",
-                    help=f"adds to `{field_name}` (repeatable; see below)",
-                )
-            else:
-                sub.add_argument(
-                    flag, dest=field_name, metavar=field_name.upper(), help=f"sets `{field_name}` (see below)"
-                )
-        sub.add_argument(
-            "overrides", nargs="*", metavar="field=value", help="config overrides, dotted for sections"
-        )
+    for name in COMMAND_CONFIGS:
+        command_parser(name, commands)
     return parser
 
 
+def command_parser(name: str, commands: Any = None) -> argparse.ArgumentParser:
+    """The parser of `rlhfkit NAME`: added to the sub-parsers `commands` when given, else standalone with the
+    same prog, help and arguments."""
+    settings: dict[str, Any] = {
+        "description": f"{SUMMARIES[name]}.",
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+        "epilog": "config fields (set them in --config FILE.yaml or as field=value):\n"
+        + "\n".join(describe(COMMAND_CONFIGS[name])),
+    }
+    if commands is not None:
+        sub = commands.add_parser(name, help=SUMMARIES[name], **settings)
+    else:
+        sub = argparse.ArgumentParser(prog=f"rlhfkit {name}", **settings)
+    sub.add_argument("--config", metavar="FILE.yaml", help="YAML file of config fields")
+    for field_name in FLAGS[name]:
+        flag = "--" + field_name.replace("_", "-")
+        if field_name in ("overwrite", "resume"):
+            sub.add_argument(flag, action="store_true", default=None, help=f"see `{field_name}` below")
+        elif field_name in REPEATED:
+            sub.add_argument(
+                REPEATED[field_name],
+                dest=field_name,
+                action="append",
+                metavar="MODULE:FUNCTION",
+                help=f"adds to `{field_name}` (repeatable; see below)",
+            )
+        else:
+            sub.add_argument(
+                flag, dest=field_name, metavar=field_name.upper(), help=f"sets `{field_name}` (see below)"
+            )
+    sub.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="field=value",
+        help="config overrides, dotted for sections, anywhere among the options",
+    )
+    return sub
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command and its arguments, `field=value` overrides anywhere among the options
+    (`ppo --policy P max_steps=1 --prompts F batch_size=8`): the command's parser parses them intermixed.
+    Argparse parses sub-parsers' positionals only up to the next option, and refuses intermixed parsing
+    with sub-parsers, so the command (the first argument) picks its parser here."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMAND_CONFIGS:  # --help, --version, no or an unknown command
+        return build_parser().parse_args(argv)
+    args = command_parser(argv[0]).parse_intermixed_args(argv[1:])
+    args.command = argv[0]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     flags = {name: getattr(args, name) for name in FLAGS[args.command]}
     show_warnings(args.command)
     try:

@@ -51,6 +51,24 @@ def test_kl_and_non_score_reward_are_exactly_zero_before_any_update(rlhf_stack, 
         assert torch.equal(experience.old_logp, experience.ref_logp)
 
 
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32-compute", "bf16-autocast"])
+def test_bf16_frozen_weights_still_give_zero_kl_and_the_rm_as_critic(rlhf_stack, tmp_path, bf16):
+    """model_dtype=bfloat16 without LoRA: reference and RM are stored in bf16, actor and critic trained in
+    fp32. Before any update the KL is 0 (it was -0.0046 per response when the reference computed in bf16 on
+    rounded weights) and the critic's values are the RM's: the trained copies start from the rounded
+    weights and the frozen ones compute like them (models/precision.py)."""
+    trainer, rollout, experience, stats = start(rlhf_stack, tmp_path, model_dtype="bfloat16", bf16=bf16)
+    assert {p.dtype for p in trainer.roles.reference.parameters()} == {torch.bfloat16}
+    assert abs(stats["objective/kl"].item()) < 1e-4
+    assert (experience.old_logp - experience.ref_logp).abs().max().item() < 1e-5
+    values = trainer.roles.trainable.value  # the critic, the RM at iteration 0
+    with torch.no_grad():
+        critic = sequence_scores(values, rollout.input_ids, rollout.attention_mask)  # (B,)
+        rm = trainer.roles.scores(rollout.input_ids, rollout.attention_mask)  # (B,)
+    torch.testing.assert_close(critic, rm, rtol=0, atol=1e-5)
+    assert {p.dtype for p in trainer.roles.reward_model.parameters() if p.ndim > 1} >= {torch.bfloat16}
+
+
 def test_the_values_ppo_reads_are_the_rm_values_before_the_last_response_token(rlhf_stack, tmp_path):
     """At iteration 0 the critic is the RM: the value PPO uses for response token t is the RM's head read at
     position P - 1 + t (the state before the token), on the normalised scale of the scores."""

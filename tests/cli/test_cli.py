@@ -56,10 +56,52 @@ def test_demo_preset_values_sit_under_the_users(monkeypatch):
     assert main(["demo"]) == 0
     smollm2, tiny = seen
     assert smollm2.ppo_steps == 3  # the user's override wins
-    assert smollm2.demonstrations == 1000 and smollm2.bf16  # from configs/demo-smollm2.yaml
+    assert smollm2.demonstrations == 1000 and smollm2.bf16  # from src/rlhfkit/configs/demo-smollm2.yaml
     assert tiny == DemoConfig()
 
 
 def test_unknown_preset_is_status_2(capsys):
     assert main(["demo", "--preset", "huge"]) == 2
     assert "'preset' must be one of 'tiny', 'smollm2'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["sft", "rm", "label", "ppo", "eval", "demo"])
+def test_overrides_are_read_anywhere_among_the_options(command):
+    """`field=value` before, between and after options: argparse alone stops reading the positional
+    overrides at the first option after them ("unrecognized arguments")."""
+    from rlhfkit.cli import parse_arguments
+
+    args = parse_arguments([command, "seed=1", "--out", "O", "seed=2", "--config", "c.yaml", "a.b=3"])
+    assert args.command == command and args.out == "O" and args.config == "c.yaml"
+    assert args.overrides == ["seed=1", "seed=2", "a.b=3"]  # in the order given: the last one wins
+
+
+def test_the_issues_ppo_line_sets_every_field(monkeypatch):
+    from rlhfkit import cli
+
+    seen = []
+    monkeypatch.setitem(cli.RUNNERS, "ppo", lambda config: seen.append(config) or 0)
+    argv = ["ppo", "--policy", "P", "max_steps=1", "--prompts", "F", "--out", "O", "batch_size=8"]
+    assert main([*argv, "--reward-function", "m:f", "mini_batch_size=4", "--reward-function", "m:g"]) == 0
+    config = seen[0]
+    assert (config.policy, config.prompts, config.out) == ("P", "F", "O")
+    assert (config.max_steps, config.batch_size, config.mini_batch_size) == (1, 8, 4)
+    assert tuple(config.reward_functions) == ("m:f", "m:g")
+
+
+def test_an_unknown_option_is_still_refused_with_status_2():
+    out = run_cli("ppo", "--policy", "P", "max_steps=1", "--no-such-option")
+    assert out.returncode == 2 and "unrecognized arguments: --no-such-option" in out.stderr
+
+
+def test_the_preset_file_demo_help_names_exists_in_the_repository_and_the_package(capsys):
+    import re
+    from importlib.resources import files
+    from pathlib import Path
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    named = re.findall(r"src/rlhfkit/configs/[\w.-]+\.yaml", capsys.readouterr().out)
+    assert named == ["src/rlhfkit/configs/demo-smollm2.yaml"]
+    assert (Path(__file__).resolve().parents[2] / named[0]).is_file()  # from the repository's root
+    assert (files("rlhfkit") / named[0].removeprefix("src/rlhfkit/")).is_file()  # what --preset reads

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rlhfkit.core import masked_mean, masked_var, masked_whiten
+from rlhfkit.core import explained_variance, masked_mean, masked_var, masked_whiten
 
 # x and mask shared by the hand-worked cases: valid values are 1, 2, 4.
 X = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
@@ -72,8 +72,6 @@ def test_masked_whiten_gives_mean_zero_variance_one_on_random_input():
 
 
 def test_explained_variance_by_hand(dtype, tol):
-    from rlhfkit.core import explained_variance
-
     returns = torch.tensor([[1.0, 2.0, 3.0, 99.0]], dtype=dtype)
     mask = torch.tensor([[1, 1, 1, 0]])
     # a perfect critic explains everything; predicting the mean explains nothing
@@ -85,3 +83,43 @@ def test_explained_variance_by_hand(dtype, tol):
     # unbiased variance (0.25 + 0 + 0.25) / 2 = 0.25, so 1 - 0.25 / 1 = 0.75 (the padded 99 is ignored)
     values = torch.tensor([[1.5, 2.0, 2.5, 0.0]], dtype=dtype)
     assert explained_variance(values, returns, mask).item() == pytest.approx(0.75, abs=tol)
+
+
+# --- whitening without spread (docs/ppo-details.md #15) -----------------------------------------------------
+
+
+def test_masked_whiten_of_one_valid_value_is_zero_or_the_value(dtype):
+    """One valid position (batch_size=1 with response_length=1, or a response that is only EOS): its
+    distance to the mean is 0 whatever the scale, so whitening gives 0 (the value itself with
+    shift_mean=False) instead of failing in masked_var."""
+    x = torch.tensor([[2.5, 7.0, 9.0]], dtype=dtype)
+    mask = torch.tensor([[True, False, False]])
+    assert masked_whiten(x, mask).tolist() == [[0.0, 0.0, 0.0]]
+    assert masked_whiten(x, mask, shift_mean=False).tolist() == [[2.5, 0.0, 0.0]]
+    none = torch.zeros(1, 3, dtype=torch.bool)  # no valid position at all
+    assert masked_whiten(x, none).tolist() == [[0.0, 0.0, 0.0]]
+    assert masked_whiten(x, none, shift_mean=False).tolist() == [[0.0, 0.0, 0.0]]
+
+
+def test_masked_whiten_of_equal_values_is_exactly_zero():
+    """Equal values have no spread either: the float mean of three 1000.1 misses them by ~6e-5, which
+    rsqrt(0 + 1e-8) used to blow up to ~0.5."""
+    x = torch.tensor([[1000.1, 1000.1], [1000.1, -5.0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    assert masked_whiten(x, mask).tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    kept = masked_whiten(x, mask, shift_mean=False)
+    assert torch.equal(kept, torch.tensor([[1000.1, 1000.1], [1000.1, 0.0]]))
+
+
+def test_masked_whiten_keeps_a_nan_visible():
+    x = torch.tensor([[float("nan"), 1.0, 3.0]])
+    assert masked_whiten(x, torch.tensor([[True, False, False]])).isnan()[0, 0]
+    assert masked_whiten(x, torch.tensor([[True, True, True]])).isnan().all()
+    inf = torch.tensor([[float("inf"), float("inf")]])
+    assert masked_whiten(inf, torch.ones(1, 2, dtype=torch.bool)).isnan().all()
+
+
+def test_explained_variance_of_fewer_than_two_values_is_nan_not_an_error():
+    returns, values = torch.tensor([[1.0, 5.0]]), torch.tensor([[0.5, 0.0]])
+    assert explained_variance(values, returns, torch.tensor([[True, False]])).isnan()
+    assert explained_variance(values, returns, torch.tensor([[False, False]])).isnan()

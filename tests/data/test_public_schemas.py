@@ -1,6 +1,6 @@
 """Data as people have it: small fixtures in the exact schemas of the best-known public RLHF datasets, each
 through `rlhfkit sft` or `rlhfkit rm` for a step on a tiny model with a chat template (and PPO with plain-text
-ptx data), with the flags the README's "Datasets" table gives."""
+ptx data), with the flags the "Datasets" table of docs/data.md gives."""
 
 import json
 
@@ -70,6 +70,22 @@ SHP = [  # stanfordnlp/SHP: labels = 1 when human_ref_A is preferred
 TEXT = [{"text": "The movie was great and the pizza after it was lovely."}] * 6
 
 
+@pytest.fixture
+def trained_on(monkeypatch):
+    """The records `sft`/`rm` read from their data, one list per `load_records` call: what the command trained
+    on after the column mapping, the implicit prompt and the label swap."""
+    import rlhfkit.algorithms.supervised as supervised
+
+    seen, load = [], supervised.load_records
+
+    def spy(*args, **kwargs):
+        seen.append(load(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(supervised, "load_records", spy)
+    return seen
+
+
 def run(command, model, data, out, *overrides):
     """One optimiser step of `command` (options first, then field=value overrides)."""
     args = [command, "--model", model, "--data", data, "--out", str(out), "--max-steps", "1"]
@@ -96,18 +112,35 @@ def test_ultrafeedback_h4_with_its_split_names_and_score_margins(tiny_dir, tmp_p
     assert record["prompt"] == conversation("Was the movie good?", "")[:1] and record["margin"] == 4.5
 
 
-def test_ultrafeedback_trl_lib_conversations_only(tiny_dir, tmp_path):
+def test_ultrafeedback_trl_lib_conversations_only(tiny_dir, tmp_path, trained_on):
     data = write_jsonl(tmp_path / "uf.jsonl", TRL_ULTRAFEEDBACK)
     assert run("rm", tiny_dir, data, tmp_path / "rm") == 0
+    # conversations alone: the shared user turn is the prompt, each side's assistant turn its answer
+    assert trained_on[0][:2] == [
+        {
+            "prompt": [{"role": "user", "content": question}],
+            "chosen": [{"role": "assistant", "content": good}],
+            "rejected": [{"role": "assistant", "content": bad}],
+        }
+        for question, good, bad in [
+            ("Was the movie good?", "Yes, great.", "No."),
+            ("Is the cafe nice?", "Lovely.", "Awful."),
+        ]
+    ]
 
 
-def test_alpaca_through_a_column_mapping(tiny_dir, tmp_path):
+def test_alpaca_through_a_column_mapping(tiny_dir, tmp_path, trained_on):
     data = write_jsonl(tmp_path / "alpaca.jsonl", ALPACA)
     columns = ["columns.prompt=instruction,input", "columns.completion=output"]
     assert run("sft", tiny_dir, data, tmp_path / "sft", *columns) == 0
+    # instruction and input joined by a blank line; an empty input left out (no trailing blank line)
+    assert trained_on[0][:2] == [
+        {"prompt": "Describe the movie.", "completion": "It was great."},
+        {"prompt": "Summarise the review.\n\nThe pizza was cold.", "completion": "Cold pizza."},
+    ]
 
 
-def test_shp_through_a_column_mapping_with_its_labels_and_scores(tiny_dir, tmp_path):
+def test_shp_through_a_column_mapping_with_its_labels_and_scores(tiny_dir, tmp_path, trained_on):
     data = write_jsonl(tmp_path / "shp.jsonl", SHP)
     columns = [
         "columns.prompt=history", "columns.chosen=human_ref_A", "columns.rejected=human_ref_B",
@@ -115,13 +148,24 @@ def test_shp_through_a_column_mapping_with_its_labels_and_scores(tiny_dir, tmp_p
         "margin_from_scores=true",
     ]  # fmt: skip
     assert run("rm", tiny_dir, data, tmp_path / "rm", *columns) == 0
+    # labels 1: A preferred, margin 12 - 3; labels 0: B preferred, so the sides and their scores swap,
+    # margin score_B - score_A = 20 - 1
+    assert trained_on[0][:2] == [
+        {"prompt": "Was the movie good?", "chosen": "Yes, great.", "rejected": "No.", "margin": 9.0},
+        {"prompt": "Was the movie good?", "chosen": "Loved it!", "rejected": "Meh.", "margin": 19.0},
+    ]
 
 
-def test_csv_rows_through_a_column_mapping(tiny_dir, tmp_path):
+def test_csv_rows_through_a_column_mapping(tiny_dir, tmp_path, trained_on):
     path = tmp_path / "alpaca.csv"
-    path.write_text("instruction,input,output\nDescribe the movie.,,It was great.\nSay hi.,,Hi.\n" * 2)
+    path.write_text("instruction,input,output\nDescribe the movie.,,It was great.\nSay it.,Hi.,Hi.\n" * 2)
     columns = ["columns.prompt=instruction,input", "columns.completion=output"]
     assert run("sft", tiny_dir, str(path), tmp_path / "sft", *columns) == 0
+    # an empty CSV cell reads as None: left out of the join; a filled one joined after a blank line
+    assert trained_on[0][:2] == [
+        {"prompt": "Describe the movie.", "completion": "It was great."},
+        {"prompt": "Say it.\n\nHi.", "completion": "Hi."},
+    ]
 
 
 def test_plain_text_is_continued_pretraining(tiny_dir, tmp_path):
@@ -185,7 +229,10 @@ def test_ptx_rows_are_drawn_lazily_and_a_row_too_long_is_drawn_again(rlhf_stack,
     from rlhfkit.errors import UsageError
 
     long = {"prompt": "the movie was", "completion": " great" * 200}  # its completion alone passes 64 tokens
-    corpus = write_jsonl(tmp_path / "mixed.jsonl", [{"content": "a short document."}, {"content": long}] * 20)
+    # the bad row after the 256 rows the start-up check encodes: only LazyRecords' own pass can find it
+    corpus = write_jsonl(
+        tmp_path / "mixed.jsonl", [{"content": "a short document."}] * 300 + [{"content": long}]
+    )
     sft, rm, prompts = rlhf_stack
     data = write_jsonl(tmp_path / "sft.jsonl", [long, {"text": "fine."}] * 10)
     config = PPOConfig(
@@ -204,7 +251,7 @@ def test_ptx_rows_are_drawn_lazily_and_a_row_too_long_is_drawn_again(rlhf_stack,
     mapped = PPOConfig(
         **{**config.__dict__, "ptx_data": corpus, "ptx_columns": ColumnsConfig(text="content")}
     )
-    with pytest.raises(UsageError, match="mixed.jsonl row 2: field 'text' must be a string, got dict"):
+    with pytest.raises(UsageError, match="mixed.jsonl row 301: field 'text' must be a string, got dict"):
         ptx_sampler(mapped, tiny_tokenizer, torch.Generator())  # every row is checked at start-up
 
 
@@ -230,3 +277,31 @@ def test_eval_and_label_read_prompts_through_a_column_mapping(rlhf_stack, tmp_pa
     assert main([*args, *common]) == 0
     prompts = {json.loads(line)["prompt"] for line in out.read_text().splitlines()}
     assert prompts and prompts <= {"the movie was", "the pizza"}  # identical pairs are left out
+
+
+def test_a_ptx_corpus_of_mostly_long_rows_fills_its_batches_from_rows_known_to_fit(
+    rlhf_stack, tiny_tokenizer, tmp_path, caplog
+):
+    """One short row among 300 too long for ptx_max_length: 10 draws of 4 rows almost surely miss it. The
+    batch is filled from the rows start-up found to fit (row 1 alone) instead of a UsageError mid-training,
+    which would skip the checkpoint a clean stop writes."""
+    import torch
+
+    from rlhfkit.algorithms.ppo.update import ptx_sampler
+    from rlhfkit.config import PPOConfig
+    from rlhfkit.data import encode_sft
+
+    long = {"prompt": "the movie was", "completion": " great" * 200}  # its completion alone passes 64 tokens
+    data = write_jsonl(tmp_path / "long.jsonl", [{"text": "fine."}] + [long] * 299)
+    sft, rm, prompts = rlhf_stack
+    config = PPOConfig(
+        policy=sft, reward_model=rm, prompts=prompts, out=str(tmp_path / "o"), ptx_coef=1.0,
+        mini_batch_size=4, batch_size=8, ptx_max_length=64, ptx_data=data,
+    )  # fmt: skip
+    sample = ptx_sampler(config, tiny_tokenizer, torch.Generator().manual_seed(0))
+    short = encode_sft([{"text": "fine."}], tiny_tokenizer, 64)[0]
+    for _ in range(2):
+        batch = sample()
+        assert [e.input_ids for e in batch] == [short.input_ids] * 4
+    warnings = [r.message for r in caplog.records if "keep being longer" in r.message]
+    assert len(warnings) == 1 and "filled from the 1 rows of the first 256 that fit" in warnings[0]

@@ -106,8 +106,43 @@ def test_hh_rlhf_prompt_ends_with_the_last_shared_assistant_marker():
 
 
 def test_plain_texts_without_a_marker_share_up_to_a_word_boundary():
+    # shared "the movie was gr" -> cut back to the last whitespace, "the movie was ", whose space goes with
+    # the answers (TRL's convention: " great" tokenises as PPO's policy emits it after the prompt)
     record = preference({"chosen": "the movie was great", "rejected": "the movie was grim"})
-    assert record == {"prompt": "the movie was ", "chosen": "great", "rejected": "grim"}
+    assert record == {"prompt": "the movie was", "chosen": " great", "rejected": " grim"}
+    issue = preference(
+        {"chosen": "the movie was great and lovely.", "rejected": "the movie was awful and boring."}
+    )
+    assert issue == {
+        "prompt": "the movie was",
+        "chosen": " great and lovely.",
+        "rejected": " awful and boring.",
+    }
+
+
+@pytest.mark.parametrize(
+    "chosen, rejected, prompt",
+    [
+        ("the movie was  great", "the movie was  grim", "the movie was"),  # a run of spaces: all answer
+        ("Title\nGreat film", "Title\nBad film", "Title\n"),  # a line break ends the prompt's line
+        ("a b\n  great", "a b\n  grim", "a b\n"),  # the indent after it goes with the answer
+    ],
+)
+def test_spaces_go_with_the_answer_and_line_breaks_with_the_prompt(chosen, rejected, prompt):
+    record = preference({"chosen": chosen, "rejected": rejected})
+    assert record == {"prompt": prompt, "chosen": chosen[len(prompt) :], "rejected": rejected[len(prompt) :]}
+
+
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        ({"chosen": TURNS + " ", "rejected": TURNS + " No."}, "chosen"),  # HH's marker, then only a space
+        ({"chosen": "the movie was great", "rejected": "the movie was \n"}, "rejected"),
+    ],
+)
+def test_a_response_of_whitespace_only_is_refused_as_empty(data, field):
+    with pytest.raises(UsageError, match=rf"^p\.jsonl row 3: field '{field}' has an empty response"):
+        preference(data)
 
 
 @pytest.mark.parametrize(
@@ -196,7 +231,18 @@ def test_columns_rename_join_and_swap_by_label():
 
 def test_tabs_count_as_word_boundaries():
     record = preference({"chosen": "Q:\tthe movie\tyes", "rejected": "Q:\tthe movie\tno"})
-    assert record == {"prompt": "Q:\tthe movie\t", "chosen": "yes", "rejected": "no"}
+    assert record == {"prompt": "Q:\tthe movie", "chosen": "\tyes", "rejected": "\tno"}
+
+
+def test_other_spaces_go_with_the_answers_like_a_space():
+    """NBSP and U+3000 count as word boundaries (\\s), so they go with the answers too, as a space would;
+    a line break stays with the prompt, and so does a space before it (the line break ends the cut)."""
+    record = preference({"chosen": "Q: the\u00a0movie\u00a0yes", "rejected": "Q: the\u00a0movie\u00a0no"})
+    assert record == {"prompt": "Q: the\u00a0movie", "chosen": "\u00a0yes", "rejected": "\u00a0no"}
+    record = preference({"chosen": "映画\u3000\u3000良い", "rejected": "映画\u3000\u3000悪い"})
+    assert record == {"prompt": "映画", "chosen": "\u3000\u3000良い", "rejected": "\u3000\u3000悪い"}
+    record = preference({"chosen": "Q: the movie \nyes", "rejected": "Q: the movie \nno"})
+    assert record == {"prompt": "Q: the movie \n", "chosen": "yes", "rejected": "no"}
 
 
 def test_a_prompt_string_is_taken_off_each_side_that_repeats_it():

@@ -44,6 +44,7 @@ def test_hub_name_goes_through_load_dataset(monkeypatch):
         return datasets.Dataset.from_list(ROWS)
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(datasets, "get_dataset_config_names", lambda name: ["default"])
     assert load_records("someone/sft-data", "sft") == ROWS
     assert load_records("someone/sft-data@test_prefs", "sft") == ROWS
     assert load_records("someone/sft-data:default@test", "sft") == ROWS
@@ -54,6 +55,54 @@ def test_hub_name_goes_through_load_dataset(monkeypatch):
         ("someone/sft-data", "default", None, "test"),
         ("someone/sft-data", None, "subset-folder", "train"),
     ]
+
+
+@pytest.mark.parametrize(
+    "config, error, retried",
+    [
+        # not among the dataset's config names: a data folder, whatever the error's wording
+        ("harmless-base", "Unknown subset 'harmless-base'", True),
+        # a config name the dataset has, failing for its own reason: the error stands, no data_dir retry
+        ("default", "bad value in the config's features", False),
+    ],
+)
+def test_a_config_is_retried_as_a_data_folder_only_when_not_a_config_name(
+    monkeypatch, config, error, retried
+):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, config=None, split=None, data_dir=None):
+        calls.append((config, data_dir))
+        if data_dir is None:
+            raise ValueError(error)
+        return datasets.Dataset.from_list(ROWS)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(datasets, "get_dataset_config_names", lambda name: ["default"])
+    if retried:
+        assert load_records(f"someone/data:{config}", "sft") == ROWS
+        assert calls == [(config, None), (None, config)]
+    else:
+        with pytest.raises(UsageError, match=f"could not be loaded with datasets \\({error}\\)"):
+            load_records(f"someone/data:{config}", "sft")
+        assert calls == [(config, None)]
+
+
+def test_a_config_is_not_retried_when_the_config_names_cannot_be_listed(monkeypatch):
+    import datasets
+
+    def offline(name):
+        raise ConnectionError("offline")
+
+    def fake_load_dataset(name, config=None, split=None, data_dir=None):
+        raise ValueError(f"BuilderConfig {config!r} not found")
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(datasets, "get_dataset_config_names", offline)
+    with pytest.raises(UsageError, match="BuilderConfig 'sub' not found"):  # the load's own error
+        read_rows("someone/data:sub")
 
 
 def test_hub_name_offline_is_a_usage_error(monkeypatch):

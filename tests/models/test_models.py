@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -119,3 +120,23 @@ def test_smollm2_converts_generates_and_reloads(tmp_path, monkeypatch):
     assert math.isclose(
         reloaded.model.norm.weight.sum().item(), model.model.norm.weight.sum().item(), rel_tol=1e-6
     )
+
+
+def test_compute_in_casts_per_forward_and_keeps_the_stored_weights():
+    """A bf16-stored layer computing in fp32 gives what an fp32 layer with the rounded weights gives, and
+    still holds its bf16 parameters (the same objects) after the call."""
+    from rlhfkit.models.precision import compute_in, round_like
+
+    torch.manual_seed(0)
+    wide = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8))  # fp32, trained copy
+    narrow = copy.deepcopy(wide).to(torch.bfloat16)  # the frozen twin, stored in bf16
+    stored = [id(p) for p in narrow.parameters()]
+    round_like(wide, torch.bfloat16)
+    assert torch.equal(wide[0].weight, narrow[0].weight.float())  # rounded, kept in fp32
+    x = torch.randn(3, 8)
+    plain = narrow(x.to(torch.bfloat16)).float()  # bf16 arithmetic: not the trained copy's numbers
+    compute_in(narrow, torch.float32)
+    assert torch.equal(narrow(x), wide(x))  # (3, 8), same arithmetic on the same values
+    assert not torch.equal(plain, wide(x))
+    assert [id(p) for p in narrow.parameters()] == stored
+    assert {p.dtype for p in narrow.parameters()} == {torch.bfloat16}

@@ -76,14 +76,22 @@ def test_greedy_and_top_k_match(model_and_prompts):
 
 def test_the_compiled_step_traces_without_changing_samples(model_and_prompts):
     """The step torch.compile captures on CUDA, traced here by dynamo with the `eager` backend (no compiler
-    needed): the graph it captures samples the same tokens."""
+    needed): the graph it captures samples the same tokens, and it is the compiled step that ran (a compile
+    failure would fall back to the uncompiled step, which samples the same tokens too)."""
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        pytest.skip("torch.compile (dynamo) does not run on this Python or platform")
     model, tokenizer, ids, mask = model_and_prompts
     settings = SamplingSettings(max_new_tokens=6, temperature=0.8)
     eager = sample(model, tokenizer, ids, mask, EagerDecoder(model), settings, 5)
-    traced = sample(
-        model, tokenizer, ids, mask, StaticDecoder(model, compile="eager", width_multiple=64), settings, 5
-    )
+    decoder = StaticDecoder(model, compile="eager", width_multiple=64)
+    traced = sample(model, tokenizer, ids, mask, decoder, settings, 5)
     assert torch.equal(eager.response_ids, traced.response_ids)
+    assert decoder.fallback is None and decoder.forward is not model
+    # `generate` steps after each sampled token until every row has stopped: here none stopped early, so
+    # 6 tokens, 6 compiled steps (the last one's logits unused)
+    assert traced.response_ids.shape[1] == 6 and decoder.compiled_steps == 6
 
 
 def test_auto_picks_the_graph_path_on_cuda_only(model_and_prompts):
@@ -131,6 +139,7 @@ def test_a_compile_failure_mid_step_reruns_the_batch_uncompiled(model_and_prompt
     recovered = sample(model, tokenizer, ids, mask, decoder, settings, 4)
     assert torch.equal(eager.response_ids, recovered.response_ids)
     assert decoder.forward is model  # uncompiled from then on
+    assert decoder.fallback == "backend failed" and decoder.compiled_steps == 2  # the two before it failed
 
 
 def test_an_error_that_is_not_compiling_is_raised(model_and_prompts):
@@ -172,3 +181,17 @@ def test_the_cuda_graph_decoder_samples_the_eager_tokens(model_and_prompts):
             assert torch.equal(run[0].response_ids, run[1].response_ids)
     finally:
         model.cpu()
+
+
+def test_a_torch_without_dynamos_exception_classes_still_recognises_compile_failures(monkeypatch):
+    """`torch._dynamo.exc` is private API: where its names are missing, an exception raised from dynamo's or
+    inductor's modules is still a compile failure (fallback), and any other is not (raised)."""
+    import torch._dynamo.exc
+
+    from rlhfkit.rollout.decoding import _compile_failure, _dynamo_exceptions
+
+    assert torch._dynamo.exc.BackendCompilerFailed in _dynamo_exceptions()  # this torch has them
+    monkeypatch.delattr(torch._dynamo.exc, "TorchDynamoException")  # a torch that renamed it
+    assert _dynamo_exceptions() == ()
+    assert _compile_failure(FakeCompileError("backend failed"))  # raised from torch._dynamo.exc
+    assert not _compile_failure(RuntimeError("CUDA out of memory"))

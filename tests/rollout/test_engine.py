@@ -31,6 +31,24 @@ def test_the_engine_pads_on_the_left_and_samples_like_the_kernel(tiny_dir):
     assert rollout.prompt_mask[1, 0] == 0  # the shorter prompt is padded on the left
 
 
+def test_the_stop_tokens_add_the_end_of_turn_only_when_it_is_not_eos(tiny_dir):
+    """A ChatML conversation ends its turn at `<|im_end|>` (where `rm` read it): PPO, `label` and `eval` stop
+    there too. A template closing turns with EOS (the tiny one), or none, changes nothing."""
+    import copy
+
+    from helpers import chatml
+
+    tokenizer = load_tokenizer(tiny_dir)
+    eos = tokenizer.eos_token_id
+    chat = chatml(tokenizer)
+    im_end = chat.convert_tokens_to_ids("<|im_end|>")
+    assert stop_token_ids(chat).tolist() == sorted([eos, im_end])
+    assert stop_token_ids(tokenizer).tolist() == [eos]  # the tiny template ends turns with EOS
+    bare = copy.deepcopy(tokenizer)
+    bare.chat_template = None
+    assert stop_token_ids(bare).tolist() == [eos]
+
+
 def test_extra_stop_tokens_must_be_one_token(tiny_dir):
     tokenizer = load_tokenizer(tiny_dir)
     assert stop_token_ids(tokenizer, (".",)).numel() == 2

@@ -9,7 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rlhfkit.config.options import REPORT_TO_HELP, known_trackers, non_negative, option, positive, within
+from rlhfkit.config.options import (
+    REPORT_TO_HELP,
+    known_trackers,
+    non_negative,
+    one_of_choices,
+    option,
+    positive,
+    within,
+)
 from rlhfkit.errors import ConfigError
 
 PROMPT_CUT = "maximum prompt tokens (cut from the left)"
@@ -27,6 +35,7 @@ class OptimConfig:
     max_grad_norm: float = option(1.0, "clip the global gradient norm to this value (0 = no clipping)")
 
     def __post_init__(self) -> None:
+        one_of_choices(self)
         non_negative(self, "lr", "weight_decay", "max_grad_norm")
         positive(self, "adam_eps")
         within(self, "warmup_ratio", 0, 1)
@@ -50,6 +59,7 @@ class LoraConfig:
     )
 
     def __post_init__(self) -> None:
+        one_of_choices(self)
         non_negative(self, "r")
         positive(self, "alpha")
         within(self, "dropout", 0, 1)
@@ -123,6 +133,7 @@ class SupervisedConfig:
     report_to: tuple[str, ...] = option((), REPORT_TO_HELP)
 
     def __post_init__(self) -> None:
+        one_of_choices(self)
         positive(
             self, "max_length", "epochs", "batch_size", "grad_accum", "keep_checkpoints", "max_bad_steps"
         )
@@ -181,6 +192,7 @@ class LabelConfig:
     max_prompt_length: int = option(1024, PROMPT_CUT)
 
     def __post_init__(self) -> None:
+        one_of_choices(self)
         non_negative(self, "tau")
         positive(
             self, "pairs_per_prompt", "batch_size", "response_length", "temperature", "max_prompt_length"
@@ -205,4 +217,5 @@ class EvalConfig:
     max_prompt_length: int = option(1024, PROMPT_CUT)
 
     def __post_init__(self) -> None:
+        one_of_choices(self)
         positive(self, "response_length", "batch_size", "temperature", "max_prompt_length")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 from rlhfkit.config.commands import LabelConfig, OptimConfig, RewardConfig, SFTConfig
-from rlhfkit.config.options import SET_BY_DEMO, option, positive
+from rlhfkit.config.options import SET_BY_DEMO, one_of_choices, option, positive
 from rlhfkit.config.ppo import PPOConfig
 from rlhfkit.errors import ConfigError
 
@@ -83,7 +83,9 @@ class DemoConfig:
 
     out: str = option("runs/demo", "output folder for every stage, summary.json and report.html")
     preset: Literal["tiny", "smollm2"] = option(
-        "tiny", "tiny model built from scratch, or SmolLM2-135M (configs/demo-smollm2.yaml, slower)"
+        "tiny",
+        "tiny model built from scratch, or SmolLM2-135M (slower), whose values --preset smollm2 reads from "
+        "src/rlhfkit/configs/demo-smollm2.yaml (rlhfkit/configs/ inside an installed package)",
     )
     seed: int = option(0, "random seed of every stage")
     overwrite: bool = option(False, "allow writing into a folder that holds a finished run")
@@ -105,11 +107,13 @@ class DemoConfig:
         ("ppo",),
         "stage 3 runs once per algorithm, from the same SFT model and RM, with the `ppo` section's settings: "
         "any of ppo (GAE with a critic), grpo, rloo, reinforce_pp, e.g. `--algorithms ppo,grpo,rloo`; the "
-        "first is the one summary.json's `*_ppo` keys and the report's curves describe",
+        "first (summary.json's `algorithm`) is the one the report's curves describe, and summary.json's "
+        "top-level keys named after it (`gold_reward_ppo`, `gold_reward_grpo`, ...)",
     )
     group_size: int = option(4, "responses per prompt (samples_per_prompt) for grpo and rloo")
 
     def __post_init__(self) -> None:
+        one_of_choices(self)
         positive(
             self, "demonstrations", "eval_prompts", "vocab_size", "hidden_size", "num_layers", "num_heads"
         )

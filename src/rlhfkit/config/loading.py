@@ -224,7 +224,8 @@ def load_config(
 
 
 def preset(name: str) -> dict[str, Any]:
-    """The values of a packaged preset, `rlhfkit/configs/demo-NAME.yaml` (the repository's configs/)."""
+    """The values of a packaged preset, `rlhfkit/configs/demo-NAME.yaml` (`src/rlhfkit/configs/` in the
+    repository)."""
     from importlib.resources import files
 
     resource = files("rlhfkit") / "configs" / f"demo-{name}.yaml"

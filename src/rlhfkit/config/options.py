@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import types
+import typing
 from dataclasses import field
-from typing import Any
+from typing import Any, Literal, Union
 
 from rlhfkit.errors import ConfigError
 
@@ -20,6 +23,30 @@ def option(default: Any = MISSING, help: str = "") -> Any:
     if default is MISSING:
         return field(metadata={"help": help})
     return field(default=default, metadata={"help": help})
+
+
+@functools.cache
+def _choices(cls: type) -> dict[str, tuple[Any, ...]]:
+    """{field: allowed values} for the fields of the dataclass `cls` annotated `Literal[...]` (or
+    `Literal[...] | None`, None then allowed); string annotations are resolved."""
+    hints, choices = typing.get_type_hints(cls), {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        options = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
+        literals = [o for o in options if typing.get_origin(o) is Literal]
+        if literals:
+            allowed = [v for lit in literals for v in typing.get_args(lit)]
+            choices[f.name] = (*allowed, None) if type(None) in options else tuple(allowed)
+    return choices
+
+
+def one_of_choices(config: Any) -> None:
+    """ConfigError naming the first `Literal` field of the dataclass `config` whose value is not one of its
+    choices: the command line checks them when it parses, a config built in Python would only fail later."""
+    for name, allowed in _choices(type(config)).items():
+        value = getattr(config, name)
+        if not any(value == a and type(value) is type(a) for a in allowed):
+            raise ConfigError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
 
 
 def positive(config: Any, *names: str) -> None:

@@ -6,13 +6,23 @@ from dataclasses import dataclass
 from typing import Literal
 
 from rlhfkit.config.commands import COLUMNS_HELP, MODEL_DTYPE_HELP, ColumnsConfig, LoraConfig
-from rlhfkit.config.options import REPORT_TO_HELP, known_trackers, non_negative, option, positive, within
+from rlhfkit.config.options import (
+    REPORT_TO_HELP,
+    known_trackers,
+    non_negative,
+    one_of_choices,
+    option,
+    positive,
+    within,
+)
 from rlhfkit.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class PPOConfig:
-    """`rlhfkit ppo`: PPO with actor, critic, frozen reference and frozen reward model."""
+    """`rlhfkit ppo`: the actor (from the SFT model) trained against a frozen reference by a clipped policy
+    loss; scored by a frozen reward model, reward functions, or both; with a critic (`gae`) or a critic-free
+    advantage estimator (`grpo`, `rloo`, `reinforce_pp`)."""
 
     policy: str = option(help="SFT model folder: initialises the actor and serves as the frozen reference")
     prompts: str = option(help="prompt data: {prompt} or {messages} rows")
@@ -44,7 +54,38 @@ class PPOConfig:
         1, "responses sampled per prompt, grouped (GRPO and RLOO need >= 2); `batch_size` counts responses"
     )
     scale_rewards: bool = option(
-        True, "GRPO: divide by the group's score std (False = Dr. GRPO: only subtract the group mean)"
+        True,
+        "GRPO: divide by the group's score std (False: only subtract the group mean; with "
+        "`loss_aggregation=sequence_sum_norm` that is Dr. GRPO)",
+    )
+    rloo_baseline: Literal["sequence_reward", "score"] = option(
+        "sequence_reward",
+        "RLOO: what the leave-one-out baseline is taken of: `sequence_reward` = the score minus beta "
+        "times the sequence's summed KL, the same advantage at every token with gamma=1 (Ahmadian et al. "
+        "2024, TRL); "
+        "`score` = the score alone, the per-token KL left in the rewards-to-go",
+    )
+    drop_uniform_groups: bool = option(
+        False,
+        "GRPO/RLOO: leave the groups whose scores are all equal (no task signal) out of the update (DAPO's "
+        "dynamic sampling, without resampling); with the KL in the reward their advantages are not 0, and "
+        "their KL signal is dropped with them (DAPO has no KL term); `policy/uniform_groups` logs their "
+        "fraction",
+    )
+    loss_aggregation: Literal["token_mean", "sequence_mean", "sequence_sum_norm"] = option(
+        "token_mean",
+        "how the policy loss (and a KL in the loss) averages its tokens: `token_mean` over every token of "
+        "the minibatch; `sequence_mean` each response's mean, then over responses (GRPO); "
+        "`sequence_sum_norm` each response's sum / `response_length`, then over responses (Dr. GRPO)",
+    )
+    clip_high: float | None = option(
+        None, "upper ratio clip: the ratio is clipped to [1 - clip, 1 + clip_high] (DAPO: 0.28); None = clip"
+    )
+    ratio_level: Literal["token", "sequence"] = option(
+        "token",
+        "`token` = a ratio per token; `sequence` = one per response, exp(mean log-ratio of its tokens) "
+        "(GSPO = `sequence` with loss_aggregation=sequence_mean and a far tighter clip, clip=3e-4 "
+        "clip_high=4e-4)",
     )
     critic_model: str | None = option(
         None,
@@ -75,7 +116,7 @@ class PPOConfig:
     )
     top_k: int = option(0, "sample from the k most likely tokens (0 = off)")
     top_p: float = option(1.0, "nucleus sampling threshold (1.0 = off)")
-    stop_tokens: tuple[str, ...] = option((), "extra stop strings besides the tokenizer's EOS")
+    stop_tokens: tuple[str, ...] = option((), "stop strings besides EOS and the template's end of turn")
     kl_coef: float = option(0.05, "beta: weight of the per-token KL penalty (initial value when adaptive)")
     kl_estimator: Literal["k1", "k2", "k3"] = option(
         "k1",
@@ -86,7 +127,11 @@ class PPOConfig:
         None, "target KL (nats per sequence) for the adaptive beta; None = fixed"
     )
     kl_horizon: float = option(10000.0, "adaptive beta horizon, in episodes")
-    gamma: float = option(1.0, "discount factor of GAE")
+    gamma: float = option(
+        1.0,
+        "discount factor of GAE and of the critic-free estimators' rewards-to-go (with gamma < 1 a GRPO/RLOO "
+        "response's tokens no longer share one advantage)",
+    )
     lam: float = option(0.95, "lambda of GAE")
     clip: float = option(0.2, "PPO ratio clip range")
     value_clip: float = option(0.2, "value clip range around the old values")
@@ -147,6 +192,9 @@ class PPOConfig:
     report_to: tuple[str, ...] = option((), REPORT_TO_HELP)
 
     def __post_init__(self) -> None:
+        one_of_choices(
+            self
+        )  # the Literal fields, for a config built in Python (the command line checks them)
         known_trackers(self)
         positive(
             self,
@@ -180,6 +228,7 @@ class PPOConfig:
         self._check_batches()
         self._check_sampling_and_penalties()
         self._check_rewards_and_estimator()
+        self._check_policy_loss()
 
     def _check_rewards_and_estimator(self) -> None:
         if not self.reward_model and not self.reward_functions:
@@ -207,6 +256,18 @@ class PPOConfig:
         if self.critic_model and self.advantage_estimator != "gae":
             raise ConfigError(
                 "critic_model is used with advantage_estimator=gae only (a critic-free one is set)"
+            )
+
+    def _check_policy_loss(self) -> None:
+        if self.clip_high is not None and self.clip_high < self.clip:
+            raise ConfigError(
+                f"clip_high ({self.clip_high}) must be >= clip ({self.clip}): it raises the ratio's upper "
+                "bound (DAPO's clip-higher); none = clip"
+            )
+        if self.drop_uniform_groups and self.advantage_estimator not in ("grpo", "rloo"):
+            raise ConfigError(
+                "drop_uniform_groups leaves out groups whose group baseline is 0: use it with "
+                f"advantage_estimator grpo or rloo (got {self.advantage_estimator})"
             )
 
     def _check_batches(self) -> None:

@@ -5,10 +5,16 @@ Shapes: B batch, T response positions, V vocabulary. A mask is True/1 at valid r
 """
 
 from rlhfkit.core.advantages import (
+    Estimator,
+    RLOOBaseline,
+    baselined_scores,
     discounted_returns,
+    estimator_advantages,
+    estimator_rewards,
     gae,
     group_normalised_scores,
     leave_one_out_scores,
+    uniform_groups,
 )
 from rlhfkit.core.kl import (
     AdaptiveKLController,
@@ -19,14 +25,30 @@ from rlhfkit.core.kl import (
     sequence_kl,
 )
 from rlhfkit.core.logprobs import entropy_from_logits, logprobs_from_logits
-from rlhfkit.core.losses import pairwise_loss, ppo_policy_loss, ptx_loss, value_loss
+from rlhfkit.core.losses import (
+    Aggregation,
+    RatioLevel,
+    loss_count,
+    masked_aggregate,
+    pairwise_loss,
+    ppo_policy_loss,
+    ptx_loss,
+    value_loss,
+)
 from rlhfkit.core.masked import explained_variance, masked_mean, masked_var, masked_whiten
 
 __all__ = [
     "AdaptiveKLController",
+    "Aggregation",
+    "Estimator",
     "FixedKLController",
+    "RLOOBaseline",
+    "RatioLevel",
+    "baselined_scores",
     "discounted_returns",
     "entropy_from_logits",
+    "estimator_advantages",
+    "estimator_rewards",
     "explained_variance",
     "gae",
     "group_normalised_scores",
@@ -35,6 +57,8 @@ __all__ = [
     "last_valid_index",
     "leave_one_out_scores",
     "logprobs_from_logits",
+    "loss_count",
+    "masked_aggregate",
     "masked_mean",
     "masked_var",
     "masked_whiten",
@@ -42,5 +66,6 @@ __all__ = [
     "ppo_policy_loss",
     "ptx_loss",
     "sequence_kl",
+    "uniform_groups",
     "value_loss",
 ]

@@ -2,12 +2,59 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
 from rlhfkit.core.kl import kl_estimate
 from rlhfkit.core.logprobs import logprobs_from_logits
 from rlhfkit.core.masked import masked_mean, zero_masked
+
+Aggregation = Literal["token_mean", "sequence_mean", "sequence_sum_norm"]
+RatioLevel = Literal["token", "sequence"]
+
+
+def _sequences(mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) mask -> (B,) bool: rows with at least one valid token (an empty row is no sequence)."""
+    return mask.bool().any(dim=-1)
+
+
+def loss_count(mask: torch.Tensor, aggregation: Aggregation = "token_mean") -> torch.Tensor:
+    """What a loss of `aggregation` divides by (0-dim): the valid tokens (`token_mean`) or the sequences with
+    at least one valid token (`sequence_mean`, `sequence_sum_norm`). A micro-batch's loss weighted by its
+    share of the whole batch's count, summed over micro-batches (and processes), is the whole batch's loss."""
+    if aggregation == "token_mean":
+        return mask.sum()
+    if aggregation in ("sequence_mean", "sequence_sum_norm"):
+        return _sequences(mask).sum()
+    raise ValueError(
+        f"unknown aggregation {aggregation!r}; expected 'token_mean', 'sequence_mean' or 'sequence_sum_norm'"
+    )
+
+
+def masked_aggregate(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    aggregation: Aggregation = "token_mean",
+    normaliser: float | None = None,
+) -> torch.Tensor:
+    """A (B, T) per-token loss -> 0-dim, over valid positions:
+    `token_mean`: the mean over every valid token of the batch (long sequences weigh more);
+    `sequence_mean`: each sequence's token mean, then the mean over sequences (GRPO as published);
+    `sequence_sum_norm`: each sequence's token sum / `normaliser` (default T, `mask`'s width), then the mean
+    over sequences (Dr. GRPO: a constant, so no length bias).
+    Sequences are the rows with at least one valid token; with none (or no valid token) the result is 0.
+    """
+    terms = zero_masked(x, mask)  # (B, T)
+    count = loss_count(mask, aggregation).to(x.dtype).clamp(min=1)  # ()
+    if aggregation == "token_mean":
+        return terms.sum() / count
+    if aggregation == "sequence_mean":
+        per_sequence = terms.sum(-1) / mask.to(x.dtype).sum(-1).clamp(min=1)  # (B,), 0 for an empty row
+    else:
+        per_sequence = terms.sum(-1) / (mask.shape[-1] if normaliser is None else normaliser)  # (B,)
+    return per_sequence.sum() / count
 
 
 def ppo_policy_loss(
@@ -16,31 +63,45 @@ def ppo_policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip: float = 0.2,
+    clip_high: float | None = None,
+    aggregation: Aggregation = "token_mean",
+    ratio_level: RatioLevel = "token",
+    normaliser: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate: masked token mean of `max(-A * ratio, -A * clip(ratio, 1 - clip, 1 + clip))`.
-
-    All inputs (B, T). Returns (loss, stats); stats are detached 0-dim tensors: `clipfrac` (fraction of
-    valid tokens where the clipped term is the larger, i.e. the gradient is cut), `approx_kl` (k3 estimate
-    of KL(old || new) from the old policy's samples), `ratio_mean`, `ratio_var`, `ratio_sq_mean`.
+    """Clipped surrogate: `max(-A * r, -A * clip(r, 1 - clip, 1 + clip_high))` per token (`clip_high=None`
+    = `clip`; larger is DAPO's clip-higher), aggregated by `masked_aggregate(aggregation, normaliser)`.
+    `r = exp(logp - old_logp)` per token, or with `ratio_level="sequence"` (GSPO) one r per sequence,
+    `exp(mean over its valid tokens of (logp - old_logp))`, differentiated as that expression.
+    All inputs (B, T). Returns (loss, stats); stats are detached 0-dim token means over the valid tokens
+    (whatever the aggregation): `clipfrac` (where the clipped term is the larger, i.e. the gradient is cut),
+    `approx_kl` (k3 estimate of KL(old || new) per token, from the old policy's samples), and of the ratio
+    the loss uses `ratio_mean`, `ratio_var`, `ratio_sq_mean`.
     """
+    high = clip if clip_high is None else clip_high
     # The log-ratio is zeroed at padding first: a NaN or inf there would otherwise reach logp's gradient
     # as 0 * inf = NaN; where() hands padding an exact 0 instead.
     log_ratio = zero_masked(logp - old_logp, mask)  # (B, T); ratio 1 at padding
+    if ratio_level == "sequence":
+        lengths = mask.to(log_ratio.dtype).sum(-1, keepdim=True).clamp(min=1)  # (B, 1)
+        # zeroed at padding again: garbage advantages there must not send a NaN back into the mean
+        log_ratio = zero_masked((log_ratio.sum(-1, keepdim=True) / lengths).expand_as(log_ratio), mask)
+    elif ratio_level != "token":
+        raise ValueError(f"unknown ratio_level {ratio_level!r}; expected 'token' or 'sequence'")
     ratio = torch.exp(log_ratio)  # (B, T)
     unclipped = -advantages * ratio  # (B, T)
-    clipped = -advantages * ratio.clamp(1.0 - clip, 1.0 + clip)  # (B, T)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)  # ()
+    clipped = -advantages * ratio.clamp(1.0 - clip, 1.0 + high)  # (B, T)
+    loss = masked_aggregate(torch.maximum(unclipped, clipped), mask, aggregation, normaliser)  # ()
     with torch.no_grad():
-        ratio_mean = masked_mean(ratio, mask)
+        ratio_mean = masked_aggregate(ratio, mask)
         stats = {
-            "clipfrac": masked_mean((clipped > unclipped).to(ratio.dtype), mask),
+            "clipfrac": masked_aggregate((clipped > unclipped).to(ratio.dtype), mask),
             # Samples come from the old policy, so KL(old || new) is the quantity k3 estimates without bias.
-            "approx_kl": masked_mean(kl_estimate(old_logp, logp, "k3"), mask),
+            "approx_kl": masked_aggregate(kl_estimate(old_logp, logp, "k3"), mask),
             "ratio_mean": ratio_mean,
-            "ratio_var": masked_mean((ratio - ratio_mean) ** 2, mask),
+            "ratio_var": masked_aggregate((ratio - ratio_mean) ** 2, mask),
             # a token mean like ratio_mean: summed over micro-batches by their token shares it gives the
             # whole batch's E[ratio^2], hence its variance E[ratio^2] - E[ratio]^2
-            "ratio_sq_mean": masked_mean(ratio**2, mask),
+            "ratio_sq_mean": masked_aggregate(ratio**2, mask),
         }
     return loss, stats
 

@@ -133,21 +133,55 @@ def encode_sft(
     return examples
 
 
-def _through_last_eos(ids: list[int], eos: int) -> list[int]:
-    """Cut a rendered conversation after its last EOS (a template may add a newline after it): the RM must
-    score the token PPO's responses end with."""
-    last = max((i for i, t in enumerate(ids) if t == eos), default=None)
-    return ids + [eos] if last is None else ids[: last + 1]
+PROBE = "rlhfkit-probe"  # an assistant message's text, to find what a chat template renders after it
+
+
+def special_ids(tokenizer: Any) -> set[int]:
+    """The tokenizer's special tokens: its named ones and every added token marked special."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return set(tokenizer.all_special_ids) | {i for i, token in added.items() if getattr(token, "special", 0)}
+
+
+def end_of_turn(tokenizer: Any) -> int:
+    """The token that closes an assistant turn: the first special token the chat template renders after an
+    assistant message (`<|im_end|>` for ChatML, `<|eot_id|>` for Llama 3, EOS for templates that close turns
+    with it); EOS without a template, or when none follows the message. A conversation's finished response is
+    read there, by `rm` and by PPO (which must then stop on it: `stop_tokens`)."""
+    eos = tokenizer.eos_token_id
+    if getattr(tokenizer, "chat_template", None) is None:
+        return eos
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": PROBE}]
+    try:
+        rendered = _render(tokenizer, turns)
+    except Exception:  # a template that refuses this exchange (its own rules): nothing to go by
+        return eos
+    if PROBE not in rendered:  # a template that rewrites the message: nothing to go by
+        return eos
+    special = special_ids(tokenizer)
+    after = _tokens(tokenizer, rendered[rendered.rfind(PROBE) + len(PROBE) :])
+    return next((t for t in after if t in special), eos)
+
+
+def _through_last(ids: list[int], end: int) -> list[int]:
+    """Cut a rendered conversation after its last `end` token (a template may add a newline after it), or
+    close it with `end`: the RM must score the token PPO's responses end with."""
+    last = max((i for i, t in enumerate(ids) if t == end), default=None)
+    return ids + [end] if last is None else ids[: last + 1]
 
 
 def scored_sequence(
-    prompt: str | list[dict], completion: str | list[dict], tokenizer: Any, finished: bool = True
+    prompt: str | list[dict],
+    completion: str | list[dict],
+    tokenizer: Any,
+    finished: bool = True,
+    end: int | None = None,
 ) -> list[int]:
     """Prompt + finished completion as the reward model reads them: a text prompt with the tokenizer's
     special tokens, the completion and EOS; or a conversation rendered with the chat template, cut after its
-    last EOS. Pairs are encoded so for `rm`, and PPO's responses so for an RM with its own tokenizer. An
-    unfinished (text) completion gets no EOS: a conversation then ends at the completion, unclosed."""
-    eos = tokenizer.eos_token_id
+    last end of turn (`end`, else `end_of_turn(tokenizer)`). Pairs are encoded so for `rm`, and PPO's
+    responses so for an RM with its own tokenizer (their text without the stop token that ended them: the end
+    is the RM's own). An unfinished completion gets no end: a conversation then ends at the completion,
+    unclosed."""
     if not finished:
         start = _render(tokenizer, prompt, generation_prompt=True) if isinstance(prompt, list) else prompt
         return _tokens(tokenizer, start, special=not isinstance(prompt, list)) + _tokens(
@@ -156,14 +190,16 @@ def scored_sequence(
     if isinstance(prompt, list):
         if isinstance(completion, str):
             completion = [{"role": "assistant", "content": completion}]
-        return _through_last_eos(_tokens(tokenizer, _render(tokenizer, prompt + completion)), eos)
+        end = end_of_turn(tokenizer) if end is None else end
+        return _through_last(_tokens(tokenizer, _render(tokenizer, prompt + completion)), end)
+    eos = tokenizer.eos_token_id
     return _tokens(tokenizer, prompt, special=True) + _tokens(tokenizer, completion) + [eos]
 
 
-def _pair_sequences(record: dict, tokenizer: Any) -> tuple[list[int], list[int]]:
+def _pair_sequences(record: dict, tokenizer: Any, end: int) -> tuple[list[int], list[int]]:
     prompt = record["prompt"]
-    return scored_sequence(prompt, record["chosen"], tokenizer), scored_sequence(
-        prompt, record["rejected"], tokenizer
+    return scored_sequence(prompt, record["chosen"], tokenizer, end=end), scored_sequence(
+        prompt, record["rejected"], tokenizer, end=end
     )
 
 
@@ -181,10 +217,12 @@ def encode_pairs(
     truncation: Truncation = "left",
     source: str = "data",
 ) -> list[PairExample]:
-    """Preference pairs as full prompt + response sequences ending in EOS (the token the RM is read at)."""
+    """Preference pairs as full prompt + response sequences ending where the RM is read: EOS after a text
+    response, the end of the assistant turn in a conversation (`end_of_turn`)."""
     pairs, cut, dropped = [], 0, 0
+    end = end_of_turn(tokenizer) if any(isinstance(r["prompt"], list) for r in records) else None
     for record in records:
-        chosen, rejected = _pair_sequences(record, tokenizer)
+        chosen, rejected = _pair_sequences(record, tokenizer, end)
         shared = _common_prefix(chosen, rejected)  # the prompt, whatever the format
         # the same number of prompt tokens goes from both sides: the RM compares them in the same context
         longest = max(len(chosen), len(rejected))
@@ -204,12 +242,22 @@ def encode_prompts(
     max_length: int,
     truncation: Truncation = "left",
     source: str = "prompts",
-    kept: list[dict] | None = None,
 ) -> list[list[int]]:
-    """Prompt token ids, ready for generation (chat rows end with the assistant's generation prompt).
-    `kept`, when given, receives the records whose prompts were kept, in the same order."""
+    """Prompt token ids, ready for generation (chat rows end with the assistant's generation prompt)."""
+    return [ids for _, ids in encode_kept_prompts(records, tokenizer, max_length, truncation, source)]
+
+
+def encode_kept_prompts(
+    records: list[dict],
+    tokenizer: Any,
+    max_length: int,
+    truncation: Truncation = "left",
+    source: str = "prompts",
+) -> list[tuple[int, list[int]]]:
+    """(index in `records`, token ids) of each kept prompt, in order: a prompt too long for
+    `truncation="drop"` is left out, one too long otherwise is cut from the left."""
     prompts, cut, dropped = [], 0, 0
-    for record in records:
+    for index, record in enumerate(records):
         if "messages" in record:
             ids = _tokens(tokenizer, _render(tokenizer, record["messages"], generation_prompt=True))
         else:
@@ -219,9 +267,7 @@ def encode_prompts(
             dropped += 1
             continue
         cut += start > 0
-        prompts.append(ids[start:])
-        if kept is not None:
-            kept.append(record)
+        prompts.append((index, ids[start:]))
     _report(source, cut, dropped, len(records), max_length)
     return prompts
 

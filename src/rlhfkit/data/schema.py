@@ -93,13 +93,20 @@ ASSISTANT = "\n\nAssistant:"  # HH-RLHF's turn marker: its implicit prompt ends 
 def implicit_text_prompt(chosen: str, rejected: str) -> str:
     """The prompt two plain-text responses share: their common beginning through its last
     `\\n\\nAssistant:` (HH-RLHF), else cut back to its last whitespace so that no word is split; "" when
-    they share nothing."""
+    they share nothing.
+
+    Spaces, tabs and other blanks (NBSP, U+3000: any whitespace but a line break) before the cut belong to
+    the response, as in TRL (`"the movie was"` + `" great"`): BPE and SentencePiece tokenizers attach a
+    space to the word after it (`Ġgreat`, `▁great`), which is how the policy emits it after a prompt. Line
+    breaks stay with the prompt: they end its line and are tokens of their own."""
     shared = os.path.commonprefix([chosen, rejected])
     marker = shared.rfind(ASSISTANT)
     if marker >= 0:
         return shared[: marker + len(ASSISTANT)]
-    spaces = [m.end() for m in re.finditer(r"\s", shared)]
-    return shared[: spaces[-1]] if spaces else ""
+    boundaries = [m.end() for m in re.finditer(r"\s", shared)]
+    # the same whitespace as the boundaries (NBSP, U+3000 too) less the line breaks; \Z, since $ would also
+    # match before a final line break and strip the spaces ahead of it
+    return re.sub(r"[^\S\r\n]+\Z", "", shared[: boundaries[-1]]) if boundaries else ""
 
 
 def _shared_messages(chosen: list[dict], rejected: list[dict]) -> int:
@@ -150,7 +157,11 @@ def _text_pair(row: Row) -> tuple[str, str, str]:
         raise _fail(row, "chosen", "shares no beginning with 'rejected' and there is no 'prompt' field")
     if len(prompt) in (len(chosen), len(rejected)):
         raise _fail(row, "rejected", "is 'chosen' cut short or extended: their shared part leaves one empty")
-    return prompt, chosen[len(prompt) :], rejected[len(prompt) :]
+    responses = {"chosen": chosen[len(prompt) :], "rejected": rejected[len(prompt) :]}
+    for field, response in responses.items():
+        if not response.strip():  # e.g. HH-RLHF's "\n\nAssistant: " with nothing said after it
+            raise _fail(row, field, "has an empty response after the prompt it shares with the other")
+    return prompt, responses["chosen"], responses["rejected"]
 
 
 def _score(row: Row, field: str) -> float:

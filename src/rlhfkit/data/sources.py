@@ -225,14 +225,26 @@ def _open_folder(path: Path, config: str | None, split: str, source: str) -> Seq
 def _load_dataset(name: str, config: str | None, split: str, problem: str, **options: Any) -> Any:
     """`datasets.load_dataset` with the config taken as a config name, or else as a data folder (HH-RLHF's
     subsets); any failure is the user's to fix, in one line that starts with `problem`."""
-    from datasets import load_dataset
+    import datasets
 
     try:
         try:
-            return load_dataset(name, config, split=split, **options)
-        except ValueError as exc:
-            if config is None or "config" not in str(exc).lower():
+            return datasets.load_dataset(name, config, split=split, **options)
+        except ValueError:
+            if config is None or not _not_a_config_name(name, config):
                 raise
-            return load_dataset(name, data_dir=config, split=split, **options)
+            return datasets.load_dataset(name, data_dir=config, split=split, **options)
     except Exception as exc:  # offline, unknown name, bad split or config: all are the user's to fix
         raise UsageError(f"{problem} could not be loaded with datasets ({first_line(exc)})") from None
+
+
+def _not_a_config_name(name: str, config: str) -> bool:
+    """Whether the dataset `name` lists its config names and `config` is not one of them (so it may be a data
+    folder). Asked of the dataset, not read from an error's text: `datasets` raises a plain ValueError for
+    an unknown config as for much else. False when the names cannot be listed (the first error stands)."""
+    import datasets
+
+    try:
+        return config not in datasets.get_dataset_config_names(name)
+    except Exception:  # offline, no such dataset: the load's own error says more
+        return False

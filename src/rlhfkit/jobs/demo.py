@@ -164,28 +164,8 @@ def demo(config: DemoConfig) -> Path:
 
     say(7, "summary.json and report.html")
     summary = {
-        "gold_reward_sft": results["sft"]["metrics"]["gold"],
-        "gold_reward_ppo": results[main]["metrics"]["gold"],
-        "proxy_reward_sft": results["sft"]["metrics"]["reward"],
-        "proxy_reward_ppo": results[main]["metrics"]["reward"],
-        "rm_accuracy": rm_accuracy,
-        "kl_to_sft": results[main]["metrics"]["kl"],
-        "label_agreement": labeling["label_agreement"],
-        "labeled_pairs": labeling["pairs"],
-        "length_sft": results["sft"]["metrics"]["length"],
-        "length_ppo": results[main]["metrics"]["length"],
+        **summarise(results, {name: run["seconds"] for name, run in runs.items()}, rm_accuracy, labeling),
         "wall_seconds": time.perf_counter() - started,
-        "algorithms": {
-            name: {
-                "gold_reward": results[name]["metrics"]["gold"],
-                "gold_gain": results[name]["metrics"]["gold"] - results["sft"]["metrics"]["gold"],
-                "proxy_reward": results[name]["metrics"]["reward"],
-                "kl_to_sft": results[name]["metrics"]["kl"],
-                "length": results[name]["metrics"]["length"],
-                "train_seconds": run["seconds"],
-            }
-            for name, run in runs.items()
-        },
         "seed": config.seed,
         "config": {
             "demo": to_dict(config),
@@ -195,11 +175,46 @@ def demo(config: DemoConfig) -> Path:
             **{name: to_dict(run["config"]) for name, run in runs.items()},
         },
     }
-    summary["gold_gain"] = summary["gold_reward_ppo"] - summary["gold_reward_sft"]
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_report(out / "report.html", summary, curves(out, list(runs)), results, main)
     write_run_file(out, "demo", config, summary={k: v for k, v in summary.items() if k != "config"})
     return out
+
+
+def summarise(
+    results: dict[str, dict], seconds: dict[str, float], rm_accuracy: float, labeling: dict[str, Any]
+) -> dict[str, Any]:
+    """summary.json's numbers from the evaluations `results` (of `sft` and of each algorithm, in the order
+    asked) and each algorithm's training `seconds`. `algorithm` names the first algorithm; its results are
+    also at the top level, named after it (`gold_reward_ppo`, or `gold_reward_grpo` when GRPO came first),
+    as are `kl_to_sft` and `gold_gain`, which are its own; `algorithms` holds every algorithm's."""
+    main, sft = next(iter(seconds)), results["sft"]["metrics"]
+    first = results[main]["metrics"]
+    return {
+        "algorithm": main,
+        "gold_reward_sft": sft["gold"],
+        f"gold_reward_{main}": first["gold"],
+        "proxy_reward_sft": sft["reward"],
+        f"proxy_reward_{main}": first["reward"],
+        "rm_accuracy": rm_accuracy,
+        "kl_to_sft": first["kl"],
+        "label_agreement": labeling["label_agreement"],
+        "labeled_pairs": labeling["pairs"],
+        "length_sft": sft["length"],
+        f"length_{main}": first["length"],
+        "algorithms": {
+            name: {
+                "gold_reward": results[name]["metrics"]["gold"],
+                "gold_gain": results[name]["metrics"]["gold"] - sft["gold"],
+                "proxy_reward": results[name]["metrics"]["reward"],
+                "kl_to_sft": results[name]["metrics"]["kl"],
+                "length": results[name]["metrics"]["length"],
+                "train_seconds": took,
+            }
+            for name, took in seconds.items()
+        },
+        "gold_gain": first["gold"] - sft["gold"],
+    }
 
 
 def curves(out: Path, algorithms: list[str]) -> dict[str, Any]:

@@ -10,11 +10,12 @@ import torch
 
 from rlhfkit.config import EvalConfig
 from rlhfkit.core import sequence_kl
+from rlhfkit.data.encode import end_of_turn, special_ids
 from rlhfkit.errors import UsageError
 from rlhfkit.models import load_causal_lm, load_scalar_model, load_tokenizer, sequence_scores
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.rollout import LocalSampler, SamplingSettings, stop_token_ids
-from rlhfkit.rollout.completions import load_prompts, sample_completions
+from rlhfkit.rollout.completions import ended, load_prompts, sample_completions
 from rlhfkit.runtime.process import quiet_transformers
 from rlhfkit.tasks import load_gold
 
@@ -32,7 +33,9 @@ def evaluate(config: EvalConfig, gold: Any = None) -> dict[str, Any]:
     gold = gold or (load_gold(config.gold) if config.gold else None)
     quiet_transformers()
     tokenizer = load_tokenizer(config.model)
-    texts, prompt_ids = load_prompts(config.prompts, tokenizer, config.max_prompt_length, config.columns)
+    texts, prompt_ids, chat = load_prompts(
+        config.prompts, tokenizer, config.max_prompt_length, config.columns
+    )
     model = load_causal_lm(config.model, tokenizer).eval()
     reward_model = load_scalar_model(config.reward_model, tokenizer).eval() if config.reward_model else None
     reference = load_causal_lm(config.reference, tokenizer).eval() if config.reference else None
@@ -40,6 +43,11 @@ def evaluate(config: EvalConfig, gold: Any = None) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(config.seed)
     samples: list[dict[str, Any]] = []
     engine = LocalSampler(model, tokenizer, stop_token_ids(tokenizer))
+    # the RM reads a finished response where PPO reads it: at EOS after a text prompt, at the end of turn
+    # after a conversation (a special stop replaced by it, a stop string kept and the end appended)
+    eos, turn_end = tokenizer.eos_token_id, end_of_turn(tokenizer)
+    ends = torch.tensor([turn_end if c else eos for c in chat])  # (N,)
+    special = torch.tensor(sorted(special_ids(tokenizer)))  # (S,)
     for done in sample_completions(
         engine, tokenizer, texts, prompt_ids, settings, config.batch_size, generator
     ):
@@ -50,7 +58,8 @@ def evaluate(config: EvalConfig, gold: Any = None) -> dict[str, Any]:
             "stopped": rollout.stopped.tolist(),
         }
         if reward_model is not None:
-            columns["reward"] = sequence_scores(reward_model, ids, mask).tolist()
+            read = ended(ids, mask, rollout.stopped, ends[len(samples) : len(samples) + len(ids)], special)
+            columns["reward"] = sequence_scores(reward_model, *read).tolist()
         if reference is not None:
             logp, _ = response_logprobs(model, ids, mask, context, config.temperature)  # (b, T)
             ref, _ = response_logprobs(reference, ids, mask, context, config.temperature)

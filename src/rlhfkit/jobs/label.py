@@ -40,7 +40,7 @@ def label(config: LabelConfig) -> dict:
     gold = load_gold(config.gold)
     quiet_transformers()
     tokenizer = load_tokenizer(config.policy)
-    texts, prompt_ids = load_prompts(config.prompts, tokenizer, config.max_prompt_length, config.columns)
+    texts, prompt_ids, _ = load_prompts(config.prompts, tokenizer, config.max_prompt_length, config.columns)
     engine = LocalSampler(
         load_causal_lm(config.policy, tokenizer).eval(), tokenizer, stop_token_ids(tokenizer)
     )

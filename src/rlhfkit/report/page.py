@@ -196,19 +196,18 @@ def sample_table(results: dict[str, Any], main: str = "ppo", rows: int = 24) -> 
 def write_report(
     path: Path, summary: dict[str, Any], curves: dict[str, Any], results: dict[str, Any], main: str = "ppo"
 ) -> None:
-    gain = summary["gold_reward_ppo"] - summary["gold_reward_sft"]
+    # the first algorithm's results sit at the top level under its own name (jobs/demo.py `summarise`)
+    gold, proxy, name = summary[f"gold_reward_{main}"], summary[f"proxy_reward_{main}"], main.upper()
+    gain = gold - summary["gold_reward_sft"]
     cards = "".join(
         [
             _card(
-                "gold reward, SFT → PPO",
-                f"{summary['gold_reward_sft']:+.2f} → {summary['gold_reward_ppo']:+.2f}",
+                f"gold reward, SFT → {name}",
+                f"{summary['gold_reward_sft']:+.2f} → {gold:+.2f}",
                 "good" if gain > 0 else "bad",
             ),
-            _card(
-                "proxy (RM) reward, SFT → PPO",
-                f"{summary['proxy_reward_sft']:+.2f} → {summary['proxy_reward_ppo']:+.2f}",
-            ),
-            _card("KL of PPO from SFT (nats / response)", f"{summary['kl_to_sft']:.2f}"),
+            _card(f"proxy (RM) reward, SFT → {name}", f"{summary['proxy_reward_sft']:+.2f} → {proxy:+.2f}"),
+            _card(f"KL of {name} from SFT (nats / response)", f"{summary['kl_to_sft']:.2f}"),
             _card("RM held-out accuracy vs gold", f"{summary['rm_accuracy']:.1%}"),
             _card("labeler agreement with gold", f"{summary['label_agreement']:.1%}"),
             _card("wall time", f"{summary['wall_seconds'] / 60:.1f} min"),

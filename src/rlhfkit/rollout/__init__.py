@@ -2,7 +2,14 @@
 `LocalSampler` (the in-process KV-cached sampler) is the first engine."""
 
 from rlhfkit.rollout.engine import LocalSampler, RolloutEngine, stop_token_ids
-from rlhfkit.rollout.sampling import Rollout, SamplingSettings, filter_logits, generate, truncate_after_stop
+from rlhfkit.rollout.sampling import (
+    Rollout,
+    SamplingSettings,
+    filter_logits,
+    generate,
+    truncate_after_stop,
+    widen,
+)
 
 __all__ = [
     "LocalSampler",
@@ -13,4 +20,5 @@ __all__ = [
     "generate",
     "stop_token_ids",
     "truncate_after_stop",
+    "widen",
 ]

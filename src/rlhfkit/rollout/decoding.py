@@ -25,17 +25,16 @@ from rlhfkit.models.forward import forward_parameters
 from rlhfkit.models.scalar import position_ids
 
 log = logging.getLogger("rlhfkit")
-DECODERS = ("auto", "eager", "static", "compiled")
 
 
-def forward_options(model: Any) -> tuple[str, dict, bool]:
-    """The name of the KV-cache argument (`cache` in transformers >= 5.x, `past_key_values` before), the
-    extra arguments that save work (`logits_to_keep=1`: sampling needs the last position's logits only, not
-    (B, P, V)), and whether the forward takes `cache_position` (transformers 4.x static caches need it)."""
+def forward_options(model: Any) -> tuple[str, dict]:
+    """The name of the KV-cache argument (`cache` in recent transformers 5.x, `past_key_values` in earlier
+    ones: 5.17 has it) and the extra arguments that save work (`logits_to_keep=1`: sampling needs the last
+    position's logits only, not (B, P, V))."""
     parameters = forward_parameters(model)
     cache_name = "cache" if "cache" in parameters else "past_key_values"
     extra = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
-    return cache_name, extra, "cache_position" in parameters
+    return cache_name, extra
 
 
 def choose_decoder(name: str, device: torch.device, sharded: bool = False, config: Any = None) -> str:
@@ -66,7 +65,7 @@ class EagerDecoder:
 
     def __init__(self, model: Any) -> None:
         self.model = model
-        self.cache_name, self.extra, _ = forward_options(model)
+        self.cache_name, self.extra = forward_options(model)
 
     def start(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         """(B, P) left-padded prompts and their mask -> (B, V) logits of the first response token."""
@@ -98,13 +97,15 @@ class StaticDecoder:
     """Forward passes with a KV cache of fixed length, reset between batches, so a compiled step sees the same
     tensors every time. The two newest caches (rollout and evaluation shapes) are kept; an older one is freed.
     `compile` is torch.compile's backend (`inductor` with CUDA graphs on CUDA; tests trace the step with the
-    `eager` backend on CPU)."""
+    `eager` backend on CPU). `compiled_steps` counts the steps the compiled forward ran; `fallback` is why
+    compiling failed (None while it has not), after which every step runs uncompiled."""
 
     KEPT = 2  # caches kept: one per shape a run alternates between (its rollouts, its evaluations)
 
     def __init__(self, model: Any, compile: str | None = None, width_multiple: int = 1) -> None:
         self.model, self.caches = model, {}
-        self.cache_name, self.extra, self.cache_position = forward_options(model)
+        self.cache_name, self.extra = forward_options(model)
+        self.compiled_steps, self.fallback = 0, None
         # prompt widths are rounded up (more left padding, which the mask hides) so a compiled step is
         # traced for a few widths, not for every batch's own
         self.width_multiple = width_multiple
@@ -113,7 +114,7 @@ class StaticDecoder:
             options = {"mode": "reduce-overhead"} if compile == "inductor" else {}
             self.forward = torch.compile(model, backend=compile, dynamic=False, **options)
 
-    def _cache(self, rows: int, length: int, dtype: torch.dtype, device: torch.device) -> Any:
+    def _cache(self, rows: int, length: int, dtype: torch.dtype) -> Any:
         from transformers import StaticCache
 
         key = (rows, length, dtype)
@@ -123,9 +124,8 @@ class StaticDecoder:
             return self.caches[key]
         while len(self.caches) >= self.KEPT:
             del self.caches[next(iter(self.caches))]
-        # transformers 5.x sizes the cache from the first keys it stores; 4.x reads the last three
-        sizes = {"max_batch_size": rows, "dtype": dtype, "device": device}
-        self.caches[key] = StaticCache(config=self.model.config, max_cache_len=length, **sizes)
+        # transformers 5.x sizes each layer (rows, dtype, device) from the first keys it stores
+        self.caches[key] = StaticCache(config=self.model.config, max_cache_len=length)
         return self.caches[key]
 
     def start(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
@@ -138,7 +138,7 @@ class StaticDecoder:
         self.width, self.fed = self.ids.shape[1], []
         autocast = torch.is_autocast_enabled(ids.device.type)
         dtype = torch.get_autocast_dtype(ids.device.type) if autocast else self.model.dtype
-        self.cache = self._cache(rows, self.width + max_new_tokens, dtype, ids.device)
+        self.cache = self._cache(rows, self.width + max_new_tokens, dtype)
         return self._prefill()
 
     def _prefill(self) -> torch.Tensor:
@@ -151,7 +151,6 @@ class StaticDecoder:
             position_ids=positions,
             use_cache=True,
             **{self.cache_name: self.cache},
-            **self._cache_position(torch.arange(self.width, device=self.ids.device)),
             **self.extra,
         )
         return out.logits[:, -1]
@@ -161,14 +160,14 @@ class StaticDecoder:
         self.mask[:, self.width + len(self.fed)] = 1
         try:
             logits = self._step(self.forward, token)
+            self.compiled_steps += self.forward is not self.model
         except Exception as exc:
             if self.forward is self.model or not _compile_failure(exc):
                 raise
             # a model or torch build torch.compile cannot handle: part of the step may have written the
             # cache, so the batch so far is run again, uncompiled, from its prompt
-            log.warning(
-                "torch.compile failed (%s); decoding with the static cache uncompiled", first_line(exc)
-            )
+            self.fallback = first_line(exc)
+            log.warning("torch.compile failed (%s); decoding with the static cache uncompiled", self.fallback)
             self.forward = self.model
             self.cache.reset()
             fed, self.fed = self.fed, []
@@ -179,14 +178,12 @@ class StaticDecoder:
         return logits
 
     def _step(self, forward: Any, token: torch.Tensor) -> torch.Tensor:
-        column = self.width + len(self.fed)
         out = forward(
             input_ids=token[:, None],
             attention_mask=self.mask,
             position_ids=self.position,
             use_cache=True,
             **{self.cache_name: self.cache},
-            **self._cache_position(torch.tensor([column], device=token.device)),
             **self.extra,
         )
         self.position = self.position + 1
@@ -194,19 +191,25 @@ class StaticDecoder:
         # a copy: a CUDA graph's output buffer is overwritten by its next replay
         return out.logits[:, -1].clone()
 
-    def _cache_position(self, positions: torch.Tensor) -> dict:
-        """transformers 4.x writes a static cache at `cache_position`; 5.x counts what it has written."""
-        return {"cache_position": positions} if self.cache_position else {}
-
 
 def _compile_failure(exc: BaseException) -> bool:
     """Whether `exc` comes from torch.compile (dynamo's tracing, a backend's compiling), not from running the
-    model (out of memory, a bad input): only the former falls back to the uncompiled step."""
-    from torch._dynamo import exc as dynamo
-
-    return isinstance(exc, (dynamo.TorchDynamoException, dynamo.BackendCompilerFailed)) or (
-        type(exc).__module__.startswith(("torch._dynamo", "torch._inductor"))
+    model (out of memory, a bad input): only the former falls back to the uncompiled step. Dynamo's exception
+    classes are private API: where a torch version lacks them, the module an exception was raised from
+    decides alone."""
+    return isinstance(exc, _dynamo_exceptions()) or type(exc).__module__.startswith(
+        ("torch._dynamo", "torch._inductor")
     )
+
+
+def _dynamo_exceptions() -> tuple[type, ...]:
+    """torch.compile's own exception types, `()` where this torch has other names (private API)."""
+    try:
+        from torch._dynamo import exc as dynamo
+
+        return (dynamo.TorchDynamoException, dynamo.BackendCompilerFailed)
+    except (ImportError, AttributeError):
+        return ()
 
 
 def make_decoder(model: Any, name: str) -> EagerDecoder | StaticDecoder:

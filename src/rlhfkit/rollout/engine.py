@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import torch
 
 from rlhfkit.data import pad
+from rlhfkit.data.encode import end_of_turn
 from rlhfkit.rollout.decoding import choose_decoder, make_decoder
 from rlhfkit.rollout.sampling import Rollout, SamplingSettings, generate
 from rlhfkit.runtime.process import autocast
@@ -74,10 +75,12 @@ class LocalSampler:
 
 
 def stop_token_ids(tokenizer: Any, stop_tokens: tuple[str, ...] = ()) -> torch.Tensor:
-    """(S,) EOS plus each extra stop string, which must be a single token."""
+    """(S,) EOS, the chat template's end of turn when it is another token (`<|im_end|>`, `<|eot_id|>`: a
+    conversation's turn ends there, and `rm` read its pairs there, so PPO, `label` and `eval` stop there too,
+    never running past the turn), plus each extra stop string, which must be a single token."""
     from rlhfkit.errors import UsageError
 
-    ids = [tokenizer.eos_token_id]
+    ids = [tokenizer.eos_token_id, end_of_turn(tokenizer)]
     for text in stop_tokens:
         encoded = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(encoded) != 1:

@@ -78,13 +78,22 @@ def adamw(
     and on CUDA) unless the module is sharded. The unsharded module is moved to the accelerator's device
     first: fused AdamW checks its parameters' device when it is built, and accelerate's `prepare` would move
     them there anyway."""
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-
     if is_sharded(accelerator):  # FSDP turns parameters into DTensors in `prepare`: the per-tensor path
         return torch.optim.AdamW(groups, **settings)
     module.to(accelerator.device)
-    fused = accelerator.device.type in _get_fused_kernels_supported_devices()
+    fused = accelerator.device.type in fused_kernel_devices()
     return torch.optim.AdamW(groups, fused=fused, **settings)
+
+
+def fused_kernel_devices() -> tuple[str, ...]:
+    """The device types torch's fused optimiser kernels run on. Asked of a private torch function; where a
+    torch version lacks it, none: AdamW takes its per-tensor path (slower, the same update)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        return tuple(_get_fused_kernels_supported_devices())
+    except (ImportError, AttributeError, TypeError):
+        return ()
 
 
 def start(accelerator: Any, model: torch.nn.Module) -> None:

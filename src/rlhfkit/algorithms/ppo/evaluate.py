@@ -8,12 +8,13 @@ from typing import Any
 import torch
 
 from rlhfkit.algorithms.ppo.experience import shape_scores
-from rlhfkit.algorithms.ppo.rewards import Rewards
+from rlhfkit.algorithms.ppo.rewards import Rewards, with_rows
 from rlhfkit.algorithms.ppo.roles import Roles
 from rlhfkit.config import PPOConfig
 from rlhfkit.core import sequence_kl
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.rollout import RolloutEngine, SamplingSettings
+from rlhfkit.rollout.completions import response_texts
 from rlhfkit.runtime.process import autocast
 
 
@@ -22,18 +23,21 @@ def evaluate_policy(
     engine: RolloutEngine,
     roles: Roles,
     policy: Any,
-    prompts: list[list[int]],
+    prompts: list[int],
     config: PPOConfig,
     rewards: Rewards,
 ) -> tuple[dict[str, float], list[dict]]:
-    """Mean score, KL to the reference and length on `prompts`, and the samples. The same random draws at
-    every evaluation, so two evaluations differ only by the policy."""
+    """Mean score, KL to the reference and length on `prompts` (indices into `rewards.prompts`, whose rows
+    the rewards read), and the samples. The same random draws at every evaluation, so two evaluations differ
+    only by the policy."""
     device = next(policy.parameters()).device
     generator = torch.Generator(device=device).manual_seed(config.seed)
     settings = SamplingSettings(config.response_length, config.temperature, config.top_k, config.top_p)
     scores, kls, lengths, samples = [], [], [], []
     for start in range(0, len(prompts), config.mini_batch_size):
-        rollout = engine.generate(prompts[start : start + config.mini_batch_size], settings, generator)
+        batch = prompts[start : start + config.mini_batch_size]
+        rollout = engine.generate([rewards.prompts.ids[i] for i in batch], settings, generator)
+        rollout = with_rows(rollout, batch)
         ids, mask, context = rollout.input_ids, rollout.attention_mask, rollout.prompt_ids.shape[1]
         with autocast(device, config.bf16):
             logp, _ = response_logprobs(policy, ids, mask, context, config.temperature)  # (b, T)
@@ -45,14 +49,13 @@ def evaluate_policy(
         kls.append(sequence_kl(logp, ref, rollout.response_mask))
         scores.append(batch_scores)
         lengths.append(rollout.response_mask.sum(1).float())
+        responses = response_texts(roles.tokenizer, rollout)  # as the reward functions read them
         samples += [
             {
                 "prompt": roles.tokenizer.decode(
                     rollout.prompt_ids[row][rollout.prompt_mask[row].bool()], skip_special_tokens=True
                 ),
-                "response": roles.tokenizer.decode(
-                    rollout.response_ids[row][rollout.response_mask[row]], skip_special_tokens=True
-                ),
+                "response": responses[row],
                 "score": batch_scores[row].item(),
             }
             for row in range(ids.shape[0])

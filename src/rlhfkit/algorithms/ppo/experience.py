@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
 
-from rlhfkit.algorithms.ppo.rewards import Normalise, Rewards, component_stats
+from rlhfkit.algorithms.ppo.rewards import Episodes, Normalise, Rewards, component_stats
 from rlhfkit.algorithms.ppo.roles import PolicyAndValue, Roles
 from rlhfkit.config import PPOConfig
 from rlhfkit.core import (
-    discounted_returns,
+    estimator_advantages,
+    estimator_rewards,
     explained_variance,
-    gae,
-    group_normalised_scores,
-    kl_shaped_rewards,
-    leave_one_out_scores,
     masked_mean,
     masked_whiten,
+    uniform_groups,
 )
-from rlhfkit.rollout import Rollout
 from rlhfkit.runtime.distributed import all_rows, local_rows
-from rlhfkit.runtime.outputs import read_run_file
 from rlhfkit.runtime.process import autocast
-
-log = logging.getLogger("rlhfkit")
 
 
 @dataclass
@@ -35,7 +28,7 @@ class Experience:
     input_ids: torch.Tensor  # (B, P + T)
     attention_mask: torch.Tensor  # (B, P + T)
     context: int  # P
-    mask: torch.Tensor  # (B, T) bool
+    mask: torch.Tensor  # (B, T) bool; all False in rows the update leaves out (drop_uniform_groups)
     old_logp: torch.Tensor  # (B, T) the policy that sampled, recomputed by a full pass
     ref_logp: torch.Tensor  # (B, T) the reference
     old_values: torch.Tensor  # (B, T) normalised critic values (0 without a critic)
@@ -43,22 +36,6 @@ class Experience:
     rewards: torch.Tensor  # (B, T) per-token rewards given to GAE
     advantages: torch.Tensor  # (B, T) whitened
     returns: torch.Tensor  # (B, T)
-
-
-def reward_normaliser(config: PPOConfig) -> Normalise:
-    """Raw RM scores -> the scale PPO uses: normalised with the RM's saved mean/std when asked
-    (docs/ppo-details.md #9). A critic that starts as the RM reads its values through the same map."""
-    if not config.normalize_reward or not config.reward_model:  # reward functions alone: their own scale
-        return lambda scores: scores
-    stats = read_run_file(config.reward_model).get("reward_stats")
-    if not stats:
-        log.warning(
-            "%s has no reward_stats (not trained by `rlhfkit rm`): scores are not normalised",
-            config.reward_model,
-        )
-        return lambda scores: scores
-    mean, std = stats["mean"], max(stats["std"], 1e-6)
-    return lambda scores: (scores - mean) / std
 
 
 def shape_scores(scores: torch.Tensor, stopped: torch.Tensor, config: PPOConfig) -> torch.Tensor:
@@ -92,44 +69,74 @@ def vocab_size(roles: Roles) -> int:
     return roles.trainable.policy.get_output_embeddings().weight.shape[0]
 
 
-def baselined(scores: torch.Tensor, config: PPOConfig) -> torch.Tensor:
-    """(B,) scores less the baseline of the critic-free estimators that have one: GRPO's group mean (and std
-    when `scale_rewards`), RLOO's mean of the other samples of the prompt. GAE's baseline is the critic;
-    REINFORCE++ whitens the returns instead."""
-    k = config.samples_per_prompt
-    if config.advantage_estimator == "grpo":
-        return group_normalised_scores(scores, k, config.scale_rewards)
-    if config.advantage_estimator == "rloo":
-        return leave_one_out_scores(scores, k)
-    return scores
+def step_rewards(
+    scores: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+    config: PPOConfig,
+    trained: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 6: (B,) scores -> per-token rewards and KL, both (B, T), for the configured estimator (the
+    baseline each one uses is chosen in `core.estimator_rewards`). The KL penalty joins the reward when
+    `kl_penalty=reward`; with `kl_penalty=loss` it is added to the policy loss instead. `trained`: (B, T),
+    `mask` less the rows the update leaves out (`drop_uniform_groups`); `whiten_rewards` scales by their
+    statistics only, since a dropped row never reaches the loss (its rewards are 0 then)."""
+    in_reward = kl_coef if config.kl_penalty == "reward" else 0.0
+    rewards, kl = estimator_rewards(
+        scores,
+        old_logp,
+        ref_logp,
+        mask,
+        in_reward,
+        config.advantage_estimator,
+        config.samples_per_prompt,
+        scale=config.scale_rewards,
+        rloo_baseline=config.rloo_baseline,
+        kind=config.kl_estimator,
+    )  # (B, T), (B, T)
+    if config.whiten_rewards:
+        rewards = masked_whiten(rewards, trained, shift_mean=False)  # (B, T)
+    return rewards, kl
 
 
 def estimate_advantages(
     rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, config: PPOConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) per-token rewards -> (advantages, returns). GAE with the critic's values, whitened over the
-    batch (docs/ppo-details.md #15); critic-free: the rewards-to-go themselves (the baseline is already in the
-    score), whitened over the global batch for REINFORCE++."""
-    if config.advantage_estimator == "gae":
-        advantages, returns = gae(rewards, values, mask, config.gamma, config.lam)  # (B, T)
-        return masked_whiten(advantages, mask), returns
-    returns = discounted_returns(rewards, mask, config.gamma)  # (B, T)
-    if config.advantage_estimator == "reinforce_pp":
-        return masked_whiten(returns, mask), returns
-    return returns, returns
+    """Step 7: (B, T) per-token rewards -> (advantages, returns) for the configured estimator
+    (`core.estimator_advantages`: GAE whitened, or the rewards-to-go, whitened for REINFORCE++)."""
+    return estimator_advantages(rewards, values, mask, config.advantage_estimator, config.gamma, config.lam)
+
+
+def uniform_share(scores: torch.Tensor, group: int) -> dict[str, torch.Tensor]:
+    """`policy/uniform_groups`: the fraction of groups of `group` samples whose (B,) scores are all equal."""
+    return {"policy/uniform_groups": uniform_groups(scores, group).to(scores.dtype).mean()}
+
+
+def kept_rows(scores: torch.Tensor, config: PPOConfig) -> torch.Tensor:
+    """(B,) bool: the rows the update trains on. With `drop_uniform_groups` (DAPO's dynamic sampling) the
+    groups whose scores are all equal are left out: they carry no task signal (their baselined score is 0).
+    With the KL in the reward (RLOO's `sequence_reward`, GRPO with `kl_penalty=reward`) such a group's
+    advantages are not 0, and the KL signal of its responses is dropped with them (DAPO has no KL term)."""
+    if not config.drop_uniform_groups:
+        return torch.ones_like(scores, dtype=torch.bool)
+    uniform = uniform_groups(scores, config.samples_per_prompt)  # (B / k,)
+    return (~uniform).repeat_interleave(config.samples_per_prompt)  # (B,)
 
 
 @torch.no_grad()
 def make_experience(
     model: PolicyAndValue,
     roles: Roles,
-    rollout: Rollout,
+    rollout: Episodes,
     kl_coef: float,
-    normalise: Normalise,
+    critic_scale: Normalise,
     config: PPOConfig,
     rewards: Rewards,
 ) -> tuple[Experience, dict[str, torch.Tensor]]:
-    """Steps 3-7: everything PPO needs from one rollout, and the iteration's objective statistics."""
+    """Steps 3-7: everything PPO needs from one rollout (its episodes carry their prompts' rows), and the
+    iteration's objective statistics. `critic_scale`: the critic's raw values -> the returns' scale."""
     ids, attention = rollout.input_ids, rollout.attention_mask  # (B, P + T)
     context, mask = rollout.prompt_ids.shape[1], rollout.response_mask  # P, (B, T)
     # Each process runs the passes of its own rows, by chunks; then every process holds the whole batch, and
@@ -144,11 +151,11 @@ def make_experience(
         # the KV-cached rollout), so the KL is exactly 0 before the first update.
         parts = [model(ids[s], attention[s], context, config.temperature, True) for s in chunks]
         old_logp, entropy = (all_rows(torch.cat([p[i] for p in parts])) for i in (0, 2))  # (B, T)
-        # The critic starts as the RM: its head is read through the same normalisation as the scores, so at
-        # iteration 0 its values are on the scale of the returns it must predict.
+        # A critic that starts as the RM reads its head as the score reads the RM (normalised, weighted), so
+        # at iteration 0 its values are on the scale of the returns it must predict (`critic_scale`).
         critic = parts[0][1] is not None
         old_values = (
-            normalise(all_rows(torch.cat([p[1] for p in parts]))) if critic else torch.zeros_like(old_logp)
+            critic_scale(all_rows(torch.cat([p[1] for p in parts]))) if critic else torch.zeros_like(old_logp)
         )  # (B, T)
         # 4. scores: the weighted sum of the reward components
         components = rewards.components(rollout, chunks)  # {name: (B,)}
@@ -160,19 +167,26 @@ def make_experience(
                 [roles.reference_logprobs(ids[s], attention[s], context, config.temperature) for s in chunks]
             )
         )  # (B, T)
+    # the update trains on the kept rows only: every batch statistic that feeds it (reward whitening, the
+    # advantages' whitening) is over them; the logged objective below is over every row
+    trained = mask & kept_rows(scores, config)[:, None]  # (B, T)
     # 6. per-token rewards: the score (for GRPO and RLOO, less its group's baseline) on the last response
-    # token, and -beta * KL on every token when the penalty is in the reward (with `kl_penalty: loss` it is
-    # added to the policy loss instead)
-    in_reward = kl_coef if config.kl_penalty == "reward" else 0.0
-    per_token, kl = kl_shaped_rewards(
-        baselined(scores, config), old_logp, ref_logp, mask, in_reward, config.kl_estimator
-    )  # (B, T), (B, T)
-    if config.whiten_rewards:
-        per_token = masked_whiten(per_token, mask, shift_mean=False)
+    # token, and -beta * KL on every token when the penalty is in the reward
+    per_token, kl = step_rewards(scores, old_logp, ref_logp, mask, kl_coef, config, trained)  # (B, T), (B, T)
     # 7. advantages (computed once, then frozen for the epochs)
-    advantages, returns = estimate_advantages(per_token, old_values, mask, config)  # (B, T)
+    advantages, returns = estimate_advantages(per_token, old_values, trained, config)  # (B, T)
     experience = Experience(
-        ids, attention, context, mask, old_logp, ref_logp, old_values, scores, per_token, advantages, returns
+        ids,
+        attention,
+        context,
+        trained,
+        old_logp,
+        ref_logp,
+        old_values,
+        scores,
+        per_token,
+        advantages,
+        returns,
     )
     non_score = (-kl_coef * kl).sum(1)  # (B,) the objective's KL term, wherever the penalty is applied
     stats = {
@@ -184,6 +198,9 @@ def make_experience(
         "objective/entropy": masked_mean(entropy, mask),
         **({"val/explained_variance": explained_variance(old_values, returns, mask)} if critic else {}),
         **(component_stats(components) if len(components) > 1 or rewards.functions else {}),
+        # the groups whose scores are all equal: no signal for a group baseline; left out of the update
+        # with drop_uniform_groups
+        **(uniform_share(scores, config.samples_per_prompt) if config.samples_per_prompt > 1 else {}),
         "response/length_mean": mask.sum(1).float().mean(),
         "response/stop_rate": rollout.stopped.float().mean(),
         "rollout/logprob_mismatch": ((old_logp - rollout.logprobs).abs() * mask).max(),

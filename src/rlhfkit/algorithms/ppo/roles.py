@@ -15,10 +15,12 @@ from typing import Any, Protocol
 import torch
 
 from rlhfkit.config import PPOConfig
+from rlhfkit.data.encode import end_of_turn
 from rlhfkit.errors import UsageError
 from rlhfkit.models import load_causal_lm, load_scalar_model, load_tokenizer, save_model, sequence_scores
 from rlhfkit.models.forward import response_logprobs, response_values
 from rlhfkit.models.lora import add_adapter, remove_stale_adapter, save_adapted
+from rlhfkit.models.precision import compute_in, round_like
 from rlhfkit.runtime.distributed import is_main
 from rlhfkit.runtime.sharding import model_state, no_split_modules
 
@@ -167,9 +169,14 @@ class SharedBases:
 
 
 def same_tokens(a: Any, b: Any) -> bool:
-    """Whether two tokenizers turn the same conversation into the same ids: same vocabulary, same template."""
-    return a.get_vocab() == b.get_vocab() and getattr(a, "chat_template", None) == getattr(
-        b, "chat_template", None
+    """Whether two tokenizers turn the same conversation into the same ids and close a response with the same
+    token: same vocabulary, same template, same EOS and end of turn (an RM that reads the policy's ids is read
+    at the policy's ends)."""
+    return (
+        a.get_vocab() == b.get_vocab()
+        and getattr(a, "chat_template", None) == getattr(b, "chat_template", None)
+        and a.eos_token_id == b.eos_token_id
+        and end_of_turn(a) == end_of_turn(b)
     )
 
 
@@ -220,10 +227,16 @@ def load_roles(config: PPOConfig) -> SeparateModels | SharedBases:
         separate = None if rm_in_critic else frozen_rm()
         limit = positions(separate) if separate is not None else None
         return SharedBases(trainable, actor, critic, tokenizer, separate, own_tokens, limit, rm_in_critic)
-    actor = load_causal_lm(config.policy, tokenizer).eval()
+    # Frozen twins stored in `model_dtype` compute in fp32, and the trained copies start from the same
+    # rounded weights: the KL is 0 and the critic is the RM before the first update (models/precision.py).
+    actor = round_like(load_causal_lm(config.policy, tokenizer).eval(), frozen)
     critic = load_scalar_model(source, tokenizer).eval() if source is not None else None
-    reference = freeze(load_causal_lm(config.policy, tokenizer, frozen))
+    if critic is not None and source == config.reward_model:
+        round_like(critic, frozen)
+    reference = compute_in(freeze(load_causal_lm(config.policy, tokenizer, frozen)), torch.float32)
     reward_model = frozen_rm()
+    if reward_model is not None:
+        compute_in(reward_model, torch.float32)
     limit = positions(reward_model) if reward_model is not None else None
     return SeparateModels(
         PolicyAndValue(actor, critic).eval(), reference, reward_model, tokenizer, own_tokens, limit

@@ -10,7 +10,6 @@ The run loop (`rlhfkit.runtime.loop`) drives the iterations: checkpoints, resume
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import time
 from dataclasses import dataclass
@@ -20,18 +19,24 @@ from typing import Any
 import torch
 
 from rlhfkit.algorithms.ppo.evaluate import evaluate_policy
-from rlhfkit.algorithms.ppo.experience import Experience, make_experience, reward_normaliser
-from rlhfkit.algorithms.ppo.rewards import Rewards, load_rewards
+from rlhfkit.algorithms.ppo.experience import Experience, make_experience
+from rlhfkit.algorithms.ppo.prompts import PromptSet, split_prompts
+from rlhfkit.algorithms.ppo.rewards import (
+    Episodes,
+    Rewards,
+    critic_scale,
+    load_rewards,
+    reward_normaliser,
+    with_rows,
+)
 from rlhfkit.algorithms.ppo.rewards import describe as describe_rewards
 from rlhfkit.algorithms.ppo.roles import Roles, critic_starts_from_rm, load_roles, save_trained
 from rlhfkit.algorithms.ppo.update import Optimisation, ppo_update, ptx_sampler
 from rlhfkit.config import PPOConfig
 from rlhfkit.core import AdaptiveKLController, FixedKLController
-from rlhfkit.data import encode_prompts, load_records
 from rlhfkit.data.order import batch_indices
 from rlhfkit.errors import StepFailed, UsageError
-from rlhfkit.rollout import LocalSampler, Rollout, RolloutEngine, SamplingSettings, stop_token_ids
-from rlhfkit.rollout.sampling import widen
+from rlhfkit.rollout import LocalSampler, Rollout, RolloutEngine, SamplingSettings, stop_token_ids, widen
 from rlhfkit.runtime.distributed import all_max, all_rows, barrier, is_main, local_rows, world
 from rlhfkit.runtime.loop import UpdateGuard, run_loop
 from rlhfkit.runtime.outputs import begin, check_output, clear_checkpoints, write_run_file
@@ -52,58 +57,9 @@ from rlhfkit.runtime.sharding import (
 )
 from rlhfkit.runtime.trackers import Trackers, check_trackers
 
-log = logging.getLogger("rlhfkit")
-
 
 def trained(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
-
-
-Prompts = list[list[int]]
-
-
-def split_prompts(config: PPOConfig, tokenizer: Any) -> tuple[Prompts, Prompts, dict[tuple[int, ...], dict]]:
-    """(training prompts, held-out prompts, each prompt's data row by its ids): `eval_prompts`, or
-    `eval_holdout` seeded picks from `prompts`. Reward functions and an RM with its own tokenizer read the
-    rows, not the ids."""
-    records: dict[tuple[int, ...], dict] = {}
-
-    def encode(source: str) -> Prompts:
-        kept: list[dict] = []
-        prompts = encode_prompts(
-            load_records(source, "prompt", columns=config.columns),
-            tokenizer,
-            config.max_prompt_length,
-            config.truncation,
-            source,
-            kept,
-        )
-        clashes = 0
-        for ids, record in zip(prompts, kept, strict=True):
-            clashes += records.setdefault(tuple(ids), record) != record
-        if clashes:  # reward functions and a re-encoding RM read the row, found again by its ids
-            log.warning(
-                "%s: %d prompts have the same (truncated) tokens as another, different prompt; reward "
-                "functions and a reward model with its own tokenizer see the first one's text",
-                source,
-                clashes,
-            )
-        return prompts
-
-    prompts = encode(config.prompts)
-    if config.eval_prompts:
-        train, held_out = prompts, encode(config.eval_prompts)
-    else:
-        n_eval = min(config.eval_holdout, len(prompts) // 4)
-        order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(config.seed)).tolist()
-        train, held_out = [prompts[i] for i in order[n_eval:]], [prompts[i] for i in order[:n_eval]]
-    groups = config.batch_size // config.samples_per_prompt
-    if len(train) < groups:
-        raise UsageError(
-            f"{config.prompts}: {len(train)} training prompts, fewer than the {groups} an iteration samples "
-            f"(batch_size={config.batch_size} / samples_per_prompt={config.samples_per_prompt})"
-        )
-    return train, held_out, records
 
 
 @dataclass
@@ -116,8 +72,7 @@ class PPOTrainer:
     engine: RolloutEngine
     kl_ctl: FixedKLController | AdaptiveKLController
     sampling_generator: torch.Generator  # rollouts
-    prompts: Prompts
-    held_out: Prompts
+    prompts: PromptSet  # the run's prompt rows; training and held-out indices into them
     rewards: Rewards
 
     @classmethod
@@ -133,9 +88,8 @@ class PPOTrainer:
                 )
         set_seed(config.seed)
         roles = load_roles(config)
-        prompts, held_out, records = split_prompts(config, roles.tokenizer)
-        normalise = reward_normaliser(config)  # the RM's scores; the critic's values when it starts as the RM
-        rewards = load_rewards(config, roles, records, normalise)
+        prompts = split_prompts(config, roles.tokenizer)
+        rewards = load_rewards(config, roles, prompts, reward_normaliser(config))
         # the ptx pass leaves the critic without gradients: DDP must be told to expect that
         accelerator = make_accelerator(config.report_to, config.out, unused_parameters=config.ptx_coef > 0)
         refuse_lora_when_sharded(config.lora, accelerator)
@@ -163,7 +117,7 @@ class PPOTrainer:
             scheduler,
             accelerator,
             generator,
-            normalise if critic_starts_from_rm(config, roles) else (lambda values: values),
+            critic_scale(rewards.normalise, rewards.weights, critic_starts_from_rm(config, roles)),
             ptx_sampler(config, roles.tokenizer, generator),
             roles.tokenizer.pad_token_id,
         )
@@ -182,20 +136,21 @@ class PPOTrainer:
             else AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
         )
         sampling = torch.Generator(device=accelerator.device).manual_seed(config.seed + 1000)
-        return cls(config, roles, opt, engine, kl_ctl, sampling, prompts, held_out, rewards)
+        return cls(config, roles, opt, engine, kl_ctl, sampling, prompts, rewards)
 
-    def prompt_batch(self, step: int) -> list[list[int]]:
-        """1. The global batch of prompts of iteration `step`, each `samples_per_prompt` times in a row:
-        reshuffled every pass over the set; a pure function of the seed and the step."""
-        config, k = self.config, self.config.samples_per_prompt
-        _, indices = batch_indices(
-            len(self.prompts), config.batch_size // k, config.seed, step - 1, drop_last=True
-        )
-        return [self.prompts[i] for i in indices for _ in range(k)]  # a prompt's k samples side by side
+    def prompt_batch(self, step: int) -> list[int]:
+        """1. The global batch of iteration `step` as prompt indices (into `prompts`), each
+        `samples_per_prompt` times in a row: reshuffled every pass over the training prompts; a pure function
+        of the seed and the step."""
+        config, k, train = self.config, self.config.samples_per_prompt, self.prompts.train
+        _, indices = batch_indices(len(train), config.batch_size // k, config.seed, step - 1, drop_last=True)
+        return [train[i] for i in indices for _ in range(k)]  # a prompt's k samples side by side
 
-    def rollout(self, prompts: list[list[int]]) -> Rollout:
-        """2. One sampled response per prompt of the global batch from the current policy: each process
-        samples its rows with their share of one stream of noise, then every process gets the whole batch."""
+    def rollout(self, batch: list[int]) -> Episodes:
+        """2. One sampled response per prompt index of the global batch from the current policy: each process
+        samples its rows with their share of one stream of noise, then every process gets the whole batch,
+        each episode with its prompt's index."""
+        prompts = [self.prompts.ids[i] for i in batch]
         config, rows = self.config, local_rows(len(prompts))
         settings = SamplingSettings(config.response_length, config.temperature, config.top_k, config.top_p)
         device = self.opt.accelerator.device
@@ -206,18 +161,24 @@ class PPOTrainer:
         width = max(map(len, prompts))
         with self.whole_parameters():
             rollout = self.engine.generate(prompts[rows], settings, noise=noise[:, rows], width=width)
-        if world() == 1:
-            return rollout
-        length = int(all_max(torch.tensor(rollout.response_ids.shape[1], device=device)))
-        mine = widen(rollout, width, length, self.roles.tokenizer.pad_token_id)
-        return Rollout(*(all_rows(getattr(mine, f.name)) for f in dataclasses.fields(Rollout)))
+        if world() > 1:
+            length = int(all_max(torch.tensor(rollout.response_ids.shape[1], device=device)))
+            mine = widen(rollout, width, length, self.roles.tokenizer.pad_token_id)
+            rollout = Rollout(*(all_rows(getattr(mine, f.name)) for f in dataclasses.fields(Rollout)))
+        return with_rows(rollout, batch)
 
-    def experience(self, rollout: Rollout) -> tuple[Experience, dict[str, torch.Tensor]]:
+    def experience(self, rollout: Episodes) -> tuple[Experience, dict[str, torch.Tensor]]:
         """3-7. Old log-probs and values, scores, reference log-probs, rewards, advantages."""
         model = self.opt.accelerator.unwrap_model(self.opt.model)  # no gradients: no DDP hooks either
         with self.whole_parameters():
             return make_experience(
-                model, self.roles, rollout, self.kl_ctl.value, self.opt.normalise, self.config, self.rewards
+                model,
+                self.roles,
+                rollout,
+                self.kl_ctl.value,
+                self.opt.critic_scale,
+                self.config,
+                self.rewards,
             )
 
     def update(self, experience: Experience, guard: UpdateGuard) -> dict[str, float]:
@@ -257,13 +218,14 @@ class PPOTrainer:
 
     def evaluate(self, step: int) -> tuple[dict[str, Any], list[dict]] | None:
         """10. Held-out samples and their metrics (None when nothing is held out)."""
-        if not self.held_out:
+        if not self.prompts.held_out:
             return None
         with self.whole_parameters():  # every process gathers; the main one evaluates alone (it alone writes)
             if not is_main():
                 return None
             policy = self.opt.accelerator.unwrap_model(self.opt.model).policy
-            return evaluate_policy(self.engine, self.roles, policy, self.held_out, self.config, self.rewards)
+            held_out = self.prompts.held_out
+            return evaluate_policy(self.engine, self.roles, policy, held_out, self.config, self.rewards)
 
     def whole_parameters(self) -> Any:
         """Generation and scoring with the trained module's parameters gathered once when it is sharded

@@ -11,7 +11,7 @@ import torch
 from rlhfkit.algorithms.ppo.experience import Experience, Normalise
 from rlhfkit.algorithms.sft import completion_nll
 from rlhfkit.config import PPOConfig
-from rlhfkit.core import kl_estimate, masked_mean, ppo_policy_loss, value_loss
+from rlhfkit.core import kl_estimate, loss_count, masked_aggregate, ppo_policy_loss, value_loss
 from rlhfkit.data import IGNORE, encode_sft
 from rlhfkit.data.schema import LazyRecords
 from rlhfkit.errors import UsageError
@@ -29,7 +29,7 @@ class Optimisation:
     scheduler: Any
     accelerator: Any
     generator: torch.Generator  # minibatch shuffles and ptx draws
-    normalise: Normalise
+    critic_scale: Normalise  # the critic's raw values -> the scale of the returns
     ptx: Callable[[], list] | None  # draws a ptx batch, or None when the term is off
     pad_id: int
 
@@ -39,7 +39,11 @@ def ptx_sampler(config: PPOConfig, tokenizer: Any, generator: torch.Generator) -
     so the random stream is the same as without ptx data). The data is read lazily (`LazyRecords`): every
     row is checked at start-up, then only the drawn rows are read and tokenised, so a pretraining corpus far
     larger than the prompt set does not sit in memory. A drawn row too long to keep (an SFT row whose
-    completion alone passes `ptx_max_length`) is drawn again."""
+    completion alone passes `ptx_max_length`) is drawn again; after 10 draws that leave the batch short, the
+    rest is drawn from the rows known to fit (the first 256 that fit, found at start-up, so never none): a
+    corpus of mostly long rows cannot stop a run mid-training, past its last checkpoint."""
+    import logging
+
     if config.ptx_coef <= 0 or not config.ptx_data:
         return None
     records = LazyRecords(config.ptx_data, "sft", config.ptx_columns)
@@ -50,8 +54,10 @@ def ptx_sampler(config: PPOConfig, tokenizer: Any, generator: torch.Generator) -
             [records[i] for i in rows], tokenizer, config.ptx_max_length, source=source, quiet=True
         )
 
-    if not encode(list(range(min(len(records), 256)))):  # before anything is written
+    fits = [i for i in range(min(len(records), 256)) if encode([i])]  # before anything is written
+    if not fits:
         raise UsageError(f"{source}: no row of the first 256 fits ptx_max_length={config.ptx_max_length}")
+    warned: list[bool] = []
 
     def sample() -> list:
         examples: list = []
@@ -61,40 +67,63 @@ def ptx_sampler(config: PPOConfig, tokenizer: Any, generator: torch.Generator) -
             )
             if len(examples) == size:
                 return examples
-        raise UsageError(
-            f"{source}: drawn rows keep being longer than ptx_max_length={config.ptx_max_length}"
-        )
+        if not warned:
+            warned.append(True)
+            logging.getLogger("rlhfkit").warning(
+                "%s: drawn rows keep being longer than ptx_max_length=%d; ptx batches are filled from the %d "
+                "rows of the first 256 that fit",
+                source, config.ptx_max_length, len(fits),
+            )  # fmt: skip
+        rest = torch.randint(len(fits), (size - len(examples),), generator=generator).tolist()
+        return examples + encode([fits[j] for j in rest])
 
     return sample
 
 
+@dataclass(frozen=True)
+class Shares:
+    """A micro-batch's shares of its minibatch (0-dim each): of the valid tokens, for the token means (value
+    loss, statistics), and of what the policy loss divides by (`core.loss_count` of `loss_aggregation`: the
+    tokens, or the responses). Weighted by them, micro-batches and processes sum to the minibatch's value."""
+
+    tokens: torch.Tensor
+    policy: torch.Tensor
+
+
 def micro_batch_loss(
-    opt: Optimisation, exp: Experience, rows: torch.Tensor, kl_coef: float, config: PPOConfig
+    opt: Optimisation, exp: Experience, rows: torch.Tensor, kl_coef: float, config: PPOConfig, shares: Shares
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO loss of actor and critic on the experience rows `rows` (token means over those rows)."""
+    """PPO loss of actor and critic on the experience rows `rows`, and its statistics, each term weighted by
+    the rows' share of the minibatch (docs/ppo-details.md #18)."""
     mask = exp.mask[rows]  # (m, T)
     with autocast(exp.input_ids.device, config.bf16):
         logp, values, _ = opt.model(
             exp.input_ids[rows], exp.attention_mask[rows], exp.context, config.temperature
         )  # (m, T), (m, T)
-    pg_loss, pg = ppo_policy_loss(logp, exp.old_logp[rows], exp.advantages[rows], mask, config.clip)
-    loss, extra = pg_loss, {}
+    # Dr. GRPO's constant normaliser is the generation budget, the same for every batch and process
+    aggregation, normaliser = config.loss_aggregation, config.response_length
+    pg_loss, pg = ppo_policy_loss(
+        logp, exp.old_logp[rows], exp.advantages[rows], mask, config.clip, config.clip_high, aggregation,
+        config.ratio_level, normaliser,
+    )  # fmt: skip
+    loss, by_policy = pg_loss * shares.policy, {"loss/policy": pg_loss.detach()}
+    by_tokens = {f"policy/{k}": pg[k] for k in ("approx_kl", "clipfrac", "ratio_mean", "ratio_sq_mean")}
     if values is not None:  # GAE: the critic's clipped value loss
-        values = opt.normalise(values)  # (m, T)
+        values = opt.critic_scale(values)  # (m, T)
         vf_loss, vf = value_loss(values, exp.old_values[rows], exp.returns[rows], mask, config.value_clip)
-        loss = loss + config.vf_coef * vf_loss
-        extra = {"loss/value": vf_loss.detach(), "val/clipfrac": vf["clipfrac"]}
+        loss = loss + config.vf_coef * vf_loss * shares.tokens
+        by_tokens = {**by_tokens, "loss/value": vf_loss.detach(), "val/clipfrac": vf["clipfrac"]}
     if config.kl_penalty == "loss":  # the GRPO placement: beta * KL estimate, with its gradient
-        kl_loss = masked_mean(kl_estimate(logp, exp.ref_logp[rows], config.kl_estimator), mask)
-        loss, extra = loss + kl_coef * kl_loss, {**extra, "loss/kl": kl_loss.detach()}
+        # padded positions get logp = ref_logp (KL 0): garbage there (d < -88) would make k3's exp(-d) inf,
+        # and the backward through the mask's where() inf * 0 = NaN
+        ref_logp = exp.ref_logp[rows]  # (m, T)
+        kl = kl_estimate(torch.where(mask, logp, ref_logp), ref_logp, config.kl_estimator)  # (m, T)
+        kl_loss = masked_aggregate(kl, mask, aggregation, normaliser)  # aggregated like the policy loss
+        loss, by_policy = loss + kl_coef * kl_loss * shares.policy, {**by_policy, "loss/kl": kl_loss.detach()}
     ratio_deviation = ((logp.detach() - exp.old_logp[rows]).exp() - 1).abs().masked_fill(~mask, 0).max()
     stats = {
-        "loss/policy": pg_loss.detach(),
-        "policy/approx_kl": pg["approx_kl"],
-        "policy/clipfrac": pg["clipfrac"],
-        "policy/ratio_mean": pg["ratio_mean"],
-        "policy/ratio_sq_mean": pg["ratio_sq_mean"],
-        **extra,
+        **{k: v * shares.policy for k, v in by_policy.items()},
+        **{k: v * shares.tokens for k, v in by_tokens.items()},
     }
     return loss, {**stats, "ratio_deviation": ratio_deviation}
 
@@ -119,21 +148,26 @@ def minibatch_step(
     kl_coef: float,
     config: PPOConfig,
     guard: UpdateGuard,
-) -> dict[str, float]:
+) -> dict[str, float] | None:
     """One optimiser step of actor and critic on a minibatch (global row indices), accumulated over this
-    process's micro-batches. Each micro-batch is weighted by its share of the whole minibatch's tokens: the
-    sum over micro-batches and processes is the token mean, however split (times N for the gradient: DDP
-    averages it over the processes)."""
-    tokens = exp.mask[rows].sum()
+    process's micro-batches. Each micro-batch is weighted by its share of the whole minibatch's tokens (and
+    of its responses, for a policy loss aggregated by response): the sum over micro-batches and processes is
+    the minibatch's loss, however split (times N for the gradient: DDP averages it over the processes).
+    None, and no step, when every row of the minibatch is left out (`drop_uniform_groups`)."""
+    mask = exp.mask[rows]  # (m, T), the same on every process
+    tokens, units = mask.sum(), loss_count(mask, config.loss_aggregation)
+    if units == 0:  # nothing to learn from: an optimiser step would still move the weights (momentum)
+        return None
     stats: dict[str, float] = {"loss/ptx": 0.0}  # stays 0 with the ptx term off
     deviation = 0.0
     for part in rows[local_rows(len(rows))].split(config.micro_batch_size or config.mini_batch_size):
-        weight = exp.mask[part].sum() / tokens
-        loss, part_stats = micro_batch_loss(opt, exp, part, kl_coef, config)
-        opt.accelerator.backward(loss * weight * world())
+        part_mask = exp.mask[part]  # (p, T)
+        shares = Shares(part_mask.sum() / tokens, loss_count(part_mask, config.loss_aggregation) / units)
+        loss, part_stats = micro_batch_loss(opt, exp, part, kl_coef, config, shares)
+        opt.accelerator.backward(loss * world())
         deviation = max(deviation, part_stats.pop("ratio_deviation").item())
         for key, value in part_stats.items():
-            stats[key] = stats.get(key, 0.0) + (value * weight).item()
+            stats[key] = stats.get(key, 0.0) + value.item()
     summed = all_sum(torch.tensor(list(stats.values()), dtype=torch.float64)).tolist()
     stats = dict(zip(stats, summed, strict=True))
     stats["ratio_deviation"] = float(all_max(torch.tensor(deviation, dtype=torch.float64)))
@@ -163,17 +197,21 @@ def ppo_update(
 ) -> dict[str, float]:
     """Step 8: `ppo_epochs` passes over shuffled minibatches of `mini_batch_size` episodes; returns the mean
     statistics, and the ratio deviation of the very first minibatch (still the old policy: ~0). Stops early
-    when the guard has seen too many non-finite updates in a row."""
+    when the guard has seen too many non-finite updates in a row. A minibatch whose rows are all left out
+    (`drop_uniform_groups`) takes no step; when every one is, the update is empty ({})."""
     rows, history = experience.input_ids.shape[0], []
     for _ in range(config.ppo_epochs):
         order = torch.randperm(rows, generator=opt.generator)  # (B,)
         for start in range(0, rows, config.mini_batch_size):
             rows_here = order[start : start + config.mini_batch_size]
-            history.append(minibatch_step(opt, experience, rows_here, kl_coef, config, guard))
+            stats = minibatch_step(opt, experience, rows_here, kl_coef, config, guard)
+            history += [] if stats is None else [stats]
             if guard.diverged:
                 break
         if guard.diverged:
             break
+    if not history:  # every row left out (drop_uniform_groups): no step taken, nothing to report
+        return {}
     applied = [h for h in history if not h["skipped"]] or history  # a skipped step's numbers are not finite
     means = {
         k: sum(h[k] for h in applied) / len(applied)

@@ -1,0 +1,66 @@
+"""The reward model's component: raw scores of the episodes, each finished response read where `rlhfkit rm`
+read its pairs — at EOS after a text response, at the end of the assistant turn in a conversation
+(`rlhfkit.data.encode.end_of_turn`: `<|im_end|>` for ChatML, `<|eot_id|>` for Llama 3) — whatever stop token
+ended it: a special stop is replaced by that end, a stop string (".") kept and the end appended after it
+(docs/ppo-details.md #5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rlhfkit.algorithms.ppo.rewards.episodes import Episodes, EpisodeTexts
+from rlhfkit.algorithms.ppo.roles import Roles
+from rlhfkit.data import pad
+from rlhfkit.data.encode import end_of_turn, scored_sequence, special_ids
+from rlhfkit.rollout.completions import ended
+
+
+def rm_sequences(texts: EpisodeTexts, tokenizer: Any, limit: int | None, end: int) -> list[list[int]]:
+    """Each episode in an RM's own tokens (`tokenizer`, `end`: its end of turn): the prompt (its text with
+    the tokenizer's special tokens, or its conversation rendered with the RM's template) and the response's
+    text (a stop string kept: `scored`), closed as `rm` closes a finished response (EOS, or the end of the
+    turn), left open when no stop token ended it. A sequence longer than the RM's `limit` positions loses its
+    beginning (`rm` too cuts long prompts from the left): the response and its end are what it scores."""
+    sequences = []
+    for record, response, done in zip(texts.records, texts.scored, texts.finished, strict=True):
+        prompt = record.get("messages") or record["prompt"]
+        ids = scored_sequence(prompt, response, tokenizer, finished=done, end=end)
+        sequences.append(ids[-limit:] if limit else ids)
+    return sequences
+
+
+@dataclass
+class ModelScores:
+    """Raw RM scores of the episodes: on the rollout's own ids when the RM reads the policy's tokens, else
+    on the episodes' text re-encoded in the RM's tokens."""
+
+    roles: Roles
+    chat_end: int  # the end of turn of the policy's chat template (EOS without one)
+    rm_chat_end: int | None  # the RM's, when it reads its own tokens
+    special: torch.Tensor  # (S,) the policy's special ids: a stop among them is replaced, any other kept
+
+    @classmethod
+    def create(cls, roles: Roles) -> ModelScores:
+        own, tokenizer = roles.rm_tokenizer, roles.tokenizer
+        special = torch.tensor(sorted(special_ids(tokenizer)))  # (S,)
+        return cls(roles, end_of_turn(tokenizer), None if own is None else end_of_turn(own), special)
+
+    def shared(self, episodes: Episodes, rows: slice, chat: list[bool]) -> torch.Tensor:
+        """(b,) scores of batch rows `rows` on the policy's ids, each finished response ending in the token
+        `rm` read its pairs at: EOS after a text prompt, the template's end of turn after a conversation
+        (`chat`: whether each row's prompt is one). A special stop is replaced by that token; a stop string
+        (".") is content: kept, the end appended after it, as `rm` read the pairs `label` wrote (`ended`)."""
+        ids, mask = episodes.input_ids[rows], episodes.attention_mask[rows]  # (b, P + T)
+        eos = self.roles.tokenizer.eos_token_id
+        ends = torch.tensor([self.chat_end if c else eos for c in chat], device=ids.device)  # (b,)
+        return self.roles.scores(*ended(ids, mask, episodes.stopped[rows], ends, self.special))
+
+    def reencoded(self, texts: EpisodeTexts, device: torch.device) -> torch.Tensor:
+        """(b,) scores of the episodes of `texts`, re-encoded with the RM's tokenizer and template."""
+        tokenizer = self.roles.rm_tokenizer
+        sequences = rm_sequences(texts, tokenizer, self.roles.rm_max_length, self.rm_chat_end)
+        ids, mask = pad(sequences, tokenizer.pad_token_id, "right")  # (b, L)
+        return self.roles.scores(ids.to(device), mask.to(device))
