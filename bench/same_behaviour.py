@@ -5,7 +5,7 @@
 Checks out COMMIT into a temporary git worktree, runs the same fixed-seed fp32 commands with its `src/` and
 with this checkout's (`python -m rlhfkit.cli`, a fresh process each), and compares: every record of every
 JSONL file written (metrics, samples, labels, data; timing fields aside), `eval.json`, `summary.json` (wall
-time aside; stage configs on the keys both versions have), and the bytes of every saved weight file. Keys
+times aside; stage configs on the keys both versions have), and the bytes of every saved weight file. Keys
 only the new version writes are listed as additions, not differences. Prints one line per difference and a
 closing count; exit status 1 on any difference.
 
@@ -101,6 +101,8 @@ def fingerprint(out: Path) -> dict[str, Any]:
         elif path.name == "summary.json":
             summary = json.loads(path.read_text())
             summary.pop("wall_seconds", None)
+            for numbers in summary.get("algorithms", {}).values():  # each algorithm's training time
+                numbers.pop("train_seconds", None)
             configs = summary.pop("config", {})
             found[name] = summary
             for stage, values in configs.items():
