@@ -925,3 +925,58 @@ def test_tokenizers_with_another_eos_or_end_of_turn_are_not_the_same_tokens(tiny
     assert a.get_vocab() == b.get_vocab() and a.eos_token_id == b.eos_token_id
     assert same_tokens(a, copy.deepcopy(a))
     assert not same_tokens(a, b)
+
+
+def test_label_writes_conversation_pairs_that_rm_reads_where_ppo_reads_them(
+    chatml_stack, tmp_path, monkeypatch
+):
+    """Review 3, finding 1: `label` wrote a conversation prompt as rendered text, so `rm` read the pair on the
+    text path (BOS, no assistant header, closed by EOS) while PPO reads the policy's turn at `<|im_end|>`.
+    It now writes the conversation and two assistant turns; `encode_pairs` of its rows must be exactly the
+    PPO prompt + the response + `<|im_end|>`, and a text prompt stays a text pair closed by EOS."""
+    import json
+
+    import rlhfkit.jobs.label as job
+    from rlhfkit.config import LabelConfig
+    from rlhfkit.data import encode_pairs, load_records
+    from rlhfkit.data.encode import encode_prompts
+    from rlhfkit.models import load_tokenizer
+
+    policy, _, _ = chatml_stack
+    tok = load_tokenizer(policy)
+    eos, im_end = tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")
+    good, bad = (tok(w, add_special_tokens=False)["input_ids"] for w in (" great", " awful"))
+    length = max(len(good), len(bad)) + 1  # T
+
+    class Forced(job.LocalSampler):  # every pair: " great" + stop and " awful" + stop (gold tells them apart)
+        def generate(self, prompts, settings, generator=None, noise=None, width=None):
+            rollout = super().generate(prompts, settings, generator, noise, width)
+            rows = len(prompts)
+            chat = [tok.decode(p).startswith("<|im_start|>") for p in prompts]
+            stops = [im_end if c else eos for c in chat]
+            ids = [(good if r % 2 == 0 else bad) + [stops[r]] for r in range(rows)]
+            rollout.response_ids = torch.tensor([i + [tok.pad_token_id] * (length - len(i)) for i in ids])
+            rollout.response_mask = torch.tensor([[True] * len(i) + [False] * (length - len(i)) for i in ids])
+            rollout.stopped = torch.ones(rows, dtype=torch.bool)
+            rollout.logprobs = torch.zeros(rows, length)
+            return rollout
+
+    monkeypatch.setattr(job, "LocalSampler", Forced)
+    rows = [{"messages": [{"role": "user", "content": "the movie was"}]}, {"prompt": "the book was"}]
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", rows)
+    out = tmp_path / "prefs.jsonl"
+    job.label(
+        LabelConfig(
+            policy=policy, prompts=prompts, gold="rlhfkit.tasks.sentiment:gold", out=str(out),
+            response_length=length, tau=0.0, batch_size=2,
+        )
+    )  # fmt: skip
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert isinstance(written[0]["prompt"], list) and written[0]["chosen"][0]["role"] == "assistant"
+    assert isinstance(written[1]["prompt"], str) and isinstance(written[1]["chosen"], str)
+    pairs = encode_pairs(load_records(str(out), "preference"), tok, 64)
+    ppo_prompts = encode_prompts(rows, tok, 64)
+    for pair, prompt, chat in zip(pairs, ppo_prompts, (True, False), strict=True):
+        end = im_end if chat else eos
+        assert pair.chosen == prompt + good + [end]  # gold prefers " great"
+        assert pair.rejected == prompt + bad + [end]

@@ -140,3 +140,15 @@ def test_compute_in_casts_per_forward_and_keeps_the_stored_weights():
     assert not torch.equal(plain, wide(x))
     assert [id(p) for p in narrow.parameters()] == stored
     assert {p.dtype for p in narrow.parameters()} == {torch.bfloat16}
+
+
+def test_compute_in_puts_the_stored_weights_back_when_a_forward_raises():
+    """A forward that raises (a bad shape here; an out-of-memory on a GPU) must not leave the fp32 copy in
+    place of the stored bf16 weight: the restoring hook runs on errors too."""
+    from rlhfkit.models.precision import compute_in
+
+    layer = compute_in(torch.nn.Linear(4, 4).to(torch.bfloat16), torch.float32)
+    stored = layer.weight
+    with pytest.raises(RuntimeError):
+        layer(torch.randn(2, 3))  # (2, 3) does not fit a (4, 4) layer
+    assert layer.weight is stored and layer.weight.dtype == torch.bfloat16

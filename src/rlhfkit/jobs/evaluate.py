@@ -46,7 +46,7 @@ def evaluate(config: EvalConfig, gold: Any = None) -> dict[str, Any]:
     # the RM reads a finished response where PPO reads it: at EOS after a text prompt, at the end of turn
     # after a conversation (a special stop replaced by it, a stop string kept and the end appended)
     eos, turn_end = tokenizer.eos_token_id, end_of_turn(tokenizer)
-    ends = torch.tensor([turn_end if c else eos for c in chat])  # (N,)
+    ends = torch.tensor([eos if c is None else turn_end for c in chat])  # (N,)
     special = torch.tensor(sorted(special_ids(tokenizer)))  # (S,)
     for done in sample_completions(
         engine, tokenizer, texts, prompt_ids, settings, config.batch_size, generator

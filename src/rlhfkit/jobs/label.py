@@ -32,6 +32,19 @@ def prefers_first(g1: float, g2: float, tau: float, rng: random.Random) -> bool:
     return rng.random() < 1 / (1 + math.exp(-z)) if z > -700 else False
 
 
+def preference_row(prompt: str, messages: list[dict] | None, chosen: str, rejected: str) -> dict:
+    """One labelled pair as `rm` reads it: text for a text prompt; for a conversation, its messages and two
+    assistant turns, so that `rm` renders them with the chat template and reads each at the end of the turn,
+    as PPO reads the policy's turn (the gold function saw the rendered text)."""
+    if messages is None:
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+    def turn(content: str) -> list[dict]:
+        return [{"role": "assistant", "content": content}]
+
+    return {"prompt": messages, "chosen": turn(chosen), "rejected": turn(rejected)}
+
+
 def label(config: LabelConfig) -> dict:
     """Write preference rows to `config.out`; returns {pairs, ties_skipped, label_agreement}."""
     out = Path(config.out)
@@ -40,17 +53,20 @@ def label(config: LabelConfig) -> dict:
     gold = load_gold(config.gold)
     quiet_transformers()
     tokenizer = load_tokenizer(config.policy)
-    texts, prompt_ids, _ = load_prompts(config.prompts, tokenizer, config.max_prompt_length, config.columns)
+    texts, prompt_ids, messages = load_prompts(
+        config.prompts, tokenizer, config.max_prompt_length, config.columns
+    )
     engine = LocalSampler(
         load_causal_lm(config.policy, tokenizer).eval(), tokenizer, stop_token_ids(tokenizer)
     )
     # each prompt twice in a row: rows 2i and 2i + 1 are a pair
     texts = [t for t in texts for _ in range(2 * config.pairs_per_prompt)]
     prompt_ids = [p for p in prompt_ids for _ in range(2 * config.pairs_per_prompt)]
+    messages = [m for m in messages for _ in range(2 * config.pairs_per_prompt)]
     settings = SamplingSettings(config.response_length, config.temperature)
     generator = torch.Generator().manual_seed(config.seed)
     rng = random.Random(config.seed)
-    rows, ties, agree = [], 0, 0
+    rows, ties, agree, offset = [], 0, 0, 0  # offset: the batch's first row in the prompt list
     batch = config.batch_size + config.batch_size % 2  # even, so pairs never straddle two batches
     with progress(len(prompt_ids) // batch + 1, "label") as bar:
         for done in sample_completions(engine, tokenizer, texts, prompt_ids, settings, batch, generator):
@@ -64,7 +80,8 @@ def label(config: LabelConfig) -> dict:
                     (first, second) if prefers_first(g1, g2, config.tau, rng) else (second, first)
                 )
                 agree += (chosen == first) == (g1 > g2)
-                rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+                rows.append(preference_row(prompt, messages[offset + i], chosen, rejected))
+            offset += len(done.responses)
             bar.update()
     if not rows:
         raise UsageError(f"every sampled pair was a tie under {config.gold}; nothing to write")

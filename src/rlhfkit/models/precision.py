@@ -36,7 +36,7 @@ def compute_in(model: Any, dtype: torch.dtype) -> Any:
         if own and any(getattr(module, name).dtype != dtype for name in own):
             stored: dict[str, torch.nn.Parameter] = {}
             module.register_forward_pre_hook(_cast(own, dtype, stored))
-            module.register_forward_hook(_restore(stored))
+            module.register_forward_hook(_restore(stored), always_call=True)  # also when it raises
     return model
 
 

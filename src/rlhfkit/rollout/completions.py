@@ -26,12 +26,13 @@ class Completions:
 
 def load_prompts(
     source: str, tokenizer: Any, max_length: int, columns: Any = None
-) -> tuple[list[str], list[list[int]], list[bool]]:
+) -> tuple[list[str], list[list[int]], list[list[dict] | None]]:
     """The prompts of `source` as text (for a gold function), as token ids cut from the left (`columns`:
-    a `rlhfkit.config.ColumnsConfig` naming the user's prompt column), and whether each is a conversation."""
+    a `rlhfkit.config.ColumnsConfig` naming the user's prompt column), and each one's messages when it is a
+    conversation (None for a text prompt)."""
     records = load_records(source, "prompt", columns=columns)
     ids = encode_prompts(records, tokenizer, max_length, "left", source)
-    return prompt_texts(records, tokenizer), ids, ["messages" in r for r in records]
+    return prompt_texts(records, tokenizer), ids, [r.get("messages") for r in records]
 
 
 def response_text(
