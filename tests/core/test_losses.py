@@ -297,3 +297,23 @@ def test_unknown_ratio_level_is_an_error():
         ppo_policy_loss(
             torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1), ratio_level="row"
         )
+
+
+def test_kl_penalty_loss_by_hand():
+    """k3 in the loss. Row: d = logp - ref = [0.5, -1.0] at the valid tokens, then padding whose logp is
+    garbage (-200: k3's exp(200) is inf in fp32).
+    k3 = exp(-d) - 1 + d: exp(-0.5) - 0.5 = 0.10653066, exp(1) - 2 = 0.71828183.
+    token_mean = (0.10653066 + 0.71828183) / 2 = 0.41240625; sequence_sum_norm (normaliser 4): 0.82481249 / 4.
+    d k3 / d logp = 1 - exp(-d) = [0.39346934, -1.71828183], halved by the token mean; padding: exactly 0."""
+    from rlhfkit.core import kl_penalty_loss
+
+    logp = torch.tensor([[-1.0, -2.0, -200.0]], requires_grad=True)
+    ref = torch.tensor([[-1.5, -1.0, 0.0]])
+    mask = torch.tensor([[True, True, False]])
+    loss = kl_penalty_loss(logp, ref, mask, "k3")
+    assert loss.item() == pytest.approx(0.41240625, abs=1e-6)
+    loss.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[0.19673467, -0.85914091, 0.0]]), rtol=0, atol=1e-6)
+    summed = kl_penalty_loss(logp, ref, mask, "k3", "sequence_sum_norm", normaliser=4)
+    assert summed.item() == pytest.approx(0.82481249 / 4, abs=1e-6)
+    assert kl_penalty_loss(logp, ref, mask, "k1").item() == pytest.approx((0.5 - 1.0) / 2, abs=1e-6)

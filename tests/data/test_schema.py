@@ -194,16 +194,16 @@ def test_margin_from_scores_needs_both_scores():
 
 def test_columns_rename_join_and_swap_by_label():
     from rlhfkit.config import ColumnsConfig
-    from rlhfkit.data.schema import _record
+    from rlhfkit.data.schema import record
 
     alpaca = ColumnsConfig(prompt="instruction,input", completion="output")
     row = Row({"instruction": "Summarise.", "input": "A long text.", "output": "Short."}, "a.json", 1)
-    assert _record(row, "sft", alpaca) == {"prompt": "Summarise.\n\nA long text.", "completion": "Short."}
+    assert record(row, "sft", alpaca) == {"prompt": "Summarise.\n\nA long text.", "completion": "Short."}
     no_input = Row({"instruction": "Say hi.", "input": "", "output": "Hi."}, "a.json", 2)
-    assert _record(no_input, "sft", alpaca)["prompt"] == "Say hi."
+    assert record(no_input, "sft", alpaca)["prompt"] == "Say hi."
     # a mapping of fields a kind does not read is not applied: plain text beside a pair mapping
     text = Row({"text": "A document."}, "corpus.jsonl", 1)
-    assert _record(text, "sft", ColumnsConfig(chosen="response_j")) == {"text": "A document."}
+    assert record(text, "sft", ColumnsConfig(chosen="response_j")) == {"text": "A document."}
     shp = ColumnsConfig(
         prompt="history", chosen="human_ref_A", rejected="human_ref_B", label="labels",
         score_chosen="score_A", score_rejected="score_B",
@@ -216,8 +216,8 @@ def test_columns_rename_join_and_swap_by_label():
         "score_A": 2,
         "score_B": 9,
     }
-    record = _record(Row(data, "shp", 1), "preference", shp, margin_from_scores=True)
-    assert record == {
+    pair = record(Row(data, "shp", 1), "preference", shp, margin_from_scores=True)
+    assert pair == {
         "prompt": "Which?",
         "chosen": "B.",
         "rejected": "A.",
@@ -226,7 +226,7 @@ def test_columns_rename_join_and_swap_by_label():
     with pytest.raises(
         UsageError, match="shp row 1: column 'question' \\(mapped to 'prompt' by columns.prompt\\) is missing"
     ):
-        _record(Row(data, "shp", 1), "preference", ColumnsConfig(prompt="question"))
+        record(Row(data, "shp", 1), "preference", ColumnsConfig(prompt="question"))
 
 
 def test_tabs_count_as_word_boundaries():

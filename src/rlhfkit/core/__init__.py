@@ -28,6 +28,7 @@ from rlhfkit.core.logprobs import entropy_from_logits, logprobs_from_logits
 from rlhfkit.core.losses import (
     Aggregation,
     RatioLevel,
+    kl_penalty_loss,
     loss_count,
     masked_aggregate,
     pairwise_loss,
@@ -53,6 +54,7 @@ __all__ = [
     "gae",
     "group_normalised_scores",
     "kl_estimate",
+    "kl_penalty_loss",
     "kl_shaped_rewards",
     "last_valid_index",
     "leave_one_out_scores",

@@ -8,7 +8,7 @@ from typing import Literal, get_args
 
 import torch
 
-from rlhfkit.core.kl import KLKind, kl_shaped_rewards, last_valid_index
+from rlhfkit.core.kl import KLKind, kl_shaped_rewards, sequence_kl
 from rlhfkit.core.masked import masked_whiten, zero_masked
 
 Estimator = Literal["gae", "grpo", "rloo", "reinforce_pp"]
@@ -140,12 +140,9 @@ def estimator_rewards(
         return kl_shaped_rewards(
             baselined_scores(scores, estimator, group, scale), logp, ref_logp, mask, kl_coef, kind
         )
-    _, kl = kl_shaped_rewards(scores, logp, ref_logp, mask, 0.0, kind)  # (B, T)
-    sequence_rewards = scores - kl_coef * kl.sum(-1)  # (B,)
-    positions = torch.arange(mask.shape[-1], device=mask.device)  # (T,)
-    is_last = positions == last_valid_index(mask)[:, None]  # (B, T)
-    baselined = leave_one_out_scores(sequence_rewards, group).to(kl.dtype)  # (B,)
-    return is_last.to(kl.dtype) * baselined[:, None], kl  # (B, T), (B, T)
+    sequence_rewards = scores - kl_coef * sequence_kl(logp, ref_logp, mask, kind)  # (B,)
+    baselined = leave_one_out_scores(sequence_rewards, group)  # (B,)
+    return kl_shaped_rewards(baselined, logp, ref_logp, mask, 0.0, kind)  # on the last token; no per-token KL
 
 
 def estimator_advantages(

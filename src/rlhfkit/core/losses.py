@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from rlhfkit.core.kl import kl_estimate
+from rlhfkit.core.kl import KLKind, kl_estimate
 from rlhfkit.core.logprobs import logprobs_from_logits
 from rlhfkit.core.masked import masked_mean, zero_masked
 
@@ -51,7 +51,7 @@ def masked_aggregate(
     if aggregation == "token_mean":
         return terms.sum() / count
     if aggregation == "sequence_mean":
-        per_sequence = terms.sum(-1) / mask.to(x.dtype).sum(-1).clamp(min=1)  # (B,), 0 for an empty row
+        per_sequence = masked_mean(x, mask, dim=-1)  # (B,), 0 for an empty row
     else:
         per_sequence = terms.sum(-1) / (mask.shape[-1] if normaliser is None else normaliser)  # (B,)
     return per_sequence.sum() / count
@@ -82,9 +82,8 @@ def ppo_policy_loss(
     # as 0 * inf = NaN; where() hands padding an exact 0 instead.
     log_ratio = zero_masked(logp - old_logp, mask)  # (B, T); ratio 1 at padding
     if ratio_level == "sequence":
-        lengths = mask.to(log_ratio.dtype).sum(-1, keepdim=True).clamp(min=1)  # (B, 1)
         # zeroed at padding again: garbage advantages there must not send a NaN back into the mean
-        log_ratio = zero_masked((log_ratio.sum(-1, keepdim=True) / lengths).expand_as(log_ratio), mask)
+        log_ratio = zero_masked(masked_mean(log_ratio, mask, dim=-1)[:, None].expand_as(log_ratio), mask)
     elif ratio_level != "token":
         raise ValueError(f"unknown ratio_level {ratio_level!r}; expected 'token' or 'sequence'")
     ratio = torch.exp(log_ratio)  # (B, T)
@@ -104,6 +103,23 @@ def ppo_policy_loss(
             "ratio_sq_mean": masked_aggregate(ratio**2, mask),
         }
     return loss, stats
+
+
+def kl_penalty_loss(
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    mask: torch.Tensor,
+    kind: KLKind = "k3",
+    aggregation: Aggregation = "token_mean",
+    normaliser: float | None = None,
+) -> torch.Tensor:
+    """The KL penalty placed in the loss (GRPO's placement): `kl_estimate(logp, ref_logp, kind)` per valid
+    token, aggregated like the policy loss (`masked_aggregate`), with its gradient through `logp`.
+    All inputs (B, T); returns 0-dim. Padded positions take `logp = ref_logp` (an estimate of 0) before the
+    estimate: garbage there (d < -88) would make k3's exp(-d) inf, and the mask's where() would turn the
+    backward's inf * 0 into a NaN gradient."""
+    kl = kl_estimate(torch.where(mask.bool(), logp, ref_logp), ref_logp, kind)  # (B, T)
+    return masked_aggregate(kl, mask, aggregation, normaliser)  # ()
 
 
 def value_loss(

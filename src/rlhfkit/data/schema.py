@@ -200,7 +200,7 @@ def load_records(
     `rlhfkit.config.ColumnsConfig` mapping the user's column names to ours)."""
     from rlhfkit.data.sources import read_rows
 
-    records = [_record(row, kind, columns, margin_from_scores) for row in read_rows(source, split)]
+    records = [record(row, kind, columns, margin_from_scores) for row in read_rows(source, split)]
     if (
         kind == "preference"
         and any("margin" in r for r in records)
@@ -210,7 +210,8 @@ def load_records(
     return records
 
 
-def _record(row: Row, kind: Kind, columns: Any, margin_from_scores: bool = False) -> dict[str, Any]:
+def record(row: Row, kind: Kind, columns: Any, margin_from_scores: bool = False) -> dict[str, Any]:
+    """One row of `kind` in normal form: the user's columns mapped to our fields, then validated."""
     renamed = rename(row, columns, KIND_FIELDS[kind]) if columns is not None else row
     return validate_row(renamed, kind, margin_from_scores)
 
@@ -225,7 +226,7 @@ class LazyRecords(Sequence):
 
         self.rows, self.kind, self.columns = open_rows(source), kind, columns
         for row in self.rows:  # the one pass over the file: it also builds a JSONL file's index
-            _record(row, kind, columns)
+            record(row, kind, columns)
         if not len(self.rows):
             raise no_rows(source)
 
@@ -233,4 +234,4 @@ class LazyRecords(Sequence):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict[str, Any]:  # type: ignore[override]
-        return _record(self.rows[i], self.kind, self.columns)
+        return record(self.rows[i], self.kind, self.columns)

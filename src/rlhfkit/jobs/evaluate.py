@@ -10,12 +10,11 @@ import torch
 
 from rlhfkit.config import EvalConfig
 from rlhfkit.core import sequence_kl
-from rlhfkit.data.encode import end_of_turn, special_ids
 from rlhfkit.errors import UsageError
 from rlhfkit.models import load_causal_lm, load_scalar_model, load_tokenizer, sequence_scores
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.rollout import LocalSampler, SamplingSettings, stop_token_ids
-from rlhfkit.rollout.completions import ended, load_prompts, sample_completions
+from rlhfkit.rollout.completions import ReadingPoints, load_prompts, sample_completions
 from rlhfkit.runtime.process import quiet_transformers
 from rlhfkit.tasks import load_gold
 
@@ -45,9 +44,7 @@ def evaluate(config: EvalConfig, gold: Any = None) -> dict[str, Any]:
     engine = LocalSampler(model, tokenizer, stop_token_ids(tokenizer))
     # the RM reads a finished response where PPO reads it: at EOS after a text prompt, at the end of turn
     # after a conversation (a special stop replaced by it, a stop string kept and the end appended)
-    eos, turn_end = tokenizer.eos_token_id, end_of_turn(tokenizer)
-    ends = torch.tensor([eos if c is None else turn_end for c in chat])  # (N,)
-    special = torch.tensor(sorted(special_ids(tokenizer)))  # (S,)
+    reading, chat = ReadingPoints.of(tokenizer), [m is not None for m in chat]
     for done in sample_completions(
         engine, tokenizer, texts, prompt_ids, settings, config.batch_size, generator
     ):
@@ -58,7 +55,7 @@ def evaluate(config: EvalConfig, gold: Any = None) -> dict[str, Any]:
             "stopped": rollout.stopped.tolist(),
         }
         if reward_model is not None:
-            read = ended(ids, mask, rollout.stopped, ends[len(samples) : len(samples) + len(ids)], special)
+            read = reading.read(ids, mask, rollout.stopped, chat[len(samples) : len(samples) + len(ids)])
             columns["reward"] = sequence_scores(reward_model, *read).tolist()
         if reference is not None:
             logp, _ = response_logprobs(model, ids, mask, context, config.temperature)  # (b, T)

@@ -10,7 +10,7 @@ import torch
 
 from rlhfkit.core import last_valid_index
 from rlhfkit.data import load_records
-from rlhfkit.data.encode import encode_prompts, prompt_texts, special_ids
+from rlhfkit.data.encode import encode_prompts, end_of_turn, prompt_texts, special_ids
 from rlhfkit.rollout.engine import RolloutEngine
 from rlhfkit.rollout.sampling import Rollout, SamplingSettings
 
@@ -93,6 +93,31 @@ def ended(
     ids = ids.scatter(1, after, torch.where(append, end, ids.gather(1, after)))  # (B, L + 1)
     mask = mask.scatter(1, after, torch.where(append, 1, mask.gather(1, after)).to(mask))  # (B, L + 1)
     return ids, mask
+
+
+@dataclass(frozen=True)
+class ReadingPoints:
+    """Where a reward model trained by `rlhfkit rm` reads a finished response on the policy's own ids: at
+    EOS after a text prompt, at the chat template's end of turn after a conversation; `special` (S,): the
+    stops that are replaced by that end (`ended`). Worked out once per tokenizer (rendering the template is
+    not free); shared by PPO's scores and `eval`."""
+
+    eos: int
+    turn_end: int
+    special: torch.Tensor
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> ReadingPoints:
+        special = torch.tensor(sorted(special_ids(tokenizer)))  # (S,)
+        return cls(tokenizer.eos_token_id, end_of_turn(tokenizer), special)
+
+    def read(
+        self, ids: torch.Tensor, mask: torch.Tensor, stopped: torch.Tensor, chat: list[bool]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`ended` of (B, L) ids and mask, each row closed at its end (`chat[b]`: its prompt is a
+        conversation)."""
+        ends = torch.tensor([self.turn_end if c else self.eos for c in chat], device=ids.device)  # (B,)
+        return ended(ids, mask, stopped, ends, self.special)
 
 
 def sample_completions(

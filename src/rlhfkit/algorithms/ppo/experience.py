@@ -101,14 +101,6 @@ def step_rewards(
     return rewards, kl
 
 
-def estimate_advantages(
-    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, config: PPOConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step 7: (B, T) per-token rewards -> (advantages, returns) for the configured estimator
-    (`core.estimator_advantages`: GAE whitened, or the rewards-to-go, whitened for REINFORCE++)."""
-    return estimator_advantages(rewards, values, mask, config.advantage_estimator, config.gamma, config.lam)
-
-
 def uniform_share(scores: torch.Tensor, group: int) -> dict[str, torch.Tensor]:
     """`policy/uniform_groups`: the fraction of groups of `group` samples whose (B,) scores are all equal."""
     return {"policy/uniform_groups": uniform_groups(scores, group).to(scores.dtype).mean()}
@@ -173,8 +165,11 @@ def make_experience(
     # 6. per-token rewards: the score (for GRPO and RLOO, less its group's baseline) on the last response
     # token, and -beta * KL on every token when the penalty is in the reward
     per_token, kl = step_rewards(scores, old_logp, ref_logp, mask, kl_coef, config, trained)  # (B, T), (B, T)
-    # 7. advantages (computed once, then frozen for the epochs)
-    advantages, returns = estimate_advantages(per_token, old_values, trained, config)  # (B, T)
+    # 7. advantages (computed once, then frozen for the epochs): GAE whitened, or the rewards-to-go (whitened
+    # for REINFORCE++)
+    advantages, returns = estimator_advantages(
+        per_token, old_values, trained, config.advantage_estimator, config.gamma, config.lam
+    )  # (B, T)
     experience = Experience(
         ids,
         attention,

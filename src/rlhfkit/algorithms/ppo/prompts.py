@@ -11,10 +11,9 @@ from typing import Any
 import torch
 
 from rlhfkit.config import PPOConfig
-from rlhfkit.data import read_rows, validate_row
-from rlhfkit.data.columns import rename
+from rlhfkit.data import read_rows
 from rlhfkit.data.encode import encode_kept_prompts
-from rlhfkit.data.schema import KIND_FIELDS
+from rlhfkit.data.schema import record
 from rlhfkit.errors import UsageError
 
 
@@ -35,9 +34,7 @@ def prompt_rows(source: str, config: PPOConfig) -> tuple[list[dict], list[dict]]
     """The rows of a prompt source: validated, in normal form ({prompt} or {messages}), and as the data has
     them (every column, for the reward functions that read them)."""
     rows = read_rows(source)
-    fields = KIND_FIELDS["prompt"]
-    mapped = [rename(row, config.columns, fields) if config.columns is not None else row for row in rows]
-    return [validate_row(row, "prompt") for row in mapped], [dict(row.data) for row in rows]
+    return [record(row, "prompt", config.columns) for row in rows], [dict(row.data) for row in rows]
 
 
 def split_prompts(config: PPOConfig, tokenizer: Any) -> PromptSet:

@@ -11,7 +11,7 @@ import torch
 from rlhfkit.algorithms.ppo.experience import Experience, Normalise
 from rlhfkit.algorithms.sft import completion_nll
 from rlhfkit.config import PPOConfig
-from rlhfkit.core import kl_estimate, loss_count, masked_aggregate, ppo_policy_loss, value_loss
+from rlhfkit.core import kl_penalty_loss, loss_count, ppo_policy_loss, value_loss
 from rlhfkit.data import IGNORE, encode_sft
 from rlhfkit.data.schema import LazyRecords
 from rlhfkit.errors import UsageError
@@ -114,11 +114,8 @@ def micro_batch_loss(
         loss = loss + config.vf_coef * vf_loss * shares.tokens
         by_tokens = {**by_tokens, "loss/value": vf_loss.detach(), "val/clipfrac": vf["clipfrac"]}
     if config.kl_penalty == "loss":  # the GRPO placement: beta * KL estimate, with its gradient
-        # padded positions get logp = ref_logp (KL 0): garbage there (d < -88) would make k3's exp(-d) inf,
-        # and the backward through the mask's where() inf * 0 = NaN
         ref_logp = exp.ref_logp[rows]  # (m, T)
-        kl = kl_estimate(torch.where(mask, logp, ref_logp), ref_logp, config.kl_estimator)  # (m, T)
-        kl_loss = masked_aggregate(kl, mask, aggregation, normaliser)  # aggregated like the policy loss
+        kl_loss = kl_penalty_loss(logp, ref_logp, mask, config.kl_estimator, aggregation, normaliser)
         loss, by_policy = loss + kl_coef * kl_loss * shares.policy, {**by_policy, "loss/kl": kl_loss.detach()}
     ratio_deviation = ((logp.detach() - exp.old_logp[rows]).exp() - 1).abs().masked_fill(~mask, 0).max()
     stats = {

@@ -46,17 +46,23 @@ class EpisodeTexts:
 
 
 def episode_texts(
-    episodes: Episodes, rows: range, prompts: PromptSet, tokenizer: Any, for_rm: bool = False
+    episodes: Episodes,
+    rows: range,
+    prompts: PromptSet,
+    tokenizer: Any,
+    for_functions: bool = True,
+    for_rm: bool = False,
 ) -> EpisodeTexts:
-    """The batch rows `rows` of `episodes` as text (`tokenizer`: the policy's); `for_rm`: decode also what a
+    """The batch rows `rows` of `episodes` as text (`tokenizer`: the policy's), decoding only what is read:
+    `for_functions`, the prompts and responses reward functions get (else empty); `for_rm`, the responses a
     re-encoding RM reads (else `scored` is `responses`)."""
     indices = [episodes.rows[r] for r in rows]
     records = [prompts.records[i] for i in indices]
-    responses = response_texts(tokenizer, episodes, rows)
+    responses = response_texts(tokenizer, episodes, rows) if for_functions else []
     return EpisodeTexts(
         records,
         [prompts.columns[i] for i in indices],
-        prompt_texts(records, tokenizer),
+        prompt_texts(records, tokenizer) if for_functions else [],
         responses,
         [bool(episodes.stopped[r]) for r in rows],
         response_texts(tokenizer, episodes, rows, keep_text_stop=True) if for_rm else responses,

@@ -3,7 +3,7 @@ model's (normalised) score and the user's reward functions' values, weights matc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,21 +42,14 @@ class Rewards:
     weights: dict[str, float]  # component name -> weight, every component
     prompts: PromptSet  # the rows the episodes' indices point into
     normalise: Normalise  # the RM's raw scores -> the scale PPO uses (its saved mean/std)
+    model: ModelScores | None  # the RM's scores, None without an RM
     concurrency: int = 16
-    model: ModelScores | None = field(default=None)
-
-    def __post_init__(self) -> None:
-        if self.model is None and self.roles.has_reward_model:
-            self.model = ModelScores.create(self.roles)
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.weights)
 
     def texts(self, episodes: Episodes, rows: range) -> EpisodeTexts:
         """Batch rows `rows` as text (with what a re-encoding RM reads when there is one)."""
         reencodes = self.model is not None and self.roles.rm_tokenizer is not None
-        return episode_texts(episodes, rows, self.prompts, self.roles.tokenizer, reencodes)
+        tokenizer, functions = self.roles.tokenizer, bool(self.functions)
+        return episode_texts(episodes, rows, self.prompts, tokenizer, functions or not reencodes, reencodes)
 
     def model_scores(
         self, episodes: Episodes, chunks: list[slice], texts: EpisodeTexts | None
@@ -129,7 +122,8 @@ def load_rewards(config: PPOConfig, roles: Roles, prompts: PromptSet, normalise:
     for function in functions:
         check_function(function, prompts, roles.tokenizer, config.reward_concurrency)
     named = dict(zip(names[len(names) - len(functions) :], functions, strict=True))
-    return Rewards(roles, named, weights, prompts, normalise, config.reward_concurrency)
+    model = ModelScores.create(roles) if roles.has_reward_model else None
+    return Rewards(roles, named, weights, prompts, normalise, model, config.reward_concurrency)
 
 
 def describe(rewards: Rewards) -> dict[str, Any]:

@@ -14,8 +14,8 @@ import torch
 from rlhfkit.algorithms.ppo.rewards.episodes import Episodes, EpisodeTexts
 from rlhfkit.algorithms.ppo.roles import Roles
 from rlhfkit.data import pad
-from rlhfkit.data.encode import end_of_turn, scored_sequence, special_ids
-from rlhfkit.rollout.completions import ended
+from rlhfkit.data.encode import end_of_turn, scored_sequence
+from rlhfkit.rollout.completions import ReadingPoints
 
 
 def rm_sequences(texts: EpisodeTexts, tokenizer: Any, limit: int | None, end: int) -> list[list[int]]:
@@ -38,15 +38,13 @@ class ModelScores:
     on the episodes' text re-encoded in the RM's tokens."""
 
     roles: Roles
-    chat_end: int  # the end of turn of the policy's chat template (EOS without one)
-    rm_chat_end: int | None  # the RM's, when it reads its own tokens
-    special: torch.Tensor  # (S,) the policy's special ids: a stop among them is replaced, any other kept
+    reading: ReadingPoints  # where the RM reads a finished response on the policy's ids
+    rm_chat_end: int | None  # the RM's end of turn, when it reads its own tokens
 
     @classmethod
     def create(cls, roles: Roles) -> ModelScores:
-        own, tokenizer = roles.rm_tokenizer, roles.tokenizer
-        special = torch.tensor(sorted(special_ids(tokenizer)))  # (S,)
-        return cls(roles, end_of_turn(tokenizer), None if own is None else end_of_turn(own), special)
+        own = roles.rm_tokenizer
+        return cls(roles, ReadingPoints.of(roles.tokenizer), None if own is None else end_of_turn(own))
 
     def shared(self, episodes: Episodes, rows: slice, chat: list[bool]) -> torch.Tensor:
         """(b,) scores of batch rows `rows` on the policy's ids, each finished response ending in the token
@@ -54,9 +52,7 @@ class ModelScores:
         (`chat`: whether each row's prompt is one). A special stop is replaced by that token; a stop string
         (".") is content: kept, the end appended after it, as `rm` read the pairs `label` wrote (`ended`)."""
         ids, mask = episodes.input_ids[rows], episodes.attention_mask[rows]  # (b, P + T)
-        eos = self.roles.tokenizer.eos_token_id
-        ends = torch.tensor([self.chat_end if c else eos for c in chat], device=ids.device)  # (b,)
-        return self.roles.scores(*ended(ids, mask, episodes.stopped[rows], ends, self.special))
+        return self.roles.scores(*self.reading.read(ids, mask, episodes.stopped[rows], chat))
 
     def reencoded(self, texts: EpisodeTexts, device: torch.device) -> torch.Tensor:
         """(b,) scores of the episodes of `texts`, re-encoded with the RM's tokenizer and template."""
