@@ -6,6 +6,7 @@ import yaml
 from rlhfkit.config import (
     COMMAND_CONFIGS,
     DemoConfig,
+    DPOConfig,
     EvalConfig,
     LabelConfig,
     OptimConfig,
@@ -314,6 +315,9 @@ SUPERVISED = ["model=m", "data=d", "out=o"]
         (DemoConfig, "kl_estimator", "'ppo.kl_estimator'"),
         (DemoConfig, "ppo_step", "'ppo.max_steps'"),  # a typo of an old name: its new place
         (DemoConfig, "sft.learning_rate", "'sft.optim.lr'"),
+        (DPOConfig, "rpo_alpha", "'nll_coef'"),  # TRL's DPOConfig names
+        (DPOConfig, "ref_model", "'reference'"),
+        (DPOConfig, "learning_rate", "'optim.lr'"),
     ],
 )
 def test_unknown_key_suggests_the_nearest_known_one(cls, key, suggestion):

@@ -12,6 +12,7 @@ _API = {
     "sft": "rlhfkit.algorithms.sft",
     "train_reward_model": "rlhfkit.algorithms.reward",
     "ppo": "rlhfkit.algorithms.ppo.trainer",
+    "dpo": "rlhfkit.algorithms.dpo",
     "label": "rlhfkit.jobs.label",
     "evaluate": "rlhfkit.jobs.evaluate",
     "demo": "rlhfkit.jobs.demo",

@@ -1,4 +1,4 @@
-"""`rlhfkit {sft,rm,label,ppo,eval,demo}`: thin wrappers over the Python API, one config dataclass each.
+"""`rlhfkit {sft,rm,dpo,label,ppo,eval,demo}`: thin wrappers over the Python API, one config dataclass each.
 
 Exit status: 0 done, 2 bad input (one line, no traceback), 130/143 stopped by a signal, 1 anything else.
 """
@@ -23,7 +23,19 @@ REPEATED = {"reward_functions": "--reward-function"}
 FLAGS: dict[str, tuple[str, ...]] = {
     "sft": ("model", "data", "out", "max_steps", "epochs", "overwrite", "resume"),
     "rm": ("model", "data", "out", "max_steps", "epochs", "overwrite", "resume"),
-    "label": ("policy", "prompts", "gold", "out", "overwrite"),
+    "dpo": (
+        "model",
+        "data",
+        "prompts",
+        "reward_model",
+        "reward_functions",
+        "out",
+        "max_steps",
+        "epochs",
+        "overwrite",
+        "resume",
+    ),
+    "label": ("policy", "prompts", "gold", "out", "overwrite", "best_of"),
     "ppo": (
         "policy",
         "reward_model",
@@ -34,13 +46,14 @@ FLAGS: dict[str, tuple[str, ...]] = {
         "overwrite",
         "resume",
     ),
-    "eval": ("model", "prompts", "reward_model", "gold", "reference", "out"),
+    "eval": ("model", "prompts", "reward_model", "reward_functions", "gold", "reference", "out", "best_of"),
     "demo": ("out", "preset", "seed", "algorithms", "overwrite"),
 }
 
 SUMMARIES = {
     "sft": "stage 1: supervised fine-tuning on demonstrations",
     "rm": "stage 2: train a reward model on preference pairs",
+    "dpo": "DPO on preference pairs (--data), or online DPO on sampled responses (--prompts)",
     "label": "sample response pairs and label them with a programmatic gold reward",
     "ppo": "stage 3: PPO against a reward model, KL-penalised towards the SFT model",
     "eval": "evaluate a model: reward, KL to a reference, length, stop rate",
@@ -86,6 +99,13 @@ def run_label(config: Any) -> int:
     from rlhfkit.jobs.label import label
 
     stats = label(config)
+    if config.best_of:
+        print(
+            f"rlhfkit label: best of {config.best_of} for {stats['rows']} prompts written to {config.out} "
+            f"as SFT rows (gold {stats['gold_sampled']:.3f} sampled -> {stats['gold_kept']:.3f} kept; "
+            f"{stats['unfinished']} kept without a stop)"
+        )
+        return 0
     print(
         f"rlhfkit label: {stats['pairs']} pairs written to {config.out} "
         f"({stats['ties_skipped']} ties skipped, "
@@ -108,6 +128,13 @@ def run_rm(config: Any) -> int:
     return 0
 
 
+def run_dpo(config: Any) -> int:
+    from rlhfkit.algorithms.dpo import dpo
+
+    announce(f"rlhfkit dpo: model written to {dpo(config)}")
+    return 0
+
+
 def run_ppo(config: Any) -> int:
     from rlhfkit.algorithms.ppo import ppo
 
@@ -118,6 +145,7 @@ def run_ppo(config: Any) -> int:
 RUNNERS: dict[str, Callable[[Any], int]] = {
     "sft": run_sft,
     "rm": run_rm,
+    "dpo": run_dpo,
     "label": run_label,
     "ppo": run_ppo,
     "eval": run_eval,
@@ -208,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(cls, args.config, args.overrides, **flags)
         if isinstance(config, DemoConfig) and config.preset != "tiny":  # the preset's values under the user's
             config = load_config(cls, args.config, args.overrides, base=preset(config.preset), **flags)
-        if world() > 1 and args.command not in ("sft", "rm", "ppo"):
+        if world() > 1 and args.command not in ("sft", "rm", "dpo", "ppo"):
             raise UsageError(f"launched as {world()} processes; `{args.command}` runs as one process")
         return RUNNERS[args.command](config)
     except UsageError as exc:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from test_ppo import make_config
 
+from cards import check_card, run_example
 from helpers import great_rows, ppo_args, sentiment_rows, write_jsonl
 from rlhfkit.algorithms.ppo import PPOTrainer, ppo
 from rlhfkit.algorithms.ppo.roles import SharedBases
@@ -23,6 +24,7 @@ from rlhfkit.models import (
 )
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.runtime.loop import UpdateGuard
+from rlhfkit.runtime.outputs import read_run_file
 
 LORA = LoraConfig(r=4, alpha=8.0)
 
@@ -123,6 +125,20 @@ def test_saved_folders_merged_and_adapter_give_the_trained_policy(rlhf_stack, tm
         score = sequence_scores(critic, ids, mask)
         torch.testing.assert_close(sequence_scores(from_adapter, ids, mask), score, rtol=1e-5, atol=1e-5)
         assert not torch.allclose(sequence_scores(reward_model, ids, mask), score, atol=1e-4)
+    # model cards: merged folders are transformers', adapters peft's, and each adapter's example loads it
+    final = read_run_file(out)["final"]
+    for name in ("actor", "critic"):
+        check_card(out / name, ["rlhfkit", "ppo"], final)
+        check_card(out / f"{name}-adapter", ["rlhfkit", "ppo", "lora"], final, library="peft")
+    with torch.no_grad():
+        actor = run_example(out / "actor-adapter")["model"].eval()
+        torch.testing.assert_close(
+            response_logprobs(actor, ids, mask, 2, 1.0)[0], expected, rtol=1e-5, atol=1e-5
+        )
+        example = run_example(out / "critic-adapter")  # it scores a text of its own
+        text = torch.tensor([tokenizer("The movie was great.")["input_ids"]])
+        expected_score = sequence_scores(critic, text, torch.ones_like(text))[0]
+        torch.testing.assert_close(example["score"], expected_score, rtol=1e-5, atol=1e-5)
 
 
 def test_an_adapter_folder_is_a_model_folder(rlhf_stack, tmp_path):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cards import check_card
 from helpers import ppo_config, sentiment_rows, write_jsonl
 from rlhfkit.algorithms.ppo import PPOTrainer, ppo
 from rlhfkit.core import masked_mean, masked_var
@@ -257,3 +258,7 @@ def test_ppo_raises_the_reward(rlhf_stack, tmp_path):
     assert all(m["objective/kl"] < 20 for m in metrics)
     evaluations = [m["eval/score"] for m in metrics if "eval/score" in m]
     assert len(evaluations) == 2
+    final = read_run_file(out)["final"]  # both model cards show the run's final numbers
+    assert check_card(out / "actor", ["rlhfkit", "ppo"], final)["pipeline_tag"] == "text-generation"
+    assert check_card(out / "critic", ["rlhfkit", "ppo"], final)["pipeline_tag"] == "text-classification"
+    assert final["eval/score"] == evaluations[-1]

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from cards import check_card
 from helpers import preference_rows, write_jsonl
 from rlhfkit.algorithms.reward import train_reward_model
 from rlhfkit.config import OptimConfig, RewardConfig
@@ -59,3 +60,5 @@ def test_rm_writes_normalisation_stats(rm_run):
     assert run["finished"] and run["command"] == "rm"
     assert stats["samples"] == 300 and stats["std"] > 0
     assert run["final"]["eval/accuracy"] >= 0.95
+    card = check_card(out, ["rlhfkit", "reward-model"], run["final"])  # the model card, with those numbers
+    assert card["pipeline_tag"] == "text-classification"

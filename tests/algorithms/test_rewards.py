@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from cards import check_card, read_card
 from helpers import chatml, great_rows, ppo_config, sentiment_rows, write_jsonl
 from rlhfkit.algorithms.ppo import PPOTrainer, ppo
 from rlhfkit.config import LoraConfig
@@ -346,6 +347,9 @@ def test_lora_with_a_critic_free_estimator_keeps_one_base_and_a_frozen_rm(rlhf_s
         )
     )
     assert (out / "actor-adapter").is_dir() and not (out / "critic").exists()
+    final = read_run_file(out)["final"]  # the model cards name the estimator
+    check_card(out / "actor", ["rlhfkit", "grpo"], final)
+    check_card(out / "actor-adapter", ["rlhfkit", "grpo", "lora"], final, library="peft")
 
 
 def test_lora_with_a_reward_function_alone_adapts_a_critic_from_the_policy(rlhf_stack, tmp_path):
@@ -359,6 +363,8 @@ def test_lora_with_a_reward_function_alone_adapts_a_critic_from_the_policy(rlhf_
         )
     )
     assert (out / "critic-adapter").is_dir() and (out / "actor-adapter").is_dir()
+    _, body = read_card(out / "critic-adapter")  # the critic's card: it started from the policy
+    assert f"**Started from:** `{rlhf_stack[0]}`" in body and "the critic (value model)" in body
 
 
 def test_only_the_reward_model_is_normalised_before_weighting(rlhf_stack, tmp_path):

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from cards import check_card
 from helpers import sentiment_rows, write_jsonl
 from rlhfkit.algorithms.sft import sft
 from rlhfkit.config import OptimConfig, SFTConfig
@@ -48,6 +49,9 @@ def test_sft_folder_reloads_with_transformers(sft_run):
     run = read_run_file(out)
     assert run["finished"] and run["command"] == "sft" and run["config"]["max_steps"] == 40
     assert (out / "config.yaml").is_file()
+    # its model card: the started-from folder (no card of its own) names no hub model, local data no dataset
+    metadata = check_card(out, ["rlhfkit", "sft"], run["final"])
+    assert "base_model" not in metadata and "datasets" not in metadata
     # the trained model prefers a learned completion to a scrambled one
     good = tokenizer("the movie was great and lovely.")["input_ids"]
     with torch.no_grad():

@@ -278,3 +278,33 @@ def test_an_engine_rlhfkit_does_not_drive_is_refused_before_anything_is_written(
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith(f"rlhfkit sft: error: {message}")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("engine", [torchrun, fsdp], ids=["ddp", "fsdp"])
+def test_dpo_on_two_processes_matches_one(rlhf_stack, tmp_path, engine):
+    """Each process computes the reference log-probs of every second batch; the sums are shared."""
+    from helpers import great_rows
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", great_rows(96))
+    args = ["--model", rlhf_stack[0], "--data", data, "max_steps=4", "batch_size=16", "eval_every=2",
+            "optim.lr=1e-3", "nll_coef=0.1"]  # fmt: skip
+    launch(["dpo", "--out", str(tmp_path / "one"), *args], processes=1)
+    launch(["dpo", "--out", str(tmp_path / "two"), *args], engine=engine)
+    one, two = records(tmp_path / "one"), records(tmp_path / "two")
+    assert_close_records(one, two, rel=1e-5, keys=["loss", "rewards/margins", "logps/chosen", "grad_norm"])
+    assert_same_weights(tmp_path / "one", tmp_path / "two")
+
+
+def test_online_dpo_on_two_processes_matches_one(rlhf_stack, tmp_path):
+    """Each process samples and scores its half of the responses; the pairs come from the whole batch."""
+    sft, rm, prompts = rlhf_stack
+    args = ["--model", sft, "--prompts", prompts, "--reward-model", rm, "max_steps=3", "batch_size=8",
+            "samples_per_prompt=4", "response_length=8", "eval_every=2", "optim.lr=1e-3",
+            "grad_accum=2"]  # fmt: skip
+    launch(["dpo", "--out", str(tmp_path / "one"), *args], processes=1)
+    launch(["dpo", "--out", str(tmp_path / "two"), *args])
+    one, two = records(tmp_path / "one"), records(tmp_path / "two")
+    assert any(r["pairs"] > 0 for r in one)
+    assert_close_records(one[:1], two[:1], rel=1e-5)
+    assert_close_records(one[1:], two[1:], rel=1e-3)
+    assert_same_weights(tmp_path / "one", tmp_path / "two")

@@ -107,6 +107,26 @@ BAD_INPUTS = {
     ),
     "resume without checkpoints": ("rm", jsonl(GOOD_PAIR), ["--resume"], "has no complete checkpoint"),
     "finished run": ("sft", jsonl(GOOD_SFT), ["+finished"], "holds a finished run; pass --overwrite"),
+    "dpo unknown loss_type": (
+        "dpo",
+        jsonl(GOOD_PAIR),
+        ["loss_type=kto"],
+        "'loss_type' must be one of 'sigmoid'",
+    ),
+    "dpo beta 0": ("dpo", jsonl(GOOD_PAIR), ["beta=0"], "beta must be > 0"),
+    "dpo label smoothing": ("dpo", jsonl(GOOD_PAIR), ["label_smoothing=0.5"], "must be in [0, 0.5)"),
+    "dpo simpo with a reference": (
+        "dpo",
+        jsonl(GOOD_PAIR),
+        ["loss_type=simpo", "reference=x"],
+        "simpo uses no reference model",
+    ),
+    "dpo pair fails validation": (
+        "dpo",
+        jsonl(GOOD_PAIR, {**GOOD_PAIR, "rejected": " great."}),
+        [],
+        "data.jsonl row 2: field 'rejected' is identical to 'chosen'",
+    ),
 }
 
 

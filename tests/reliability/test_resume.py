@@ -39,6 +39,7 @@ def data(tmp_path_factory):
     return {
         "sft": write_jsonl(folder / "sft.jsonl", sentiment_rows(160)),
         "rm": write_jsonl(folder / "pairs.jsonl", preference_rows(160)),
+        "dpo": write_jsonl(folder / "dpo-pairs.jsonl", preference_rows(160)),
     }
 
 
@@ -50,6 +51,11 @@ def command(kind, rlhf_stack, tiny_dir, data, out):
 
 def full_command(kind, rlhf_stack, tiny_dir, data, out):
     sft_dir = rlhf_stack[0]
+    if kind == "online":  # online DPO: sampled, scored and paired at every step
+        sft, rm, prompts = rlhf_stack
+        return ["dpo", "--model", sft, "--prompts", prompts, "--reward-model", rm, "--out", str(out),
+                "--max-steps", "8", "batch_size=8", "samples_per_prompt=4", "response_length=8",
+                "save_every=3", "eval_every=2", "optim.lr=1e-3"]  # fmt: skip
     if kind == "ppo":
         return ppo_args(
             rlhf_stack,
@@ -76,14 +82,20 @@ def full_command(kind, rlhf_stack, tiny_dir, data, out):
         "batch_size=16",
         "save_every=4",
         "eval_every=5",
+        *(["optim.lr=1e-3"] if kind == "dpo" else []),
     ]
 
 
-@pytest.mark.parametrize("kind", ["sft", "rm", "ppo", "rm-lora", "ppo-lora"])
-def test_sigkill_then_resume_gives_the_uninterrupted_metrics(kind, rlhf_stack, tiny_dir, data, tmp_path):
+KINDS = ["sft", "rm", "ppo", "dpo", "online", "rm-lora", "ppo-lora", "dpo-lora", "online-lora"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sigkill_then_resume_gives_the_uninterrupted_metrics(
+    kind, rlhf_stack, tiny_dir, data, tmp_path, monkeypatch
+):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert main(command(kind, rlhf_stack, tiny_dir, data, straight)) == 0
-    ppo = kind.startswith("ppo")
+    ppo = kind.startswith(("ppo", "online"))
     kill_at = 5 if ppo else 6  # after checkpoint 3 (ppo) / 4: the steps after it are lost and redone
     child = run_child(command(kind, rlhf_stack, tiny_dir, data, killed), kill_at, signal.SIGKILL)
     assert child.returncode == -signal.SIGKILL, child.stderr
@@ -94,6 +106,11 @@ def test_sigkill_then_resume_gives_the_uninterrupted_metrics(kind, rlhf_stack, t
         assert names and all("lora_" in name or "modules_to_save" in name for name in names)
     # a run with checkpoints is not restarted by accident
     assert main(command(kind, rlhf_stack, tiny_dir, data, killed)) == 2
+    if kind.startswith("dpo"):  # the reference's log-probs are read back, not computed again
+        import rlhfkit.algorithms.dpo.offline as offline
+
+        assert (killed / "checkpoints" / offline.CACHE).is_file()
+        monkeypatch.setattr(offline, "reference_sums", lambda *a, **k: pytest.fail("recomputed"))
     assert main([*command(kind, rlhf_stack, tiny_dir, data, killed), "--resume"]) == 0
     assert metric_records(killed / "metrics.jsonl") == metric_records(straight / "metrics.jsonl")
     if ppo:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +17,7 @@ from rlhfkit.data.order import batch_indices
 from rlhfkit.errors import UsageError
 from rlhfkit.models import load_tokenizer, save_model
 from rlhfkit.models.lora import add_adapter, remove_stale_adapter, save_adapted
+from rlhfkit.runtime.card import model_kind, run_card, write_card
 from rlhfkit.runtime.distributed import barrier, is_main, rank, world
 from rlhfkit.runtime.loop import UpdateGuard, guarded_update, run_loop
 from rlhfkit.runtime.outputs import begin, check_output, clear_checkpoints, write_run_file
@@ -82,8 +83,6 @@ def make_optimizer(
     model: torch.nn.Module, optim: OptimConfig, steps: int, accelerator: Any
 ) -> tuple[Any, Any]:
     """AdamW and a warm-up + decay schedule over `steps` optimiser steps."""
-    from transformers import get_scheduler
-
     optimizer = adamw(
         model,
         [{"params": [p for p in model.parameters() if p.requires_grad]}],
@@ -92,9 +91,16 @@ def make_optimizer(
         weight_decay=optim.weight_decay,
         eps=optim.adam_eps,
     )
+    return optimizer, make_scheduler(optimizer, optim, steps)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, steps: int) -> Any:
+    """The learning-rate schedule of `optim` over `steps` optimiser steps: warm-up, then decay."""
+    from transformers import get_scheduler
+
     name = "constant_with_warmup" if optim.schedule == "constant" else optim.schedule
     warmup = math.ceil(optim.warmup_ratio * steps)
-    return optimizer, get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
 
 
 @dataclass
@@ -187,16 +193,22 @@ class Supervised:
             trackers.finish()
 
     def finish(self, command: str, **summary: Any) -> None:
-        """Save the model folder and the run file; drop the checkpoints (the model is saved). Every process
-        calls (a sharded model's weights are gathered); the main one writes. With LoRA the folder holds the
-        merged model and `OUT/adapter` the adapter."""
+        """Save the model folder, its model card (README.md, tagged with `command`; `summary["final"]` its
+        numbers) and the run file; drop the checkpoints (the model is saved). Every process calls (a sharded
+        model's weights are gathered); the main one writes. With LoRA the folder holds the merged model and
+        `OUT/adapter` the adapter."""
         weights = None if self.lora else model_state(self.accelerator, self.model, part=self.hf_model)
         if is_main():
+            kind = model_kind(self.hf_model)
             if self.lora:
                 save_adapted(self.adapted, self.tokenizer, self.out, self.out / "adapter", save_model)
             else:
                 save_model(self.hf_model, self.tokenizer, self.out, state_dict=weights)
                 remove_stale_adapter(self.out / "adapter")
+            card = run_card(command, self.config, summary.get("final", {}), self.config.model, kind)
+            write_card(self.out, card)
+            if self.lora:
+                write_card(self.out / "adapter", replace(card, adapter=True))
             write_run_file(self.out, command, self.config, launch=launch(self.accelerator), **summary)
             if self.lora:  # the adapter folder stands for the model too (an RM's reward_stats with it)
                 write_run_file(

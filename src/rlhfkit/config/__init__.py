@@ -6,6 +6,7 @@ names no field, or a value of the wrong type or range, is a `ConfigError` that n
     options.py   `option` (a documented field) and the range checks of `__post_init__`
     commands.py  OptimConfig, SFTConfig, RewardConfig, LabelConfig, EvalConfig
     ppo.py       PPOConfig
+    dpo.py       DPOConfig (offline and online DPO)
     demo.py      DemoConfig: its own fields, one section per stage, and the old flat names as aliases
     loading.py   YAML, overrides, build, coerce, describe
     suggest.py   the `did you mean` of an unknown key
@@ -22,6 +23,7 @@ from rlhfkit.config.commands import (
     SupervisedConfig,
 )
 from rlhfkit.config.demo import DemoConfig
+from rlhfkit.config.dpo import DPOConfig
 from rlhfkit.config.loading import (
     build,
     coerce,
@@ -43,6 +45,7 @@ COMMAND_CONFIGS: dict[str, type] = {
     "rm": RewardConfig,
     "label": LabelConfig,
     "ppo": PPOConfig,
+    "dpo": DPOConfig,
     "eval": EvalConfig,
     "demo": DemoConfig,
 }
@@ -51,6 +54,7 @@ __all__ = [
     "COMMAND_CONFIGS",
     "SET_BY_DEMO",
     "DemoConfig",
+    "DPOConfig",
     "ColumnsConfig",
     "LoraConfig",
     "EvalConfig",

@@ -16,6 +16,7 @@ from rlhfkit.config.options import (
     one_of_choices,
     option,
     positive,
+    reward_components,
     within,
 )
 from rlhfkit.errors import ConfigError
@@ -175,12 +176,13 @@ class RewardConfig(SupervisedConfig):
 
 @dataclass(frozen=True)
 class LabelConfig:
-    """`rlhfkit label`: sample two responses per prompt and let a gold function pick the preferred one."""
+    """`rlhfkit label`: sample two responses per prompt and let a gold function pick the preferred one; or,
+    with `best_of`, keep the best of N samples per prompt as SFT data (rejection sampling)."""
 
     policy: str = option(help="model that samples the responses (usually the SFT model)")
     prompts: str = option(help="prompt data: {prompt} or {messages} rows")
     gold: str = option(help="gold reward as `module:function`, called as fn(prompt, response) -> float")
-    out: str = option(help="output JSONL of {prompt, chosen, rejected} rows")
+    out: str = option(help="output JSONL of {prompt, chosen, rejected} rows (SFT rows with `best_of`)")
     tau: float = option(0.1, "labeler noise: chosen with probability sigmoid((g1 - g2) / tau); 0 = perfect")
     pairs_per_prompt: int = option(1, "response pairs sampled for each prompt")
     batch_size: int = option(64, "prompts sampled at once")
@@ -190,32 +192,72 @@ class LabelConfig:
     overwrite: bool = option(False, "allow replacing an existing output file")
     columns: ColumnsConfig = option(ColumnsConfig(), COLUMNS_HELP + "; for prompts")
     max_prompt_length: int = option(1024, PROMPT_CUT)
+    best_of: int = option(
+        0,
+        "0 = label pairs (the default); N >= 1 = rejection sampling: sample N responses per prompt, keep the "
+        "one gold scores highest and write SFT rows ({prompt, completion}, or {messages} ending in the "
+        "assistant's turn) for `rlhfkit sft`; `tau` and `pairs_per_prompt` do not apply",
+    )
 
     def __post_init__(self) -> None:
         one_of_choices(self)
-        non_negative(self, "tau")
+        non_negative(self, "tau", "best_of")
         positive(
             self, "pairs_per_prompt", "batch_size", "response_length", "temperature", "max_prompt_length"
         )
+        if self.best_of and self.pairs_per_prompt != 1:
+            raise ConfigError("pairs_per_prompt does not apply with best_of (one SFT row per prompt)")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """`rlhfkit eval`: mean reward, KL to a reference, length and stop rate of a model on prompts."""
+    """`rlhfkit eval`: mean reward, KL to a reference, length and stop rate of a model on prompts; with
+    `best_of`, of the best of N samples per prompt by the proxy reward (best-of-N sampling)."""
 
     model: str = option(help="model to evaluate")
     prompts: str = option(help="prompt data: {prompt} or {messages} rows")
     reward_model: str | None = option(None, "reward model folder to score with")
+    reward_functions: tuple[str, ...] = option(
+        (),
+        "Python rewards to score with, `module:function` each, as `ppo` takes them (batched and async "
+        "ones too); with the reward model they make the proxy reward `reward`",
+    )
+    reward_weights: tuple[float, ...] = option(
+        (),
+        "weight of each proxy component, the reward model first when given, then `reward_functions` in "
+        "order; () = 1 each. `reward` is their weighted sum (the RM's raw score: no normalisation)",
+    )
+    reward_concurrency: int = option(16, "calls of an async reward function in flight at once")
     gold: str | None = option(None, "gold reward as `module:function` to score with")
+    best_of: int = option(
+        1,
+        "sample N responses per prompt and keep the one the proxy `reward` scores highest; every metric is "
+        "of the kept responses. N > 1 needs a reward model or reward functions: gold only measures",
+    )
     reference: str | None = option(None, "reference model for the KL (usually the SFT model)")
     out: str | None = option(None, "write eval.json and samples.jsonl to this folder")
     response_length: int = option(32, "maximum new tokens per response")
     temperature: float = option(0.7, "sampling temperature (log-probs for the KL are taken at it too)")
-    batch_size: int = option(64, "prompts sampled at once")
+    batch_size: int = option(64, "prompts sampled at once (best_of x batch_size responses)")
     seed: int = option(0, "random seed")
     columns: ColumnsConfig = option(ColumnsConfig(), COLUMNS_HELP + "; for prompts")
     max_prompt_length: int = option(1024, PROMPT_CUT)
 
     def __post_init__(self) -> None:
         one_of_choices(self)
-        positive(self, "response_length", "batch_size", "temperature", "max_prompt_length")
+        positive(
+            self,
+            "response_length",
+            "batch_size",
+            "temperature",
+            "max_prompt_length",
+            "best_of",
+            "reward_concurrency",
+        )
+        components = reward_components(self)  # checks the functions and weights
+        if self.best_of > 1 and not components:
+            # selecting by gold would optimise the measure itself: no over-optimisation left to see
+            raise ConfigError(
+                "best_of > 1 selects by a proxy: give --reward-model or --reward-function "
+                "(gold only measures)"
+            )

@@ -71,6 +71,21 @@ def within(config: Any, name: str, low: float, high: float, *, open_low: bool = 
         raise ConfigError(f"{name} must be in {interval}, got {value}")
 
 
+def reward_components(config: Any) -> int:
+    """How many reward components `config` names (its reward model, then each reward function); a
+    ConfigError for a function named twice or `reward_weights` of another length."""
+    repeated = {f for f in config.reward_functions if config.reward_functions.count(f) > 1}
+    if repeated:
+        raise ConfigError(f"reward_functions names {sorted(repeated)[0]} twice; give a weight instead")
+    components = bool(config.reward_model) + len(config.reward_functions)
+    if config.reward_weights and len(config.reward_weights) != components:
+        raise ConfigError(
+            f"reward_weights has {len(config.reward_weights)} values for {components} reward components "
+            "(the reward model first when given, then each reward function)"
+        )
+    return components
+
+
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 REPORT_TO_HELP = (
     "experiment trackers besides metrics.jsonl, through accelerate: tensorboard, wandb, mlflow (each needs "

@@ -13,6 +13,7 @@ from rlhfkit.config.options import (
     one_of_choices,
     option,
     positive,
+    reward_components,
     within,
 )
 from rlhfkit.errors import ConfigError
@@ -233,15 +234,7 @@ class PPOConfig:
     def _check_rewards_and_estimator(self) -> None:
         if not self.reward_model and not self.reward_functions:
             raise ConfigError("give a reward_model, reward_functions, or both")
-        repeated = {f for f in self.reward_functions if self.reward_functions.count(f) > 1}
-        if repeated:
-            raise ConfigError(f"reward_functions names {sorted(repeated)[0]} twice; give a weight instead")
-        components = bool(self.reward_model) + len(self.reward_functions)
-        if self.reward_weights and len(self.reward_weights) != components:
-            raise ConfigError(
-                f"reward_weights has {len(self.reward_weights)} values for {components} reward components "
-                "(the reward model first when given, then each reward function)"
-            )
+        reward_components(self)
         positive(self, "reward_concurrency", "samples_per_prompt")
         k = self.samples_per_prompt
         if self.batch_size % k:

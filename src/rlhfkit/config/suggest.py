@@ -57,6 +57,10 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "reward_model_path": ("reward_model",),
     "reward_pretrain": ("reward_model",),
     "dataset": ("data", "prompts"),
+    "rpo_alpha": ("nll_coef",),  # TRL's DPO
+    "ref_model": ("reference",),
+    "ref_model_init_kwargs": ("reference",),
+    "num_generations": ("samples_per_prompt",),
     "dataset_name": ("data", "prompts"),
     "dataset_train_split": ("data",),
     "dataset_text_field": ("columns.text",),

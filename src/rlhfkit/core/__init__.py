@@ -16,9 +16,11 @@ from rlhfkit.core.advantages import (
     leave_one_out_scores,
     uniform_groups,
 )
+from rlhfkit.core.dpo import DPO_LOSSES, DPOLoss, best_and_worst, dpo_loss
 from rlhfkit.core.kl import (
     AdaptiveKLController,
     FixedKLController,
+    best_of_n_kl,
     kl_estimate,
     kl_shaped_rewards,
     last_valid_index,
@@ -39,6 +41,8 @@ from rlhfkit.core.losses import (
 from rlhfkit.core.masked import explained_variance, masked_mean, masked_var, masked_whiten
 
 __all__ = [
+    "DPO_LOSSES",
+    "DPOLoss",
     "AdaptiveKLController",
     "Aggregation",
     "Estimator",
@@ -46,7 +50,10 @@ __all__ = [
     "RLOOBaseline",
     "RatioLevel",
     "baselined_scores",
+    "best_and_worst",
+    "best_of_n_kl",
     "discounted_returns",
+    "dpo_loss",
     "entropy_from_logits",
     "estimator_advantages",
     "estimator_rewards",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -29,6 +30,16 @@ def sequence_kl(
 ) -> torch.Tensor:
     """KL(pi || pi_ref) of each sampled sequence: the per-token estimate summed over valid tokens. -> (B,)"""
     return zero_masked(kl_estimate(logp, ref_logp, kind), mask).sum(-1)  # (B,)
+
+
+def best_of_n_kl(n: int) -> float:
+    """KL(best-of-n || base policy) per prompt, the analytic value `log n - (n - 1) / n` that Gao et al.
+    (2022) use for best-of-n sampling (from Stiennon et al. 2020). Beirami et al. (2024) show it is an upper
+    bound: exact when no two of the n samples can be the same response (so never tied), looser when the
+    base policy puts much mass on a few responses. n = 1 gives 0 (the base policy itself)."""
+    if n < 1:
+        raise ValueError(f"best-of-n needs n >= 1, got {n}")
+    return math.log(n) - (n - 1) / n
 
 
 def last_valid_index(mask: torch.Tensor) -> torch.Tensor:

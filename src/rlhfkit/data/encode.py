@@ -30,6 +30,7 @@ class PairExample:
     chosen: list[int]
     rejected: list[int]
     margin: float | None = None
+    prompt_length: int = 0  # the leading tokens of both sequences that are the prompt (DPO's loss skips them)
 
 
 def _tokens(tokenizer: Any, text: str, special: bool = False) -> list[int]:
@@ -210,6 +211,23 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def _prompt_length(prompt: str | list[dict], tokenizer: Any, chosen: list[int], rejected: list[int]) -> int:
+    """How many leading tokens of both sequences are the prompt: its own tokens (a conversation's with the
+    generation prompt) when both sequences start with them; else (a template or tokenizer that merges
+    across the boundary) the tokens both sequences share."""
+    if isinstance(prompt, list):
+        ids = _tokens(tokenizer, _render(tokenizer, prompt, generation_prompt=True)) if prompt else []
+    else:
+        ids = _tokens(tokenizer, prompt, special=True)
+    if (
+        chosen[: len(ids)] == ids
+        and rejected[: len(ids)] == ids
+        and len(ids) < min(len(chosen), len(rejected))
+    ):
+        return len(ids)
+    return min(_common_prefix(chosen, rejected), min(len(chosen), len(rejected)) - 1)
+
+
 def encode_pairs(
     records: list[dict],
     tokenizer: Any,
@@ -218,20 +236,20 @@ def encode_pairs(
     source: str = "data",
 ) -> list[PairExample]:
     """Preference pairs as full prompt + response sequences ending where the RM is read: EOS after a text
-    response, the end of the assistant turn in a conversation (`end_of_turn`)."""
+    response, the end of the assistant turn in a conversation (`end_of_turn`). Over-long pairs lose the
+    same number of prompt tokens from both sides (the two responses are compared in the same context)."""
     pairs, cut, dropped = [], 0, 0
     end = end_of_turn(tokenizer) if any(isinstance(r["prompt"], list) for r in records) else None
     for record in records:
         chosen, rejected = _pair_sequences(record, tokenizer, end)
-        shared = _common_prefix(chosen, rejected)  # the prompt, whatever the format
-        # the same number of prompt tokens goes from both sides: the RM compares them in the same context
+        prompt = _prompt_length(record["prompt"], tokenizer, chosen, rejected)
         longest = max(len(chosen), len(rejected))
-        start = _fit(longest, longest - shared, max_length, truncation)
+        start = _fit(longest, longest - prompt, max_length, truncation)
         if start is None:
             dropped += 1
             continue
         cut += start > 0
-        pairs.append(PairExample(chosen[start:], rejected[start:], record.get("margin")))
+        pairs.append(PairExample(chosen[start:], rejected[start:], record.get("margin"), prompt - start))
     _report(source, cut, dropped, len(records), max_length)
     return pairs
 

@@ -139,11 +139,22 @@ def open_rows(source: str, split: str = "train") -> Sequence[Row]:
         if config or named_split:
             raise UsageError(f"{source}: a file has no splits or configs; name the file alone")
         rows = _open_file(path)
-    elif path.suffix in LOCAL_SUFFIXES or name.startswith((".", "/", "~")):
+    elif is_local(name):
         raise UsageError(f"{source}: file does not exist")
     else:
         rows = TableRows(_load_dataset(name, config, split, f"{source}: not a local file and"), source)
     return rows
+
+
+def is_local(name: str) -> bool:
+    """Whether `name` (a source's name, less `:CONFIG` and `@SPLIT`: `parse_source`) is a local path, existing
+    or not: it exists, ends like a data file, or starts like a path. Anything else is a dataset name that
+    `open_rows` asks `datasets.load_dataset` (the hub) for."""
+    return (
+        Path(name).expanduser().exists()
+        or Path(name).suffix in LOCAL_SUFFIXES
+        or name.startswith((".", "/", "~"))
+    )
 
 
 def no_rows(source: str) -> UsageError:

@@ -1,76 +1,212 @@
-"""`rlhfkit eval`: a model's mean reward (learned RM and/or gold), KL to a reference, length and stop rate."""
+"""`rlhfkit eval`: a model's mean reward (learned RM, reward functions and/or gold), KL to a reference, length
+and stop rate; with `best_of` N, of best-of-N sampling: N samples per prompt, the one the proxy scores highest
+kept (Stiennon et al. 2020; Gao et al. 2022), measured by gold."""
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rlhfkit.algorithms.ppo.rewards.mixture import component_names
+from rlhfkit.algorithms.ppo.rewards.scale import RM
 from rlhfkit.config import EvalConfig
-from rlhfkit.core import sequence_kl
+from rlhfkit.core import best_of_n_kl, sequence_kl
+from rlhfkit.data import read_rows
 from rlhfkit.errors import UsageError
 from rlhfkit.models import load_causal_lm, load_scalar_model, load_tokenizer, sequence_scores
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.rollout import LocalSampler, SamplingSettings, stop_token_ids
-from rlhfkit.rollout.completions import ReadingPoints, load_prompts, sample_completions
+from rlhfkit.rollout.completions import Completions, ReadingPoints, load_prompts, sample_completions
+from rlhfkit.runtime.metrics import progress
 from rlhfkit.runtime.process import quiet_transformers
 from rlhfkit.tasks import load_gold
+from rlhfkit.tasks.rewards import (
+    RewardFunction,
+    RewardFunctionError,
+    call_reward_function,
+    load_reward_function,
+)
+
+Gold = Callable[[str, str], float]
 
 
-@torch.no_grad()
-def evaluate(config: EvalConfig, gold: Any = None) -> dict[str, Any]:
-    """Sample once per prompt (fixed seed) and measure. `gold` may be given as a callable from Python.
+def best_rows(scores: list[float], n: int) -> list[int]:
+    """The index of the highest score in each run of `n` consecutive scores (a prompt's candidates; the
+    first of them on a tie). len(scores) is a multiple of n -> len(scores) // n indices."""
+    return [start + max(range(n), key=lambda j: scores[start + j]) for start in range(0, len(scores), n)]
 
-    Returns {"metrics": {...}, "samples": [...]}: `reward` (RM score at the last token), `gold`, `kl`
-    (mean over samples of sum_t log pi(y_t) - log pi_ref(y_t), at the sampling temperature), `length`,
-    `stop_rate`.
-    """
-    if config.reward_model is None and config.gold is None and gold is None:
-        raise UsageError("eval needs --reward-model or --gold (or both)")
-    gold = gold or (load_gold(config.gold) if config.gold else None)
-    quiet_transformers()
-    tokenizer = load_tokenizer(config.model)
-    texts, prompt_ids, chat = load_prompts(
-        config.prompts, tokenizer, config.max_prompt_length, config.columns
-    )
-    model = load_causal_lm(config.model, tokenizer).eval()
-    reward_model = load_scalar_model(config.reward_model, tokenizer).eval() if config.reward_model else None
-    reference = load_causal_lm(config.reference, tokenizer).eval() if config.reference else None
-    settings = SamplingSettings(config.response_length, config.temperature)
-    generator = torch.Generator().manual_seed(config.seed)
-    samples: list[dict[str, Any]] = []
-    engine = LocalSampler(model, tokenizer, stop_token_ids(tokenizer))
-    # the RM reads a finished response where PPO reads it: at EOS after a text prompt, at the end of turn
-    # after a conversation (a special stop replaced by it, a stop string kept and the end appended)
-    reading, chat = ReadingPoints.of(tokenizer), [m is not None for m in chat]
-    for done in sample_completions(
-        engine, tokenizer, texts, prompt_ids, settings, config.batch_size, generator
-    ):
-        rollout, context = done.rollout, done.rollout.prompt_ids.shape[1]
-        ids, mask = rollout.input_ids, rollout.attention_mask  # (b, P + T)
-        columns: dict[str, list] = {
-            "length": rollout.response_mask.sum(1).tolist(),
-            "stopped": rollout.stopped.tolist(),
-        }
-        if reward_model is not None:
-            read = reading.read(ids, mask, rollout.stopped, chat[len(samples) : len(samples) + len(ids)])
-            columns["reward"] = sequence_scores(reward_model, *read).tolist()
-        if reference is not None:
-            logp, _ = response_logprobs(model, ids, mask, context, config.temperature)  # (b, T)
-            ref, _ = response_logprobs(reference, ids, mask, context, config.temperature)
-            columns["kl"] = sequence_kl(logp, ref, rollout.response_mask).tolist()
-        if gold is not None:
-            columns["gold"] = [gold(p, r) for p, r in zip(done.prompts, done.responses, strict=True)]
-        for i, (prompt, response) in enumerate(zip(done.prompts, done.responses, strict=True)):
-            samples.append({"prompt": prompt, "response": response, **{k: v[i] for k, v in columns.items()}})
-    metrics = {
+
+def repeated(items: list, n: int) -> list:
+    """Each item `n` times in a row: rows n·i ... n·i + n - 1 are item i's."""
+    return [item for item in items for _ in range(n)]
+
+
+@dataclass
+class Proxy:
+    """The reward best-of-N selects by: the weighted sum of the reward model's raw score (read where PPO
+    reads it) and the reward functions' values (on the response without its stop token, as PPO's see it)."""
+
+    reward_model: Any | None
+    functions: dict[str, RewardFunction]  # component name -> function
+    weights: dict[str, float]  # component name -> weight, every component
+    reading: ReadingPoints
+    concurrency: int
+
+    def components(self, done: Completions, chat: list[bool], rows: list[dict]) -> dict[str, list[float]]:
+        """{name: one raw score per row of the batch} of every component, the RM's first."""
+        scores: dict[str, list[float]] = {}
+        if self.reward_model is not None:
+            rollout = done.rollout
+            read = self.reading.read(rollout.input_ids, rollout.attention_mask, rollout.stopped, chat)
+            scores[RM] = sequence_scores(self.reward_model, *read).tolist()
+        for name, function in self.functions.items():
+            try:
+                scores[name] = call_reward_function(
+                    function, done.prompts, done.responses, self.concurrency, rows
+                )
+            except RewardFunctionError as exc:
+                raise UsageError(str(exc)) from None
+        return scores
+
+    def total(self, components: dict[str, list[float]]) -> list[float]:
+        """The weighted sum of `components`, one value per row."""
+        columns = [[self.weights[name] * v for v in values] for name, values in components.items()]
+        return [sum(row) for row in zip(*columns, strict=True)]
+
+
+def load_proxy(config: EvalConfig, tokenizer: Any, rows: list[dict]) -> Proxy | None:
+    """The configured proxy (None without an RM or reward functions); a function that cannot be imported
+    or takes a column the prompt rows lack is a UsageError before anything is sampled."""
+    functions = [load_reward_function(spec) for spec in config.reward_functions]
+    if not functions and config.reward_model is None:
+        return None
+    for function in functions:
+        try:
+            function.check_columns(rows)
+        except RewardFunctionError as exc:
+            raise UsageError(str(exc)) from None
+    names = component_names(config.reward_model is not None, functions)
+    weights = dict(zip(names, list(config.reward_weights) or [1.0] * len(names), strict=True))
+    model = load_scalar_model(config.reward_model, tokenizer).eval() if config.reward_model else None
+    named = dict(zip(names[len(names) - len(functions) :], functions, strict=True))
+    return Proxy(model, named, weights, ReadingPoints.of(tokenizer), config.reward_concurrency)
+
+
+def kept_kl(
+    model: Any, reference: Any, done: Completions, kept: list[int], temperature: float
+) -> list[float]:
+    """sum_t log pi(y_t) - log pi_ref(y_t) of each kept row: the log-ratio of the sampling policy, not the
+    KL of the best-of-N policy (see `best_of_n_kl`)."""
+    rollout, context = done.rollout, done.rollout.prompt_ids.shape[1]
+    ids, mask = rollout.input_ids[kept], rollout.attention_mask[kept]  # (k, P + T)
+    logp, _ = response_logprobs(model, ids, mask, context, temperature)  # (k, T)
+    ref, _ = response_logprobs(reference, ids, mask, context, temperature)  # (k, T)
+    return sequence_kl(logp, ref, rollout.response_mask[kept]).tolist()
+
+
+@dataclass
+class Scorers:
+    """What measures a batch: the proxy, the reference for the KL, gold; and the evaluated model."""
+
+    model: Any
+    proxy: Proxy | None
+    reference: Any | None
+    gold: Gold | None
+    temperature: float
+
+
+def batch_samples(
+    done: Completions, n: int, scorers: Scorers, chat: list[bool], rows: list[dict]
+) -> list[dict[str, Any]]:
+    """One sample per prompt of the batch (its rows in runs of `n` candidates): the candidate the proxy
+    scores highest, with its length, whether it stopped, proxy reward (and components), KL and gold."""
+    rollout, proxy = done.rollout, scorers.proxy
+    components = proxy.components(done, chat, rows) if proxy else {}
+    total = proxy.total(components) if proxy else []
+    kept = best_rows(total, n) if n > 1 else list(range(len(done.responses)))
+    columns: dict[str, list] = {
+        "length": rollout.response_mask[kept].sum(1).tolist(),
+        "stopped": rollout.stopped[kept].tolist(),
+    }
+    if proxy is not None:
+        columns["reward"] = [total[k] for k in kept]
+        if len(components) > 1:  # one component is `reward` itself
+            columns |= {f"reward/{name}": [v[k] for k in kept] for name, v in components.items()}
+    if scorers.reference is not None:
+        columns["kl"] = kept_kl(scorers.model, scorers.reference, done, kept, scorers.temperature)
+    if scorers.gold is not None:
+        columns["gold"] = [scorers.gold(done.prompts[k], done.responses[k]) for k in kept]
+    samples = []
+    for i, k in enumerate(kept):
+        sample = {"prompt": done.prompts[k], "response": done.responses[k]}
+        sample |= {name: values[i] for name, values in columns.items()}
+        if n > 1:  # the prompt's candidates and their proxy rewards, the kept one among them
+            group = range(k - (k % n), k - (k % n) + n)
+            sample["candidates"] = [{"response": done.responses[j], "reward": total[j]} for j in group]
+        samples.append(sample)
+    return samples
+
+
+def summary(samples: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    """Means over the kept samples; with n > 1, `best_of` and the analytic `kl_best_of_n` too."""
+    names = [k for k in samples[0] if k.startswith("reward/")]
+    metrics: dict[str, Any] = {
         k: sum(float(s[k]) for s in samples) / len(samples)
-        for k in ("reward", "gold", "kl", "length", "stopped")
+        for k in ("reward", *names, "gold", "kl", "length", "stopped")
         if k in samples[0]
     }
     metrics["stop_rate"] = metrics.pop("stopped")
+    if n > 1:  # `best_of` 1 writes exactly what eval always wrote
+        metrics |= {"best_of": n, "kl_best_of_n": best_of_n_kl(n)}
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(config: EvalConfig, gold: Gold | None = None) -> dict[str, Any]:
+    """Sample `best_of` responses per prompt (fixed seed), keep the proxy's favourite, and measure it. `gold`
+    may be given as a callable from Python.
+
+    Returns {"metrics": {...}, "samples": [...]}: `reward` (the proxy: the RM's score at the last token,
+    plus the reward functions', weighted), `gold`, `kl` (mean over kept samples of sum_t log pi(y_t) -
+    log pi_ref(y_t), at the sampling temperature), `length`, `stop_rate`; with best_of > 1, `best_of` and
+    `kl_best_of_n` (log N - (N - 1)/N).
+    """
+    if config.reward_model is None and not config.reward_functions and config.gold is None and gold is None:
+        raise UsageError("eval needs --reward-model, --reward-function or --gold")
+    gold = gold or (load_gold(config.gold) if config.gold else None)
+    quiet_transformers()
+    tokenizer = load_tokenizer(config.model)
+    texts, prompt_ids, messages = load_prompts(
+        config.prompts, tokenizer, config.max_prompt_length, config.columns
+    )
+    # the rows as the data has them: the columns reward functions may read
+    rows = [dict(r.data) for r in read_rows(config.prompts)] if config.reward_functions else []
+    rows = rows or [{}] * len(texts)
+    proxy = load_proxy(config, tokenizer, rows)
+    model = load_causal_lm(config.model, tokenizer).eval()
+    reference = load_causal_lm(config.reference, tokenizer).eval() if config.reference else None
+    scorers = Scorers(model, proxy, reference, gold, config.temperature)
+    n, settings = config.best_of, SamplingSettings(config.response_length, config.temperature)
+    generator = torch.Generator().manual_seed(config.seed)
+    engine = LocalSampler(model, tokenizer, stop_token_ids(tokenizer))
+    # each prompt n times in a row, `batch_size` prompts (n·batch_size rows) at once: a batch holds whole
+    # groups of candidates, and n = 1 samples exactly as eval always did
+    texts, prompt_ids = repeated(texts, n), repeated(prompt_ids, n)
+    chat, rows = repeated([m is not None for m in messages], n), repeated(rows, n)
+    batch, samples = config.batch_size * n, []
+    with progress(math.ceil(len(prompt_ids) / batch), "eval") as bar:
+        for done in sample_completions(engine, tokenizer, texts, prompt_ids, settings, batch, generator):
+            first = len(samples) * n
+            part = slice(first, first + len(done.responses))
+            samples += batch_samples(done, n, scorers, chat[part], rows[part])
+            bar.update()
+    metrics = summary(samples, n)
     if config.out:
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)

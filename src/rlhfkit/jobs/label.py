@@ -2,6 +2,9 @@
 
 For each prompt two responses are sampled and scored by the gold function g; the first is chosen with
 probability sigmoid((g1 - g2) / tau) (Bradley-Terry noise; tau = 0 is a perfect labeler). Ties are skipped.
+
+With `best_of` N, rejection sampling instead: N responses per prompt, the one g scores highest kept as an SFT
+row, for `rlhfkit sft` (sample, keep the best, fine-tune on them).
 """
 
 from __future__ import annotations
@@ -10,14 +13,17 @@ import json
 import math
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from rlhfkit.config import LabelConfig
 from rlhfkit.errors import UsageError
+from rlhfkit.jobs.evaluate import best_rows, repeated
 from rlhfkit.models import load_causal_lm, load_tokenizer
-from rlhfkit.rollout import LocalSampler, SamplingSettings, stop_token_ids
+from rlhfkit.rollout import LocalSampler, RolloutEngine, SamplingSettings, stop_token_ids
 from rlhfkit.rollout.completions import load_prompts, sample_completions
 from rlhfkit.runtime.metrics import progress
 from rlhfkit.runtime.process import quiet_transformers
@@ -45,8 +51,57 @@ def preference_row(prompt: str, messages: list[dict] | None, chosen: str, reject
     return {"prompt": messages, "chosen": turn(chosen), "rejected": turn(rejected)}
 
 
+def sft_row(prompt: str, messages: list[dict] | None, completion: str) -> dict:
+    """One kept sample as `sft` reads it: {prompt, completion} for a text prompt; for a conversation, its
+    messages and the assistant's turn, so that `sft` renders it with the chat template, as it was sampled."""
+    if messages is None:
+        return {"prompt": prompt, "completion": completion}
+    return {"messages": [*messages, {"role": "assistant", "content": completion}]}
+
+
+def best_of_rows(
+    config: LabelConfig,
+    gold: Callable[[str, str], float],
+    engine: RolloutEngine,
+    tokenizer: Any,
+    prompts: tuple[list[str], list[list[int]], list[list[dict] | None]],
+) -> tuple[list[dict], dict]:
+    """Rejection sampling: `best_of` responses per prompt, the one gold scores highest (the first on a tie)
+    kept as an SFT row. Returns (rows, {rows, gold_kept, gold_sampled, unfinished})."""
+    n, (texts, prompt_ids, messages) = config.best_of, prompts
+    settings = SamplingSettings(config.response_length, config.temperature)
+    generator = torch.Generator().manual_seed(config.seed)
+    rows, kept, sampled, unfinished = [], [], [], 0
+    batch = config.batch_size * n  # `batch_size` prompts, each n times in a row: whole groups per batch
+    with progress(math.ceil(len(texts) / config.batch_size), "label") as bar:
+        for done in sample_completions(
+            engine, tokenizer, repeated(texts, n), repeated(prompt_ids, n), settings, batch, generator
+        ):
+            scores = [gold(p, r) for p, r in zip(done.prompts, done.responses, strict=True)]
+            for k in best_rows(scores, n):
+                rows.append(sft_row(done.prompts[k], messages[len(rows)], done.responses[k]))
+                kept.append(scores[k])
+                unfinished += not bool(done.rollout.stopped[k])  # SFT will teach a stop after it
+            sampled += scores
+            bar.update()
+    return rows, {
+        "rows": len(rows),
+        "gold_kept": sum(kept) / len(kept),
+        "gold_sampled": sum(sampled) / len(sampled),
+        "unfinished": unfinished,
+    }
+
+
+def write_rows(out: Path, rows: list[dict]) -> None:
+    """JSONL rows to `out`, staged and moved into place (a stopped run leaves no half file)."""
+    staging = out.with_name(f".{out.name}.tmp")
+    staging.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(staging, out)
+
+
 def label(config: LabelConfig) -> dict:
-    """Write preference rows to `config.out`; returns {pairs, ties_skipped, label_agreement}."""
+    """Write preference rows to `config.out`; returns {pairs, ties_skipped, label_agreement}. With
+    `best_of`, SFT rows of the best sample per prompt; returns {rows, gold_kept, gold_sampled, unfinished}."""
     out = Path(config.out)
     if out.exists() and not config.overwrite:
         raise UsageError(f"{out} exists; pass --overwrite to replace it")
@@ -59,6 +114,10 @@ def label(config: LabelConfig) -> dict:
     engine = LocalSampler(
         load_causal_lm(config.policy, tokenizer).eval(), tokenizer, stop_token_ids(tokenizer)
     )
+    if config.best_of:
+        rows, stats = best_of_rows(config, gold, engine, tokenizer, (texts, prompt_ids, messages))
+        write_rows(out, rows)
+        return stats
     # each prompt twice in a row: rows 2i and 2i + 1 are a pair
     texts = [t for t in texts for _ in range(2 * config.pairs_per_prompt)]
     prompt_ids = [p for p in prompt_ids for _ in range(2 * config.pairs_per_prompt)]
@@ -85,7 +144,5 @@ def label(config: LabelConfig) -> dict:
             bar.update()
     if not rows:
         raise UsageError(f"every sampled pair was a tie under {config.gold}; nothing to write")
-    staging = out.with_name(f".{out.name}.tmp")
-    staging.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(staging, out)
+    write_rows(out, rows)
     return {"pairs": len(rows), "ties_skipped": ties, "label_agreement": agree / len(rows)}

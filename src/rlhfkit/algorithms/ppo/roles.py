@@ -243,24 +243,36 @@ def load_roles(config: PPOConfig) -> SeparateModels | SharedBases:
     )
 
 
-def save_trained(accelerator: Any, model: Any, roles: Roles, out: Path) -> None:
+# each trained role's merged folder and adapter folder, inside the output folder (`ppo`'s layout)
+PPO_FOLDERS = {"actor": ("actor", "actor-adapter"), "critic": ("critic", "critic-adapter")}
+
+
+def save_trained(
+    accelerator: Any, model: Any, roles: Roles, out: Path, folders: dict[str, tuple[str, str]] = PPO_FOLDERS
+) -> list[tuple[Path, str, bool]]:
     """`OUT/actor` (a causal-LM folder) and, with a critic, `OUT/critic` (a sequence-classification folder),
     each with the tokenizer: plain Hugging Face folders every downstream tool loads; with LoRA, adapters
     merged, and the adapters themselves in `OUT/actor-adapter` and `OUT/critic-adapter` (PEFT folders).
     `model` is the prepared `PolicyAndValue`; every process calls (a sharded model's weights are gathered),
-    the main one writes."""
+    the main one writes. Returns the folders, each with its role (`actor`, `critic`) and whether it is an
+    adapter folder (the same list in every process): what their model cards describe. `folders` places them
+    elsewhere (online DPO: the actor at `OUT` itself, its adapter at `OUT/adapter`)."""
     tokenizer = roles.tokenizer
     if isinstance(roles, SharedBases):
-        if is_main():
-            for adapted, name in ((roles.actor, "actor"), (roles.critic, "critic")):
-                if adapted is not None:
-                    save_adapted(adapted, tokenizer, out / name, out / f"{name}-adapter", save_model)
-        return
+        written = []
+        for adapted, name in ((roles.actor, "actor"), (roles.critic, "critic")):
+            if adapted is not None:
+                merged, adapter = (out / f for f in folders[name])
+                if is_main():
+                    save_adapted(adapted, tokenizer, merged, adapter, save_model)
+                written += [(merged, name, False), (adapter, name, True)]
+        return written
     trainable = accelerator.unwrap_model(model)
     whole = model_state(accelerator, model)  # gathered once when sharded: keys policy.* and value.*
     saved = ((trainable.policy, "policy.", "actor"), (trainable.value, "value.", "critic"))
-    for role, prefix, folder in saved:
+    for role, prefix, name in saved:
         if is_main() and role is not None:
             state = {k[len(prefix) :]: v for k, v in whole.items() if k.startswith(prefix)}
-            save_model(role, tokenizer, out / folder, state_dict=state)
-            remove_stale_adapter(out / f"{folder}-adapter")
+            save_model(role, tokenizer, out / folders[name][0], state_dict=state)
+            remove_stale_adapter(out / folders[name][1])
+    return [(out / folders[name][0], name, False) for role, _, name in saved if role is not None]

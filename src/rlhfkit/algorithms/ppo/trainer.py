@@ -30,13 +30,14 @@ from rlhfkit.algorithms.ppo.rewards import (
     with_rows,
 )
 from rlhfkit.algorithms.ppo.rewards import describe as describe_rewards
-from rlhfkit.algorithms.ppo.roles import Roles, critic_starts_from_rm, load_roles, save_trained
+from rlhfkit.algorithms.ppo.roles import Roles, critic_source, critic_starts_from_rm, load_roles, save_trained
 from rlhfkit.algorithms.ppo.update import Optimisation, ppo_update, ptx_sampler
 from rlhfkit.config import PPOConfig
 from rlhfkit.core import AdaptiveKLController, FixedKLController
 from rlhfkit.data.order import batch_indices
 from rlhfkit.errors import StepFailed, UsageError
 from rlhfkit.rollout import LocalSampler, Rollout, RolloutEngine, SamplingSettings, stop_token_ids, widen
+from rlhfkit.runtime.card import run_card, write_card
 from rlhfkit.runtime.distributed import all_max, all_rows, barrier, is_main, local_rows, world
 from rlhfkit.runtime.loop import UpdateGuard, run_loop
 from rlhfkit.runtime.outputs import begin, check_output, clear_checkpoints, write_run_file
@@ -276,9 +277,10 @@ def ppo(config: PPOConfig) -> Path:
         )
     finally:
         trackers.finish()
-    save_trained(trainer.opt.accelerator, trainer.opt.model, trainer.roles, out)
+    saved = save_trained(trainer.opt.accelerator, trainer.opt.model, trainer.roles, out)
     if is_main():
         final = {k: v for k, v in record.items() if k.startswith(("objective/", "eval/"))}
+        write_model_cards(config, trainer.roles, saved, final)
         write_run_file(
             out,
             "ppo",
@@ -290,3 +292,16 @@ def ppo(config: PPOConfig) -> Path:
         clear_checkpoints(out)
     barrier()
     return out
+
+
+def write_model_cards(
+    config: PPOConfig, roles: Roles, saved: list[tuple[Path, str, bool]], final: dict[str, Any]
+) -> None:
+    """A model card (README.md) in each folder `save_trained` wrote, with the run's final numbers: the actor
+    started from the policy, the critic from where `critic_source` says."""
+    shares = roles.has_reward_model and roles.rm_tokenizer is None
+    starts = {"actor": config.policy, "critic": critic_source(config, shares)}
+    run = Path(config.out).resolve().name
+    for folder, role, adapter in saved:
+        card = run_card("ppo", config, final, starts[role], "causal-lm" if role == "actor" else "scalar")
+        write_card(folder, dataclasses.replace(card, adapter=adapter), f"{run}/{folder.name}")
