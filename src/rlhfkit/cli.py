@@ -15,7 +15,7 @@ from typing import Any
 from rlhfkit import __version__
 from rlhfkit.config import COMMAND_CONFIGS, DemoConfig, describe, load_config, preset
 from rlhfkit.errors import Diverged, Stopped, UsageError
-from rlhfkit.runtime.distributed import finish, is_main, world
+from rlhfkit.runtime.distributed import barrier, finish, is_main, world
 
 # Config fields that also get a --flag of their own (the rest are set with field=value or --config).
 # A list field's flag is singular and repeatable: `--reward-function a:f --reward-function b:g`.
@@ -238,7 +238,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = load_config(cls, args.config, args.overrides, base=preset(config.preset), **flags)
         if world() > 1 and args.command not in ("sft", "rm", "dpo", "ppo"):
             raise UsageError(f"launched as {world()} processes; `{args.command}` runs as one process")
-        return RUNNERS[args.command](config)
+        status = RUNNERS[args.command](config)
+        # every process done before any tears the group down (one that left early aborted a finished FSDP
+        # run under load: "terminate called without an active exception"); only after success: a process
+        # that failed alone must not leave the others waiting here
+        barrier()
+        return status
     except UsageError as exc:
         print(f"rlhfkit {args.command}: error: {exc}", file=sys.stderr)
         return 2

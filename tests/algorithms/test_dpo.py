@@ -90,7 +90,7 @@ def test_micro_batches_give_the_same_step(rlhf_stack, pairs, tmp_path):
         assert b[-1][key] == pytest.approx(a[-1][key], rel=1e-4, abs=1e-6)
 
 
-def test_lora_reference_is_the_base_with_its_adapter_off(rlhf_stack, pairs, tmp_path):
+def test_lora_starts_at_the_reference_and_saves_adapter_and_merged_folders(rlhf_stack, pairs, tmp_path):
     out = dpo(config(rlhf_stack[0], pairs, tmp_path / "lora", max_steps=4, lora=LoraConfig(r=4)))
     first = read_metrics(out / "metrics.jsonl")[0]
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)  # adapter B = 0: policy = base
@@ -101,17 +101,13 @@ def test_lora_reference_is_the_base_with_its_adapter_off(rlhf_stack, pairs, tmp_
 
 
 def test_a_reference_folder_equal_to_the_model_gives_the_same_run(rlhf_stack, pairs, tmp_path):
+    """The reference loaded from its own folder (a copy of the SFT model) for the one pass, then freed."""
+    import shutil
+
+    copy = shutil.copytree(rlhf_stack[0], tmp_path / "copy")
     default = dpo(config(rlhf_stack[0], pairs, tmp_path / "a", max_steps=2, eval_every=0))
-    named = dpo(
-        config(
-            rlhf_stack[0],
-            pairs,
-            tmp_path / "b",
-            max_steps=2,
-            eval_every=0,
-            reference=rlhf_stack[1].replace("rm", "sft"),
-        )
-    )
+    named = dpo(config(rlhf_stack[0], pairs, tmp_path / "b", max_steps=2, eval_every=0, reference=str(copy)))
+    assert read_metrics(named / "metrics.jsonl")[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert read_metrics(named / "metrics.jsonl")[-1]["loss"] == pytest.approx(
         read_metrics(default / "metrics.jsonl")[-1]["loss"], abs=1e-6
     )
@@ -146,6 +142,12 @@ def test_a_reference_with_another_tokenizer_is_refused_before_anything_is_writte
             "samples_per_prompt must be >= 2",
         ),
         ({"reward_model": "r"}, "reward_model is for online DPO"),
+        ({"max_prompt_length": 64}, "max_prompt_length is for online DPO"),  # offline: max_length
+        ({"temperature": 0.3}, "temperature is for online DPO"),
+        (
+            {"data": None, "prompts": "p.jsonl", "reward_model": "r", "max_length": 64},
+            "max_length is for offline",
+        ),
         (
             {"data": None, "prompts": "p.jsonl", "reward_model": "r", "reference": "x"},
             "reference is for offline DPO",

@@ -22,9 +22,13 @@ def as_in_ppo(name: str, default: Any = dataclasses.MISSING, help: str = "") -> 
 
 
 ONLINE = "online DPO only"
-# the fields that only online DPO reads, and the values that mean "not set"
-ONLINE_ONLY = {"reward_model": None, "reward_functions": (), "reward_weights": (), "eval_prompts": None}
-OFFLINE_ONLY = {"reference": None, "eval_data": None}  # online DPO's reference is its starting policy
+# the fields one mode reads and the other does not: set on the other, they are refused, not ignored
+ONLINE_ONLY = (
+    *("reward_model", "reward_functions", "reward_weights", "reward_concurrency", "normalize_reward"),
+    *("reward_clip", "missing_eos_penalty", "samples_per_prompt", "response_length", "temperature"),
+    *("top_k", "top_p", "stop_tokens", "decoder", "max_prompt_length", "eval_prompts", "eval_holdout"),
+)
+OFFLINE_ONLY = ("reference", "eval_data", "eval_fraction", "max_length")
 LABEL_SMOOTHED = ("sigmoid", "robust")
 # the fields online DPO passes on to the `ppo` config it reuses, under the same names
 SHARED_WITH_PPO = (
@@ -111,18 +115,24 @@ class DPOConfig(SupervisedConfig):
                 "give --data (offline DPO on preference pairs) or --prompts (online DPO), not "
                 + ("both" if self.data is not None else "neither")
             )
+        other = self.set_fields(OFFLINE_ONLY if self.online else ONLINE_ONLY)
+        if other and self.online:
+            raise ConfigError(
+                f"{other[0]} is for offline DPO (--data): online DPO's reference is its starting policy, it "
+                "evaluates on eval_prompts / eval_holdout, and cuts prompts at max_prompt_length"
+            )
+        if other:
+            raise ConfigError(
+                f"{other[0]} is for online DPO (--prompts); offline DPO reads pairs from --data, cut at "
+                "max_length"
+            )
         if self.online:
-            given = [name for name, unset in OFFLINE_ONLY.items() if getattr(self, name) != unset]
-            if given:
-                raise ConfigError(
-                    f"{given[0]} is for offline DPO (--data); online DPO's reference is its starting policy "
-                    "and it evaluates on eval_prompts"
-                )
             self.ppo_config()  # ppo's own checks of the fields they share
-        else:
-            given = [name for name, unset in ONLINE_ONLY.items() if getattr(self, name) != unset]
-            if given:
-                raise ConfigError(f"{given[0]} is for online DPO (--prompts); offline DPO reads --data")
+
+    def set_fields(self, names: tuple[str, ...]) -> list[str]:
+        """Those of `names` whose value is not the default."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return [name for name in names if getattr(self, name) != defaults[name]]
 
     @property
     def online(self) -> bool:

@@ -31,7 +31,8 @@ def response_logprobs_sum(
     """(N,) summed log-probs of each sequence's tokens from index `starts[i]` on (its response, up to and
     including its end token) under `model`, at temperature 1, and (N,) how many tokens that is."""
     ids, mask = (t.to(device) for t in pad(sequences, pad_id))  # (N, L), (N, L)
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (N, L-1, V): position j predicts j+1
+    # no KV cache: nothing is generated (in eval mode transformers would build and fill one)
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]  # (N, L-1, V)
     logp = logprobs_from_logits(logits, ids[:, 1:])  # (N, L-1)
     positions = torch.arange(ids.shape[1] - 1, device=device)  # (L-1,)
     first = (

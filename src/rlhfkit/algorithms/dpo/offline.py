@@ -5,6 +5,8 @@ held in memory while the policy trains."""
 from __future__ import annotations
 
 import hashlib
+import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,12 +63,18 @@ def part_loss(
     return pair_loss((sums[:n], sums[n:]), reference, (counts[:n], counts[n:]), config)
 
 
+def forward_pairs(config: DPOConfig) -> int:
+    """Pairs per forward pass outside training: a training micro-batch's (`batch_size` over the processes
+    and `grad_accum`), so a run that fits in memory for training fits for these passes too."""
+    return max(1, math.ceil(config.batch_size / (world() * config.grad_accum)))
+
+
 @torch.no_grad()
 def reference_sums(
     model: Any, pairs: list[PairExample], pad_id: int, device: torch.device, batch_size: int
 ) -> torch.Tensor:
-    """(n, 2) summed log-probs of each pair's chosen and rejected response under `model`: each process
-    scores every N-th batch, the sums are shared."""
+    """(n, 2) summed log-probs of each pair's chosen and rejected response under `model`, `batch_size`
+    pairs a forward pass: each process scores every N-th batch, the sums are shared."""
     sums = torch.zeros(len(pairs), 2, dtype=torch.float64)  # (n, 2)
     starts = list(range(0, len(pairs), batch_size))
     with progress(len(starts), "reference log-probs", enabled=is_main()) as bar:
@@ -101,15 +109,17 @@ def reference_logprobs(run: Supervised, config: DPOConfig) -> list[torch.Tensor]
         if saved["fingerprint"] == key:
             return [saved["train"], saved["held_out"]]
     separate = config.reference is not None and config.reference != config.model
-    if separate:
-        model = load_causal_lm(config.reference, run.tokenizer).eval().to(run.device)
+    if separate:  # in the dtype of the policy's frozen weights: with LoRA, its base's
+        dtype = getattr(torch, config.model_dtype) if run.lora else torch.float32
+        model = load_causal_lm(config.reference, run.tokenizer, dtype).eval().to(run.device)
+        whole = nullcontext()  # the policy is not used: a sharded one stays sharded
     else:
         model = run.accelerator.unwrap_model(run.model)  # the policy, not yet stepped
-    pad_id = run.tokenizer.pad_token_id
-    with run.whole_parameters(), without_adapter(run, separate), autocast(run.device, config.bf16):
+        whole = run.whole_parameters()
+    pad_id, size = run.tokenizer.pad_token_id, forward_pairs(config)
+    with whole, without_adapter(run, separate), autocast(run.device, config.bf16):
         found = [
-            reference_sums(model, pairs, pad_id, run.device, config.batch_size)
-            for pairs in (run.train, run.held_out)
+            reference_sums(model, pairs, pad_id, run.device, size) for pairs in (run.train, run.held_out)
         ]
     del model
     if is_main():
@@ -121,9 +131,8 @@ def reference_logprobs(run: Supervised, config: DPOConfig) -> list[torch.Tensor]
 
 
 def without_adapter(run: Supervised, separate: bool) -> Any:
-    """With LoRA the reference is the base: the adapter switched off for the pass."""
-    from contextlib import nullcontext
-
+    """With LoRA the reference is the base: the adapter switched off for the pass (before the first step
+    its B matrices are 0, so this is the adapted policy's output too; it says what the reference is)."""
     return run.adapted.disable_adapter() if run.lora and not separate else nullcontext()
 
 
@@ -157,12 +166,10 @@ def offline_dpo(config: DPOConfig) -> Path:
     @torch.no_grad()
     def held_out_metrics() -> dict[str, float]:
         policy = accelerator.unwrap_model(model)  # no DDP hooks: the main process evaluates alone
-        sums = torch.zeros(len(PAIR_METRICS), dtype=torch.float64)
-        for start in range(0, len(run.held_out), config.batch_size):
+        sums, size = torch.zeros(len(PAIR_METRICS), dtype=torch.float64), forward_pairs(config)
+        for start in range(0, len(run.held_out), size):
             with autocast(device, config.bf16):
-                _, part_sums = part_loss(
-                    policy, run.held_out[start : start + config.batch_size], pad_id, device, config
-                )
+                _, part_sums = part_loss(policy, run.held_out[start : start + size], pad_id, device, config)
             sums += part_sums.cpu()
         return named(sums, len(run.held_out), nll, prefix="eval/")
 

@@ -10,7 +10,6 @@ the rollout on N processes and the held-out evaluation; this file holds the one 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,9 +121,10 @@ class OnlineDPO:
 
 
 def online_steps(config: DPOConfig, train_prompts: int) -> int:
-    """`max_steps`, or `epochs` passes over the training prompts, `batch_size / samples_per_prompt` a step."""
+    """`max_steps`, or `epochs` passes over the training prompts, `batch_size / samples_per_prompt` a step
+    (a pass's last partial batch is not sampled)."""
     per_step = config.batch_size // config.samples_per_prompt
-    return config.max_steps or config.epochs * max(1, math.ceil(train_prompts / per_step))
+    return config.max_steps or config.epochs * max(1, train_prompts // per_step)  # whole batches, as sampled
 
 
 def online_dpo(config: DPOConfig) -> Path:
@@ -146,7 +146,7 @@ def online_dpo(config: DPOConfig) -> Path:
         trackers.finish()
     saved = save_trained(opt.accelerator, opt.model, ppo.roles, out, folders={"actor": (".", "adapter")})
     if is_main():
-        final = {k: v for k, v in record.items() if k.startswith(("objective/", "eval/", "rewards/"))}
+        final = {k: v for k, v in record.items() if k.startswith(("objective/", "eval/", "rewards/", "loss"))}
         for folder, _, adapter in saved:  # the policy's folder, and its adapter's with LoRA
             card = run_card("dpo", config, final, config.model, "causal-lm")
             write_card(folder, dataclasses.replace(card, adapter=adapter))

@@ -52,7 +52,7 @@ def test_hinge_is_zero_past_the_margin_and_linear_before_it():
 
 def test_ipo_regresses_x_to_one_over_two_beta():
     assert loss_of(loss_type="ipo") == pytest.approx(0.25, abs=1e-7)  # (1.5 − 1/(2·0.5))² = 0.5²
-    # β = 0.25: target 2.0, (1.5 − 2)² = 0.25 again, from the other side; β = 1: (1.5 − 0.5)² = 1
+    # β = 1: (1.5 − 1/2)² = 1
     assert dpo_loss(*PAIR, beta=1.0, loss_type="ipo")[0].item() == pytest.approx(1.0, abs=1e-7)
 
 
@@ -64,12 +64,20 @@ def test_simpo_needs_no_reference_and_subtracts_gamma():
     assert (rc.item(), rr.item()) == (-2.0, -6.0)  # β·policy
 
 
-def test_rewards_are_beta_times_the_log_ratio_and_carry_no_gradient():
-    policy_chosen = torch.tensor([-1.0], requires_grad=True)
-    _, chosen, rejected = dpo_loss(policy_chosen, *PAIR[1:], beta=0.5)
+@pytest.mark.parametrize("loss_type", ["sigmoid", "simpo"])
+def test_rewards_carry_no_gradient(loss_type):
+    chosen, rejected = (torch.tensor([v], requires_grad=True) for v in (-1.0, -3.0))
+    references = (None, None) if loss_type == "simpo" else PAIR[2:]
+    _, chosen_rewards, rejected_rewards = dpo_loss(
+        chosen, rejected, *references, beta=0.5, loss_type=loss_type
+    )
+    assert not chosen_rewards.requires_grad and not rejected_rewards.requires_grad
+
+
+def test_rewards_are_beta_times_the_log_ratio():
+    _, chosen, rejected = dpo_loss(*PAIR, beta=0.5)
     assert chosen.item() == pytest.approx(0.5)  # 0.5·(−1 − (−2))
     assert rejected.item() == pytest.approx(-0.25)  # 0.5·(−3 − (−2.5))
-    assert not chosen.requires_grad
 
 
 def test_sigmoid_gradient_pushes_chosen_up_by_beta_sigma_of_minus_beta_x():
