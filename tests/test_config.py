@@ -310,8 +310,9 @@ SUPERVISED = ["model=m", "data=d", "out=o"]
         (PPOConfig, "cliprange_value", "'value_clip'"),
         (PPOConfig, "max_new_tokens", "'response_length'"),
         (PPOConfig, "kl_coeff", "'kl_coef'"),
-        (DemoConfig, "learning_rate", "'sft.optim.lr', 'rm.optim.lr' or 'ppo.actor_lr'"),
-        (DemoConfig, "epochs", "'sft.epochs' or 'rm.epochs'"),
+        # the first three of the sections that have it (sft, rm, dpo, online_dpo, ppo)
+        (DemoConfig, "learning_rate", "'sft.optim.lr', 'rm.optim.lr' or 'dpo.optim.lr'"),
+        (DemoConfig, "epochs", "'sft.epochs', 'rm.epochs' or 'dpo.epochs'"),
         (DemoConfig, "kl_estimator", "'ppo.kl_estimator'"),
         (DemoConfig, "ppo_step", "'ppo.max_steps'"),  # a typo of an old name: its new place
         (DemoConfig, "sft.learning_rate", "'sft.optim.lr'"),

@@ -1,4 +1,4 @@
-"""`rlhfkit {sft,rm,dpo,label,ppo,eval,demo}`: thin wrappers over the Python API, one config dataclass each.
+"""`rlhfkit {sft,rm,dpo,label,ppo,eval,demo,report}`: thin wrappers over the Python API, a config class each.
 
 Exit status: 0 done, 2 bad input (one line, no traceback), 130/143 stopped by a signal, 1 anything else.
 """
@@ -48,6 +48,7 @@ FLAGS: dict[str, tuple[str, ...]] = {
     ),
     "eval": ("model", "prompts", "reward_model", "reward_functions", "gold", "reference", "out", "best_of"),
     "demo": ("out", "preset", "seed", "algorithms", "overwrite"),
+    "report": ("runs", "out"),
 }
 
 SUMMARIES = {
@@ -58,6 +59,7 @@ SUMMARIES = {
     "ppo": "stage 3: PPO against a reward model, KL-penalised towards the SFT model",
     "eval": "evaluate a model: reward, KL to a reference, length, stop rate",
     "demo": "the whole pipeline on the bundled simulated-human task, with a report",
+    "report": "over-optimisation charts (gold and proxy against KL) of finished runs, as one HTML page",
 }
 
 
@@ -142,6 +144,13 @@ def run_ppo(config: Any) -> int:
     return 0
 
 
+def run_report(config: Any) -> int:
+    from rlhfkit.jobs.report import report
+
+    print(f"rlhfkit report: open {report(config)}")
+    return 0
+
+
 RUNNERS: dict[str, Callable[[Any], int]] = {
     "sft": run_sft,
     "rm": run_rm,
@@ -150,6 +159,7 @@ RUNNERS: dict[str, Callable[[Any], int]] = {
     "ppo": run_ppo,
     "eval": run_eval,
     "demo": run_demo,
+    "report": run_report,
 }
 
 
@@ -191,7 +201,9 @@ def command_parser(name: str, commands: Any = None) -> argparse.ArgumentParser:
     sub.add_argument("--config", metavar="FILE.yaml", help="YAML file of config fields")
     for field_name in FLAGS[name]:
         flag = "--" + field_name.replace("_", "-")
-        if field_name in ("overwrite", "resume"):
+        if field_name == "runs":  # `rlhfkit report RUN [RUN ...]`; see `parse_arguments`
+            sub.add_argument("runs", nargs="*", default=None, metavar="RUN", help="see `runs` below")
+        elif field_name in ("overwrite", "resume"):
             sub.add_argument(flag, action="store_true", default=None, help=f"see `{field_name}` below")
         elif field_name in REPEATED:
             sub.add_argument(
@@ -223,6 +235,9 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not argv or argv[0] not in COMMAND_CONFIGS:  # --help, --version, no or an unknown command
         return build_parser().parse_args(argv)
     args = command_parser(argv[0]).parse_intermixed_args(argv[1:])
+    if hasattr(args, "runs"):  # the first positional takes them all: field=value ones are overrides
+        args.overrides += [a for a in args.runs or () if "=" in a]
+        args.runs = [a for a in args.runs or () if "=" not in a] or None  # none: the --config file's
     args.command = argv[0]
     return args
 

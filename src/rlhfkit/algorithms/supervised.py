@@ -123,6 +123,8 @@ class Supervised:
     # forward + backward of this process's share of a global batch; returns the stats of the whole batch
     batch_loss: Callable[[list], dict[str, float]] | None = None
     held_out_metrics: Callable[[], dict[str, float]] | None = None
+    # samples drawn at each evaluation and their metrics (offline DPO with `eval_prompts`)
+    held_out_samples: Callable[[], tuple[dict[str, float], list[dict]]] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -147,10 +149,13 @@ class Supervised:
 
     def evaluate(self, step: int) -> tuple[dict[str, Any], list[dict]] | None:
         """The main process evaluates (it alone writes the metrics); the others go on to the next step."""
-        if self.held_out_metrics is None:
+        if self.held_out_metrics is None and self.held_out_samples is None:
             return None
         with self.whole_parameters():  # a sharded model is gathered by every process
-            return (self.held_out_metrics(), []) if is_main() else None
+            if not is_main():
+                return None
+            metrics, samples = self.held_out_samples() if self.held_out_samples else ({}, [])
+            return (self.held_out_metrics() if self.held_out_metrics else {}) | metrics, samples
 
     def whole_parameters(self) -> Any:
         """Forward passes outside training with the parameters gathered once when the model is sharded

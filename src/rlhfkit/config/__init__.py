@@ -6,6 +6,7 @@ names no field, or a value of the wrong type or range, is a `ConfigError` that n
     options.py   `option` (a documented field) and the range checks of `__post_init__`
     commands.py  OptimConfig, SFTConfig, RewardConfig, LabelConfig, EvalConfig
     ppo.py       PPOConfig
+    report.py    ReportConfig
     dpo.py       DPOConfig (offline and online DPO)
     demo.py      DemoConfig: its own fields, one section per stage, and the old flat names as aliases
     loading.py   YAML, overrides, build, coerce, describe
@@ -39,6 +40,7 @@ from rlhfkit.config.loading import (
 )
 from rlhfkit.config.options import SET_BY_DEMO, non_negative, option, positive, within
 from rlhfkit.config.ppo import PPOConfig
+from rlhfkit.config.report import ReportConfig
 
 COMMAND_CONFIGS: dict[str, type] = {
     "sft": SFTConfig,
@@ -48,6 +50,7 @@ COMMAND_CONFIGS: dict[str, type] = {
     "dpo": DPOConfig,
     "eval": EvalConfig,
     "demo": DemoConfig,
+    "report": ReportConfig,
 }
 
 __all__ = [
@@ -61,6 +64,7 @@ __all__ = [
     "LabelConfig",
     "OptimConfig",
     "PPOConfig",
+    "ReportConfig",
     "RewardConfig",
     "SFTConfig",
     "SupervisedConfig",

@@ -181,7 +181,10 @@ class LabelConfig:
 
     policy: str = option(help="model that samples the responses (usually the SFT model)")
     prompts: str = option(help="prompt data: {prompt} or {messages} rows")
-    gold: str = option(help="gold reward as `module:function`, called as fn(prompt, response) -> float")
+    gold: str = option(
+        help="gold reward: `module:function` (the forms `reward_functions` take), or a reward-model folder "
+        "that reads each response with its own tokenizer"
+    )
     out: str = option(help="output JSONL of {prompt, chosen, rejected} rows (SFT rows with `best_of`)")
     tau: float = option(0.1, "labeler noise: chosen with probability sigmoid((g1 - g2) / tau); 0 = perfect")
     pairs_per_prompt: int = option(1, "response pairs sampled for each prompt")
@@ -228,7 +231,9 @@ class EvalConfig:
         "order; () = 1 each. `reward` is their weighted sum (the RM's raw score: no normalisation)",
     )
     reward_concurrency: int = option(16, "calls of an async reward function in flight at once")
-    gold: str | None = option(None, "gold reward as `module:function` to score with")
+    gold: str | None = option(
+        None, "gold reward to measure with: `module:function`, or a reward-model folder (its raw score)"
+    )
     best_of: int = option(
         1,
         "sample N responses per prompt and keep the one the proxy `reward` scores highest; every metric is "

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 from rlhfkit.config.commands import LabelConfig, OptimConfig, RewardConfig, SFTConfig
+from rlhfkit.config.dpo import DPOConfig
 from rlhfkit.config.options import SET_BY_DEMO, one_of_choices, option, positive
 from rlhfkit.config.ppo import PPOConfig
 from rlhfkit.errors import ConfigError
@@ -16,6 +17,8 @@ WIRED: dict[str, tuple[str, ...]] = {
     "label": ("policy", "prompts", "gold", "out", "seed", "overwrite"),
     "rm": ("model", "data", "eval_data", "out", "seed", "overwrite", "bf16"),
     "ppo": ("policy", "reward_model", "prompts", "eval_prompts", "out", "seed", "overwrite", "bf16"),
+    "dpo": ("model", "data", "eval_prompts", "out", "seed", "overwrite", "bf16"),
+    "online_dpo": ("model", "prompts", "reward_model", "eval_prompts", "out", "seed", "overwrite", "bf16"),
 }
 
 
@@ -23,8 +26,10 @@ def _wired(section: str) -> dict[str, Any]:
     return dict.fromkeys(WIRED[section], SET_BY_DEMO)
 
 
-# `rlhfkit demo --algorithms`: the names users compare -> PPOConfig.advantage_estimator
+# `rlhfkit demo --algorithms`: the names users compare. PPO's family -> PPOConfig.advantage_estimator; then
+# offline DPO on the labelled pairs, online DPO against the RM, and best-of-N sampling by the RM
 ESTIMATORS = {"ppo": "gae", "grpo": "grpo", "rloo": "rloo", "reinforce_pp": "reinforce_pp"}
+ALGORITHMS = (*ESTIMATORS, "dpo", "online_dpo", "bon")
 
 # Short stages sized for a CPU laptop; the rest of each stage keeps its command's default.
 DEMO_SFT = SFTConfig(**_wired("sft"), epochs=2, batch_size=32, optim=OptimConfig(lr=2e-3), max_length=256)
@@ -49,6 +54,30 @@ DEMO_PPO = PPOConfig(
     actor_lr=3e-4,
     critic_lr=3e-4,
     eval_every=5,  # points of the reward-KL frontier in the report
+)
+
+
+DEMO_DPO = DPOConfig(
+    **_wired("dpo"),
+    epochs=2,
+    batch_size=32,
+    beta=0.1,
+    optim=OptimConfig(lr=5e-4),
+    max_length=256,
+    eval_every=15,  # 8 points along its 118 steps, each sampling the held-out prompts
+    response_length=24,  # sampled as PPO samples
+    temperature=0.7,
+)
+DEMO_ONLINE_DPO = DPOConfig(
+    **_wired("online_dpo"),
+    max_steps=60,
+    batch_size=32,
+    samples_per_prompt=4,
+    beta=0.1,
+    optim=OptimConfig(lr=5e-4),
+    response_length=24,
+    temperature=0.7,
+    eval_every=6,
 )
 
 
@@ -103,28 +132,37 @@ class DemoConfig:
     label: LabelConfig = option(DEMO_LABEL, "pairs sampled from the SFT model, judged by the noisy labeler")
     rm: RewardConfig = option(DEMO_RM, "stage 2, the reward model on the labeled pairs")
     ppo: PPOConfig = option(DEMO_PPO, "stage 3, PPO against the learned reward model")
+    dpo: DPOConfig = option(DEMO_DPO, "offline DPO on the labelled pairs (algorithm `dpo`)")
+    online_dpo: DPOConfig = option(DEMO_ONLINE_DPO, "online DPO against the learned RM (`online_dpo`)")
     algorithms: tuple[str, ...] = option(
         ("ppo",),
         "stage 3 runs once per algorithm, from the same SFT model and RM, with the `ppo` section's settings: "
-        "any of ppo (GAE with a critic), grpo, rloo, reinforce_pp, e.g. `--algorithms ppo,grpo,rloo`; the "
-        "first (summary.json's `algorithm`) is the one the report's curves describe, and summary.json's "
-        "top-level keys named after it (`gold_reward_ppo`, `gold_reward_grpo`, ...)",
+        "any of ppo (GAE with a critic), grpo, rloo, reinforce_pp (with the `ppo` section's settings), dpo "
+        "(offline, on the labelled pairs: the `dpo` section), online_dpo (the `online_dpo` section), bon "
+        "(best-of-N of the SFT model by the RM, N = 1, 2, 4, ... `bon_max`), e.g. `--algorithms "
+        "ppo,dpo,bon`. Every one is followed along training by held-out gold, proxy and KL "
+        "(summary.json's `overoptimisation`, the report's over-optimisation section). The first that trains "
+        "by sampling (not dpo, not bon) is summary.json's `algorithm`: the report's training curves describe "
+        "it, and the top-level keys are named after it (`gold_reward_ppo`, ...)",
     )
     group_size: int = option(4, "responses per prompt (samples_per_prompt) for grpo and rloo")
+    bon_max: int = option(16, "the largest N of best-of-N (`bon`): N = 1, 2, 4, ... up to it")
 
     def __post_init__(self) -> None:
         one_of_choices(self)
         positive(
             self, "demonstrations", "eval_prompts", "vocab_size", "hidden_size", "num_layers", "num_heads"
         )
-        unknown = [a for a in self.algorithms if a not in ESTIMATORS]
+        positive(self, "bon_max")
+        unknown = [a for a in self.algorithms if a not in ALGORITHMS]
         if unknown or not self.algorithms or len(set(self.algorithms)) != len(self.algorithms):
             raise ConfigError(
-                f"algorithms must be distinct names among {', '.join(ESTIMATORS)}, "
+                f"algorithms must be distinct names among {', '.join(ALGORITHMS)}, "
                 f"got {','.join(self.algorithms)}"
             )
         for algorithm in self.algorithms:
-            self.stage3(algorithm)  # its checks (batch_size a multiple of group_size) before any stage runs
+            if algorithm in ESTIMATORS:
+                self.stage3(algorithm)  # its checks (batch_size a multiple of group_size) before any stage
         for section, names in WIRED.items():
             for name in names:
                 if getattr(getattr(self, section), name) != SET_BY_DEMO:

@@ -25,9 +25,13 @@ ONLINE = "online DPO only"
 # the fields one mode reads and the other does not: set on the other, they are refused, not ignored
 ONLINE_ONLY = (
     *("reward_model", "reward_functions", "reward_weights", "reward_concurrency", "normalize_reward"),
-    *("reward_clip", "missing_eos_penalty", "samples_per_prompt", "response_length", "temperature"),
-    *("top_k", "top_p", "stop_tokens", "decoder", "max_prompt_length", "eval_prompts", "eval_holdout"),
+    *("reward_clip", "missing_eos_penalty", "samples_per_prompt", "eval_holdout"),
 )
+# how the policy samples: online DPO's training and evaluation, offline DPO's evaluation on `eval_prompts`
+SAMPLING = ("response_length", "temperature", "top_k", "top_p", "stop_tokens", "decoder", "max_prompt_length")
+MONITORS = ("monitor_functions", "monitor_models", "monitor_training")
+SAMPLING += MONITORS[:2]  # measured on the evaluation's samples
+ONLINE_ONLY += MONITORS[2:]  # offline DPO's training batch is pairs, not samples
 OFFLINE_ONLY = ("reference", "eval_data", "eval_fraction", "max_length")
 LABEL_SMOOTHED = ("sigmoid", "robust")
 # the fields online DPO passes on to the `ppo` config it reuses, under the same names
@@ -38,6 +42,7 @@ SHARED_WITH_PPO = (
     *("eval_prompts", "eval_holdout", "eval_every", "batch_size", "seed", "bf16", "model_dtype"),
     *("save_every", "keep_checkpoints", "resume", "max_bad_steps", "overwrite", "report_to", "lora"),
     "columns",
+    *MONITORS,
 )
 
 
@@ -97,8 +102,15 @@ class DPOConfig(SupervisedConfig):
     stop_tokens: tuple[str, ...] = as_in_ppo("stop_tokens")
     decoder: Literal["auto", "eager", "static", "compiled"] = as_in_ppo("decoder")
     max_prompt_length: int = as_in_ppo("max_prompt_length")
-    eval_prompts: str | None = as_in_ppo("eval_prompts")
+    eval_prompts: str | None = option(
+        None,
+        "held-out prompts sampled at each evaluation: online, None = `eval_holdout` held out from `prompts`; "
+        "offline, None = no sampling (with them: the samples' KL to the reference, length and monitors)",
+    )
     eval_holdout: int = as_in_ppo("eval_holdout")
+    monitor_functions: tuple[str, ...] = as_in_ppo("monitor_functions")
+    monitor_models: tuple[str, ...] = as_in_ppo("monitor_models")
+    monitor_training: bool = as_in_ppo("monitor_training")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -115,7 +127,8 @@ class DPOConfig(SupervisedConfig):
                 "give --data (offline DPO on preference pairs) or --prompts (online DPO), not "
                 + ("both" if self.data is not None else "neither")
             )
-        other = self.set_fields(OFFLINE_ONLY if self.online else ONLINE_ONLY)
+        sampled = self.online or self.eval_prompts is not None
+        other = self.set_fields(OFFLINE_ONLY if self.online else ONLINE_ONLY + ((), SAMPLING)[not sampled])
         if other and self.online:
             raise ConfigError(
                 f"{other[0]} is for offline DPO (--data): online DPO's reference is its starting policy, it "
@@ -123,8 +136,10 @@ class DPOConfig(SupervisedConfig):
             )
         if other:
             raise ConfigError(
-                f"{other[0]} is for online DPO (--prompts); offline DPO reads pairs from --data, cut at "
-                "max_length"
+                f"{other[0]} is for online DPO (--prompts) or offline DPO's sampling evaluation "
+                "(eval_prompts); offline DPO reads pairs from --data, cut at max_length"
+                if other[0] in SAMPLING
+                else f"{other[0]} is for online DPO (--prompts); offline DPO reads pairs from --data"
             )
         if self.online:
             self.ppo_config()  # ppo's own checks of the fields they share

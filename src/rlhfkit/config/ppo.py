@@ -45,6 +45,19 @@ class PPOConfig:
         "order; () = 1 each. The score is their weighted sum",
     )
     reward_concurrency: int = option(16, "calls of an async reward function in flight at once")
+    monitor_functions: tuple[str, ...] = option(
+        (),
+        "scores measured, never optimised: `module:function` each (the forms `reward_functions` take), "
+        "logged as `monitor/<name>` on every held-out evaluation and in samples.jsonl",
+    )
+    monitor_models: tuple[str, ...] = option(
+        (),
+        "reward-model folders measured like `monitor_functions` (each reads the text with its own tokenizer; "
+        "a gold RM), logged as `monitor/<folder name>`",
+    )
+    monitor_training: bool = option(
+        False, "also compute the monitors on each training batch, logged as `monitor/train/<name>`"
+    )
     advantage_estimator: Literal["gae", "grpo", "rloo", "reinforce_pp"] = option(
         "gae",
         "`gae` = PPO with a critic; critic-free: `grpo` (group-normalised scores), `rloo` (leave-one-out "

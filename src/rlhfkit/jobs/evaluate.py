@@ -1,6 +1,7 @@
 """`rlhfkit eval`: a model's mean reward (learned RM, reward functions and/or gold), KL to a reference, length
 and stop rate; with `best_of` N, of best-of-N sampling: N samples per prompt, the one the proxy scores highest
-kept (Stiennon et al. 2020; Gao et al. 2022), measured by gold."""
+kept (Stiennon et al. 2020; Gao et al. 2022), measured by gold: a function or a reward-model folder
+(`rlhfkit.tasks.scorers`)."""
 
 from __future__ import annotations
 
@@ -25,13 +26,13 @@ from rlhfkit.rollout import LocalSampler, SamplingSettings, stop_token_ids
 from rlhfkit.rollout.completions import Completions, ReadingPoints, load_prompts, sample_completions
 from rlhfkit.runtime.metrics import progress
 from rlhfkit.runtime.process import quiet_transformers
-from rlhfkit.tasks import load_gold
 from rlhfkit.tasks.rewards import (
     RewardFunction,
     RewardFunctionError,
     call_reward_function,
     load_reward_function,
 )
+from rlhfkit.tasks.scorers import Scorer, callable_scorer, load_scorer
 
 Gold = Callable[[str, str], float]
 
@@ -117,16 +118,35 @@ class Scorers:
     model: Any
     proxy: Proxy | None
     reference: Any | None
-    gold: Gold | None
+    gold: Scorer | None
     temperature: float
 
 
+def gold_scores(
+    gold: Scorer, done: Completions, kept: list[int], messages: list, rows: list[dict]
+) -> list[float]:
+    """Gold's score of each kept row, in one batched call (`messages`, `rows`: each row's conversation or
+    None, and data row); a function that fails is a UsageError."""
+    try:
+        return gold.score(
+            [done.prompts[k] for k in kept],
+            [done.responses[k] for k in kept],
+            [rows[k] for k in kept],
+            messages=[messages[k] for k in kept],
+            finished=done.rollout.stopped[kept].tolist(),
+        )
+    except RewardFunctionError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def batch_samples(
-    done: Completions, n: int, scorers: Scorers, chat: list[bool], rows: list[dict]
+    done: Completions, n: int, scorers: Scorers, messages: list, rows: list[dict]
 ) -> list[dict[str, Any]]:
     """One sample per prompt of the batch (its rows in runs of `n` candidates): the candidate the proxy
-    scores highest, with its length, whether it stopped, proxy reward (and components), KL and gold."""
+    scores highest, with its length, whether it stopped, proxy reward (and components), KL and gold.
+    `messages`: each row's conversation, None for a text prompt."""
     rollout, proxy = done.rollout, scorers.proxy
+    chat = [m is not None for m in messages]
     components = proxy.components(done, chat, rows) if proxy else {}
     total = proxy.total(components) if proxy else []
     kept = best_rows(total, n) if n > 1 else list(range(len(done.responses)))
@@ -141,7 +161,7 @@ def batch_samples(
     if scorers.reference is not None:
         columns["kl"] = kept_kl(scorers.model, scorers.reference, done, kept, scorers.temperature)
     if scorers.gold is not None:
-        columns["gold"] = [scorers.gold(done.prompts[k], done.responses[k]) for k in kept]
+        columns["gold"] = gold_scores(scorers.gold, done, kept, messages, rows)
     samples = []
     for i, k in enumerate(kept):
         sample = {"prompt": done.prompts[k], "response": done.responses[k]}
@@ -168,9 +188,10 @@ def summary(samples: list[dict[str, Any]], n: int) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate(config: EvalConfig, gold: Gold | None = None) -> dict[str, Any]:
+def evaluate(config: EvalConfig, gold: Gold | Scorer | None = None) -> dict[str, Any]:
     """Sample `best_of` responses per prompt (fixed seed), keep the proxy's favourite, and measure it. `gold`
-    may be given as a callable from Python.
+    may be given from Python, as a callable `(prompt, response) -> float` or a `Scorer`; `config.gold` is
+    `module:function` or a reward-model folder.
 
     Returns {"metrics": {...}, "samples": [...]}: `reward` (the proxy: the RM's score at the last token,
     plus the reward functions', weighted), `gold`, `kl` (mean over kept samples of sum_t log pi(y_t) -
@@ -179,7 +200,9 @@ def evaluate(config: EvalConfig, gold: Gold | None = None) -> dict[str, Any]:
     """
     if config.reward_model is None and not config.reward_functions and config.gold is None and gold is None:
         raise UsageError("eval needs --reward-model, --reward-function or --gold")
-    gold = gold or (load_gold(config.gold) if config.gold else None)
+    if gold is not None and not isinstance(gold, Scorer):
+        gold = callable_scorer(gold)
+    gold = gold or (load_scorer(config.gold, "gold", config.reward_concurrency) if config.gold else None)
     quiet_transformers()
     tokenizer = load_tokenizer(config.model)
     texts, prompt_ids, messages = load_prompts(
@@ -198,13 +221,13 @@ def evaluate(config: EvalConfig, gold: Gold | None = None) -> dict[str, Any]:
     # each prompt n times in a row, `batch_size` prompts (n·batch_size rows) at once: a batch holds whole
     # groups of candidates, and n = 1 samples exactly as eval always did
     texts, prompt_ids = repeated(texts, n), repeated(prompt_ids, n)
-    chat, rows = repeated([m is not None for m in messages], n), repeated(rows, n)
+    messages, rows = repeated(messages, n), repeated(rows, n)
     batch, samples = config.batch_size * n, []
     with progress(math.ceil(len(prompt_ids) / batch), "eval") as bar:
         for done in sample_completions(engine, tokenizer, texts, prompt_ids, settings, batch, generator):
             first = len(samples) * n
             part = slice(first, first + len(done.responses))
-            samples += batch_samples(done, n, scorers, chat[part], rows[part])
+            samples += batch_samples(done, n, scorers, messages[part], rows[part])
             bar.update()
     metrics = summary(samples, n)
     if config.out:

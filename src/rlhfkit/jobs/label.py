@@ -1,7 +1,9 @@
 """`rlhfkit label`: a simulated human labels pairs of responses sampled from a policy.
 
-For each prompt two responses are sampled and scored by the gold function g; the first is chosen with
-probability sigmoid((g1 - g2) / tau) (Bradley-Terry noise; tau = 0 is a perfect labeler). Ties are skipped.
+For each prompt two responses are sampled and scored by the gold reward g (a function, or a reward-model
+folder: Gao et al.'s set-up, a large gold RM labelling the pairs a small proxy learns from); the first is
+chosen with probability sigmoid((g1 - g2) / tau) (Bradley-Terry noise; tau = 0 is a perfect labeler). Ties
+are skipped.
 
 With `best_of` N, rejection sampling instead: N responses per prompt, the one g scores highest kept as an SFT
 row, for `rlhfkit sft` (sample, keep the best, fine-tune on them).
@@ -13,7 +15,6 @@ import json
 import math
 import os
 import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,12 @@ from rlhfkit.errors import UsageError
 from rlhfkit.jobs.evaluate import best_rows, repeated
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.rollout import LocalSampler, RolloutEngine, SamplingSettings, stop_token_ids
-from rlhfkit.rollout.completions import load_prompts, sample_completions
+from rlhfkit.rollout.completions import Completions, load_prompts, sample_completions
 from rlhfkit.runtime.metrics import progress
 from rlhfkit.runtime.process import quiet_transformers
 from rlhfkit.tasks import load_gold
+from rlhfkit.tasks.rewards import RewardFunctionError
+from rlhfkit.tasks.scorers import Scorer, callable_scorer, model_scorer
 
 
 def prefers_first(g1: float, g2: float, tau: float, rng: random.Random) -> bool:
@@ -59,9 +62,25 @@ def sft_row(prompt: str, messages: list[dict] | None, completion: str) -> dict:
     return {"messages": [*messages, {"role": "assistant", "content": completion}]}
 
 
+def gold_scorer(spec: str) -> Scorer:
+    """`--gold`: a reward-model folder, or `module:function`; a bad one is a UsageError."""
+    return model_scorer(spec, "gold") if Path(spec).is_dir() else callable_scorer(load_gold(spec), spec)
+
+
+def gold_scores(gold: Scorer, done: Completions, messages: list[list[dict] | None]) -> list[float]:
+    """Gold's score of every response of the batch, in one call (`messages`: each row's conversation, None
+    for a text prompt); a function that fails is a UsageError."""
+    try:
+        return gold.score(
+            done.prompts, done.responses, messages=messages, finished=done.rollout.stopped.tolist()
+        )
+    except RewardFunctionError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def best_of_rows(
     config: LabelConfig,
-    gold: Callable[[str, str], float],
+    gold: Scorer,
     engine: RolloutEngine,
     tokenizer: Any,
     prompts: tuple[list[str], list[list[int]], list[list[dict] | None]],
@@ -73,13 +92,15 @@ def best_of_rows(
     generator = torch.Generator().manual_seed(config.seed)
     rows, kept, sampled, unfinished = [], [], [], 0
     batch = config.batch_size * n  # `batch_size` prompts, each n times in a row: whole groups per batch
+    messages = repeated(messages, n)
     with progress(math.ceil(len(texts) / config.batch_size), "label") as bar:
         for done in sample_completions(
             engine, tokenizer, repeated(texts, n), repeated(prompt_ids, n), settings, batch, generator
         ):
-            scores = [gold(p, r) for p, r in zip(done.prompts, done.responses, strict=True)]
+            first = len(sampled)  # the batch's first row
+            scores = gold_scores(gold, done, messages[first : first + len(done.responses)])
             for k in best_rows(scores, n):
-                rows.append(sft_row(done.prompts[k], messages[len(rows)], done.responses[k]))
+                rows.append(sft_row(done.prompts[k], messages[first + k], done.responses[k]))
                 kept.append(scores[k])
                 unfinished += not bool(done.rollout.stopped[k])  # SFT will teach a stop after it
             sampled += scores
@@ -105,7 +126,7 @@ def label(config: LabelConfig) -> dict:
     out = Path(config.out)
     if out.exists() and not config.overwrite:
         raise UsageError(f"{out} exists; pass --overwrite to replace it")
-    gold = load_gold(config.gold)
+    gold = gold_scorer(config.gold)
     quiet_transformers()
     tokenizer = load_tokenizer(config.policy)
     texts, prompt_ids, messages = load_prompts(
@@ -129,9 +150,10 @@ def label(config: LabelConfig) -> dict:
     batch = config.batch_size + config.batch_size % 2  # even, so pairs never straddle two batches
     with progress(len(prompt_ids) // batch + 1, "label") as bar:
         for done in sample_completions(engine, tokenizer, texts, prompt_ids, settings, batch, generator):
+            scores = gold_scores(gold, done, messages[offset : offset + len(done.responses)])
             for i in range(0, len(done.responses), 2):
                 prompt, first, second = done.prompts[i], done.responses[i], done.responses[i + 1]
-                g1, g2 = gold(prompt, first), gold(prompt, second)
+                g1, g2 = scores[i], scores[i + 1]
                 if g1 == g2 or first == second:
                     ties += 1
                     continue

@@ -21,12 +21,13 @@ table { border-collapse: collapse; width: 100%; font-size: 0.9rem; margin-top: 0
 th, td { border-bottom: 1px solid #eee; padding: 0.4rem; text-align: left; vertical-align: top; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .pos { color: #1a7f37; } .neg { color: #b42318; }
+.note { color: #666; font-size: 0.8rem; }
 """
 
 
-def _svg(fig: Any) -> str:
+def _svg(fig: Any, tight: bool = True) -> str:
     buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", bbox_inches="tight")
+    fig.savefig(buffer, format="svg", bbox_inches="tight" if tight else None)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -193,6 +194,15 @@ def sample_table(results: dict[str, Any], main: str = "ppo", rows: int = 24) -> 
     )
 
 
+def overoptimisation_section(summary: dict[str, Any]) -> str:
+    """The "Over-optimisation" section when the summary holds a study (empty otherwise)."""
+    if not summary.get("overoptimisation"):
+        return ""
+    from rlhfkit.report.overoptimisation import section  # it draws with this module's helpers
+
+    return section(summary["overoptimisation"])
+
+
 def write_report(
     path: Path, summary: dict[str, Any], curves: dict[str, Any], results: dict[str, Any], main: str = "ppo"
 ) -> None:
@@ -214,6 +224,7 @@ def write_report(
         ]
     )
     figures = "".join(f'<div class="plot">{svg}</div>' for svg in plots(curves, summary))
+    study = overoptimisation_section(summary)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>rlhfkit demo report</title><style>{STYLE}</style></head>
 <body>
@@ -222,7 +233,7 @@ def write_report(
 labeler;
 PPO only ever sees the reward model learned from its noisy labels. Seed {summary["seed"]}.</p>
 <div class="cards">{cards}</div>
-<div class="plots">{figures}</div>
+{study}<div class="plots">{figures}</div>
 {algorithm_table(summary)}
 <h2>Held-out prompts: SFT and {html.escape(main.upper())} side by side</h2>
 {sample_table(results, main)}

@@ -14,15 +14,18 @@ from typing import Any
 import torch
 
 from rlhfkit.algorithms.dpo.loss import PAIR_METRICS, named, pair_loss, response_logprobs_sum
+from rlhfkit.algorithms.dpo.sampling import HeldOutSampler, ReferenceLogprobs
 from rlhfkit.algorithms.supervised import Supervised, micro_batches, prepare
 from rlhfkit.config.dpo import DPOConfig
 from rlhfkit.data import PairExample, encode_pairs
 from rlhfkit.errors import UsageError
 from rlhfkit.models import load_causal_lm, load_tokenizer
+from rlhfkit.models.forward import response_logprobs
 from rlhfkit.runtime.distributed import all_sum, is_main, rank, world
 from rlhfkit.runtime.metrics import progress
 from rlhfkit.runtime.outputs import CHECKPOINTS
 from rlhfkit.runtime.process import autocast
+from rlhfkit.tasks.scorers import load_monitors
 
 CACHE = "reference_logps.pt"  # under OUT/checkpoints: a resumed run reads it, a finished run drops it
 
@@ -136,9 +139,33 @@ def without_adapter(run: Supervised, separate: bool) -> Any:
     return run.adapted.disable_adapter() if run.lora and not separate else nullcontext()
 
 
+def held_out_reference(run: Supervised, config: DPOConfig) -> ReferenceLogprobs:
+    """The reference's log-probs of sampled responses, for the KL of offline DPO's sampling evaluation: with
+    LoRA (and no `reference` folder) the policy with its adapter off; else a frozen copy of the reference
+    held for the run (the one cost of `eval_prompts`: the log-probs of the pairs alone need no reference in
+    memory)."""
+    policy = run.accelerator.unwrap_model(run.model)
+    if run.lora and config.reference in (None, config.model):
+
+        def adapter_off(
+            ids: torch.Tensor, mask: torch.Tensor, context: int, temperature: float
+        ) -> torch.Tensor:
+            with run.adapted.disable_adapter():
+                return response_logprobs(policy, ids, mask, context, temperature)[0]
+
+        return adapter_off
+    dtype = getattr(torch, config.model_dtype) if run.lora else torch.float32
+    frozen = load_causal_lm(config.reference or config.model, run.tokenizer, dtype).eval().to(run.device)
+    frozen.requires_grad_(False)
+    return lambda ids, mask, context, temperature: response_logprobs(frozen, ids, mask, context, temperature)[
+        0
+    ]
+
+
 def offline_dpo(config: DPOConfig) -> Path:
     """Train `config.model` on the pairs of `config.data`; returns the output folder (a causal-LM folder)."""
     check_reference(config)
+    monitors = load_monitors(config)  # before anything is written
     run = prepare(config, "preference", encode_pairs, load_causal_lm)
     run.model.eval()  # dropout off: the policy starts exactly at the reference (the first loss is log 2)
     model, accelerator, device = run.model, run.accelerator, run.device
@@ -174,7 +201,10 @@ def offline_dpo(config: DPOConfig) -> Path:
         return named(sums, len(run.held_out), nll, prefix="eval/")
 
     run.batch_loss, run.held_out_metrics = batch_loss, (held_out_metrics if run.held_out else None)
+    if config.eval_prompts is not None:
+        sampler = HeldOutSampler.create(config, run.tokenizer, held_out_reference(run, config), monitors)
+        run.held_out_samples = lambda: sampler(accelerator.unwrap_model(model))
     record = run.run("dpo")
-    final = {k: v for k, v in record.items() if k in PAIR_METRICS or k.removeprefix("eval/") in PAIR_METRICS}
+    final = {k: v for k, v in record.items() if k in PAIR_METRICS or k.startswith(("eval/", "monitor/"))}
     run.finish("dpo", train_pairs=len(run.train), eval_pairs=len(run.held_out), final=final)
     return run.out

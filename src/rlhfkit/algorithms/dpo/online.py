@@ -146,7 +146,11 @@ def online_dpo(config: DPOConfig) -> Path:
         trackers.finish()
     saved = save_trained(opt.accelerator, opt.model, ppo.roles, out, folders={"actor": (".", "adapter")})
     if is_main():
-        final = {k: v for k, v in record.items() if k.startswith(("objective/", "eval/", "rewards/", "loss"))}
+        final = {
+            k: v
+            for k, v in record.items()
+            if k.startswith(("objective/", "eval/", "rewards/", "loss", "monitor/"))
+        }
         for folder, _, adapter in saved:  # the policy's folder, and its adapter's with LoRA
             card = run_card("dpo", config, final, config.model, "causal-lm")
             write_card(folder, dataclasses.replace(card, adapter=adapter))

@@ -1,14 +1,18 @@
 """Step 10 of a PPO iteration: fixed-seed samples on held-out prompts, scored, with their KL to the
-reference."""
+reference and the monitors' values (`rlhfkit.tasks.scorers`: measured, never part of the reward)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from rlhfkit.algorithms.ppo.experience import shape_scores
-from rlhfkit.algorithms.ppo.rewards import Rewards, with_rows
+from rlhfkit.algorithms.ppo.prompts import PromptSet
+from rlhfkit.algorithms.ppo.rewards import Episodes, Rewards, with_rows
+from rlhfkit.algorithms.ppo.rewards.episodes import episode_texts
+from rlhfkit.algorithms.ppo.rewards.functions import agreed
 from rlhfkit.algorithms.ppo.roles import Roles
 from rlhfkit.config import PPOConfig
 from rlhfkit.core import sequence_kl
@@ -16,6 +20,36 @@ from rlhfkit.models.forward import response_logprobs
 from rlhfkit.rollout import RolloutEngine, SamplingSettings
 from rlhfkit.rollout.completions import response_texts
 from rlhfkit.runtime.process import autocast
+from rlhfkit.tasks.scorers import Scorer, monitor_means, monitor_scores
+
+
+def episode_monitors(
+    monitors: Sequence[Scorer],
+    episodes: Episodes,
+    prompts: PromptSet,
+    tokenizer: Any,
+    everywhere: bool,
+) -> dict[str, list[float]]:
+    """{`monitor/<name>`: one value per episode} of every monitor, on the episodes' text as the reward
+    functions read it (a conversation's messages for a reward-model monitor). Nothing random is drawn and
+    nothing is trained. A monitor function that fails stops the run as a failing reward function does
+    (StepFailed: a checkpoint, status 1), every process together with `everywhere` (`agreed`)."""
+    if not monitors:
+        return {}
+    texts = episode_texts(episodes, range(len(episodes.rows)), prompts, tokenizer)
+    messages = [record.get("messages") for record in texts.records]
+
+    def user() -> dict[str, list[float]]:
+        return monitor_scores(
+            list(monitors),
+            texts.prompts,
+            texts.responses,
+            texts.columns,
+            messages=messages,
+            finished=texts.finished,
+        )
+
+    return agreed(user, episodes.prompt_ids.device, everywhere)
 
 
 @torch.no_grad()
@@ -26,14 +60,15 @@ def evaluate_policy(
     prompts: list[int],
     config: PPOConfig,
     rewards: Rewards,
+    monitors: Sequence[Scorer] = (),
 ) -> tuple[dict[str, float], list[dict]]:
     """Mean score, KL to the reference and length on `prompts` (indices into `rewards.prompts`, whose rows
-    the rewards read), and the samples. The same random draws at every evaluation, so two evaluations differ
-    only by the policy."""
+    the rewards read), each monitor's mean (`monitor/<name>`), and the samples (with their monitors' values).
+    The same random draws at every evaluation, so two evaluations differ only by the policy."""
     device = next(policy.parameters()).device
     generator = torch.Generator(device=device).manual_seed(config.seed)
     settings = SamplingSettings(config.response_length, config.temperature, config.top_k, config.top_p)
-    scores, kls, lengths, samples = [], [], [], []
+    scores, kls, lengths, samples, monitored = [], [], [], [], {}
     for start in range(0, len(prompts), config.mini_batch_size):
         batch = prompts[start : start + config.mini_batch_size]
         rollout = engine.generate([rewards.prompts.ids[i] for i in batch], settings, generator)
@@ -50,6 +85,9 @@ def evaluate_policy(
         scores.append(batch_scores)
         lengths.append(rollout.response_mask.sum(1).float())
         responses = response_texts(roles.tokenizer, rollout)  # as the reward functions read them
+        values = episode_monitors(monitors, rollout, rewards.prompts, roles.tokenizer, everywhere=False)
+        for name, v in values.items():
+            monitored.setdefault(name, []).extend(v)
         samples += [
             {
                 "prompt": roles.tokenizer.decode(
@@ -57,6 +95,7 @@ def evaluate_policy(
                 ),
                 "response": responses[row],
                 "score": batch_scores[row].item(),
+                **{name: v[row] for name, v in values.items()},
             }
             for row in range(ids.shape[0])
         ]
@@ -64,5 +103,6 @@ def evaluate_policy(
         "eval/score": torch.cat(scores).mean().item(),
         "eval/kl": torch.cat(kls).mean().item(),
         "eval/length": torch.cat(lengths).mean().item(),
+        **monitor_means(monitored),
     }
     return metrics, samples

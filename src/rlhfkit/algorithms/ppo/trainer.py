@@ -12,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rlhfkit.algorithms.ppo.evaluate import evaluate_policy
+from rlhfkit.algorithms.ppo.evaluate import episode_monitors, evaluate_policy
 from rlhfkit.algorithms.ppo.experience import Experience, make_experience
 from rlhfkit.algorithms.ppo.prompts import PromptSet, split_prompts
 from rlhfkit.algorithms.ppo.rewards import (
@@ -30,6 +30,7 @@ from rlhfkit.algorithms.ppo.rewards import (
     with_rows,
 )
 from rlhfkit.algorithms.ppo.rewards import describe as describe_rewards
+from rlhfkit.algorithms.ppo.rewards.mixture import check_function
 from rlhfkit.algorithms.ppo.roles import Roles, critic_source, critic_starts_from_rm, load_roles, save_trained
 from rlhfkit.algorithms.ppo.update import Optimisation, ppo_update, ptx_sampler
 from rlhfkit.config import PPOConfig
@@ -57,6 +58,14 @@ from rlhfkit.runtime.sharding import (
     whole_parameters,
 )
 from rlhfkit.runtime.trackers import Trackers, check_trackers
+from rlhfkit.tasks.scorers import (
+    FunctionScorer,
+    ModelScorer,
+    Scorer,
+    load_monitors,
+    monitor_means,
+    untouched_random_state,
+)
 
 
 def trained(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -75,6 +84,7 @@ class PPOTrainer:
     sampling_generator: torch.Generator  # rollouts
     prompts: PromptSet  # the run's prompt rows; training and held-out indices into them
     rewards: Rewards
+    monitors: list[Scorer] = field(default_factory=list)  # measured on the samples, never optimised
 
     @classmethod
     def create(cls, config: PPOConfig) -> PPOTrainer:
@@ -82,6 +92,7 @@ class PPOTrainer:
 
         quiet_transformers()
         check_trackers(config.report_to)
+        monitors = load_monitors(config)  # before the seed is set: loading a model may draw
         for name in ("batch_size", "mini_batch_size"):  # global sizes: every process takes its share
             if getattr(config, name) % world():
                 raise UsageError(
@@ -91,6 +102,10 @@ class PPOTrainer:
         roles = load_roles(config)
         prompts = split_prompts(config, roles.tokenizer)
         rewards = load_rewards(config, roles, prompts, reward_normaliser(config))
+        with untouched_random_state():  # checked on an empty response, as the reward functions are
+            for monitor in monitors:
+                if isinstance(monitor, FunctionScorer):
+                    check_function(monitor.function, prompts, roles.tokenizer, monitor.concurrency)
         # the ptx pass leaves the critic without gradients: DDP must be told to expect that
         accelerator = make_accelerator(config.report_to, config.out, unused_parameters=config.ptx_coef > 0)
         refuse_lora_when_sharded(config.lora, accelerator)
@@ -110,6 +125,9 @@ class PPOTrainer:
         model, optimizer = accelerator.prepare(roles.trainable, optimizer)
         start(accelerator, model)
         roles.to(accelerator.device)
+        for monitor in monitors:
+            if isinstance(monitor, ModelScorer):
+                monitor.to(accelerator.device)
         # Every process draws the same streams: episodes depend on their global index, not on the processes.
         generator = torch.Generator().manual_seed(config.seed)
         opt = Optimisation(
@@ -137,7 +155,7 @@ class PPOTrainer:
             else AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
         )
         sampling = torch.Generator(device=accelerator.device).manual_seed(config.seed + 1000)
-        return cls(config, roles, opt, engine, kl_ctl, sampling, prompts, rewards)
+        return cls(config, roles, opt, engine, kl_ctl, sampling, prompts, rewards, monitors)
 
     def prompt_batch(self, step: int) -> list[int]:
         """1. The global batch of iteration `step` as prompt indices (into `prompts`), each
@@ -169,10 +187,11 @@ class PPOTrainer:
         return with_rows(rollout, batch)
 
     def experience(self, rollout: Episodes) -> tuple[Experience, dict[str, torch.Tensor]]:
-        """3-7. Old log-probs and values, scores, reference log-probs, rewards, advantages."""
+        """3-7. Old log-probs and values, scores, reference log-probs, rewards, advantages; with
+        `monitor_training`, the monitors' means on the batch (`monitor/train/<name>`: in the stats only)."""
         model = self.opt.accelerator.unwrap_model(self.opt.model)  # no gradients: no DDP hooks either
         with self.whole_parameters():
-            return make_experience(
+            experience, stats = make_experience(
                 model,
                 self.roles,
                 rollout,
@@ -181,6 +200,18 @@ class PPOTrainer:
                 self.config,
                 self.rewards,
             )
+        return experience, stats | self.training_monitors(rollout)
+
+    def training_monitors(self, rollout: Episodes) -> dict[str, torch.Tensor]:
+        """{`monitor/train/<name>`: mean} on the whole batch with `monitor_training` (else nothing). Every
+        process holds the whole batch and computes the same values: no process waits on another's monitor,
+        and one failing anywhere stops them all together (StepFailed)."""
+        if not (self.config.monitor_training and self.monitors):
+            return {}
+        tokenizer = self.roles.tokenizer
+        values = episode_monitors(self.monitors, rollout, self.prompts, tokenizer, everywhere=True)
+        means = monitor_means(values, prefix="monitor/train/")
+        return {name: torch.tensor(mean, dtype=torch.float64) for name, mean in means.items()}
 
     def update(self, experience: Experience, guard: UpdateGuard) -> dict[str, float]:
         """8. The PPO epochs; then the engine's weights are brought up to date."""
@@ -226,7 +257,9 @@ class PPOTrainer:
                 return None
             policy = self.opt.accelerator.unwrap_model(self.opt.model).policy
             held_out = self.prompts.held_out
-            return evaluate_policy(self.engine, self.roles, policy, held_out, self.config, self.rewards)
+            return evaluate_policy(
+                self.engine, self.roles, policy, held_out, self.config, self.rewards, self.monitors
+            )
 
     def whole_parameters(self) -> Any:
         """Generation and scoring with the trained module's parameters gathered once when it is sharded
@@ -279,7 +312,7 @@ def ppo(config: PPOConfig) -> Path:
         trackers.finish()
     saved = save_trained(trainer.opt.accelerator, trainer.opt.model, trainer.roles, out)
     if is_main():
-        final = {k: v for k, v in record.items() if k.startswith(("objective/", "eval/"))}
+        final = {k: v for k, v in record.items() if k.startswith(("objective/", "eval/", "monitor/"))}
         write_model_cards(config, trainer.roles, saved, final)
         write_run_file(
             out,

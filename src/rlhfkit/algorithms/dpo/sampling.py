@@ -1,0 +1,76 @@
+"""Offline DPO's sampling evaluation: with `eval_prompts`, every evaluation also samples the policy on those
+prompts (the same random draws each time, so two evaluations differ only by the policy) and measures the
+samples: their KL to the reference, length, stop rate, and the monitors' scores. Offline DPO never samples to
+train; this is how its gold, proxy and KL are followed along training, as `ppo`'s are."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rlhfkit.config.dpo import DPOConfig
+from rlhfkit.core import sequence_kl
+from rlhfkit.models.forward import response_logprobs
+from rlhfkit.rollout import LocalSampler, SamplingSettings, stop_token_ids
+from rlhfkit.rollout.completions import load_prompts, sample_completions
+from rlhfkit.runtime.process import autocast
+from rlhfkit.tasks.scorers import Scorer, monitor_scores
+
+# (B, P + T) ids, mask, context P, temperature -> (B, T) the reference's log-probs of the responses
+ReferenceLogprobs = Callable[[torch.Tensor, torch.Tensor, int, float], torch.Tensor]
+
+
+@dataclass
+class HeldOutSampler:
+    """The held-out prompts and what measures their samples."""
+
+    config: DPOConfig
+    tokenizer: Any
+    texts: list[str]
+    ids: list[list[int]]
+    messages: list[list[dict] | None]  # a conversation's messages (the monitors' RMs render them), or None
+    reference: ReferenceLogprobs
+    monitors: list[Scorer]
+
+    @classmethod
+    def create(
+        cls, config: DPOConfig, tokenizer: Any, reference: ReferenceLogprobs, monitors: list[Scorer]
+    ) -> HeldOutSampler:
+        prompts = load_prompts(config.eval_prompts, tokenizer, config.max_prompt_length, config.columns)
+        return cls(config, tokenizer, *prompts, reference, monitors)
+
+    @torch.no_grad()
+    def __call__(self, policy: Any) -> tuple[dict[str, float], list[dict]]:
+        """`eval/kl` (k1 summed per response, at the sampling temperature), `eval/length`,
+        `eval/stop_rate`, `monitor/<name>` (means over the samples), and the samples."""
+        config, device = self.config, next(policy.parameters()).device
+        stop = stop_token_ids(self.tokenizer, config.stop_tokens)
+        engine = LocalSampler(policy, self.tokenizer, stop, config.bf16, config.decoder)
+        settings = SamplingSettings(config.response_length, config.temperature, config.top_k, config.top_p)
+        generator = torch.Generator(device=device).manual_seed(config.seed)
+        samples: list[dict] = []
+        for done in sample_completions(
+            engine, self.tokenizer, self.texts, self.ids, settings, config.batch_size, generator
+        ):
+            rollout, context = done.rollout, done.rollout.prompt_ids.shape[1]
+            ids, mask = rollout.input_ids, rollout.attention_mask  # (b, P + T)
+            with autocast(device, config.bf16):
+                logp, _ = response_logprobs(policy, ids, mask, context, config.temperature)  # (b, T)
+                ref = self.reference(ids, mask, context, config.temperature)  # (b, T)
+            kl = sequence_kl(logp, ref, rollout.response_mask).tolist()  # (b,)
+            first = len(samples)
+            scores = monitor_scores(
+                self.monitors, done.prompts, done.responses, messages=self.messages[first : first + len(kl)],
+                finished=rollout.stopped.tolist(),
+            )  # fmt: skip
+            for i, (prompt, response) in enumerate(zip(done.prompts, done.responses, strict=True)):
+                sample = {"prompt": prompt, "response": response, "kl": kl[i]}
+                sample |= {"length": int(rollout.response_mask[i].sum()), "stopped": bool(rollout.stopped[i])}
+                samples.append(sample | {name: values[i] for name, values in scores.items()})
+        names = ["kl", "length", "stopped", *(k for k in samples[0] if k.startswith("monitor/"))]
+        means = {name: sum(float(s[name]) for s in samples) / len(samples) for name in names}
+        metrics = {"eval/kl": means.pop("kl"), "eval/length": means.pop("length")}
+        return metrics | {"eval/stop_rate": means.pop("stopped")} | means, samples
