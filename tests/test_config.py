@@ -237,7 +237,8 @@ def test_demo_sections_carry_the_demo_defaults():
         256,
     )
     label = cfg.label
-    assert (label.tau, label.pairs_per_prompt, label.temperature, label.response_length) == (0.1, 8, 1.0, 24)
+    # a weak proxy on purpose: few, noisy labels, so the study shows over-optimisation
+    assert (label.tau, label.pairs_per_prompt, label.temperature, label.response_length) == (0.3, 2, 1.0, 24)
     assert label.batch_size == 64  # the label command's own default
     rm = cfg.rm
     assert (rm.epochs, rm.batch_size, rm.optim, rm.max_length, rm.eval_every) == (
@@ -251,6 +252,13 @@ def test_demo_sections_carry_the_demo_defaults():
     ppo = cfg.ppo
     assert (ppo.max_steps, ppo.batch_size, ppo.mini_batch_size, ppo.ppo_epochs) == (60, 32, 16, 4)
     assert (ppo.response_length, ppo.temperature, ppo.kl_coef, ppo.eval_every) == (24, 0.7, 0.05, 5)
+    assert cfg.algorithms == ("ppo", "rloo", "bon") and cfg.bon_max == 16
+    assert (cfg.dpo.epochs, cfg.dpo.eval_every, cfg.online_dpo.max_steps, cfg.online_dpo.eval_every) == (
+        2,
+        5,
+        60,
+        6,
+    )
     assert (ppo.actor_lr, ppo.critic_lr) == (3e-4, 3e-4)
     assert ppo.vf_coef == 0.1 and ppo.kl_estimator == "k1"  # PPOConfig's own defaults
 

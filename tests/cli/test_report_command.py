@@ -158,6 +158,21 @@ def bad(tmp_path):
         ),
         "eval without gold": ([str(tmp_path / "ng")], [], "has no gold reward"),
         "no runs": ([], [], "give the run folders to read"),
+        "an eval of a trained policy": (  # best-of-1 at KL 2 from its reference: not the initial policy
+            [write_run(tmp_path / "r"), str(tmp_path / "trained")],
+            [],
+            "an eval of a policy at KL 2 from its reference",
+        ),
+        "two runs of one name": (
+            [
+                write_run(tmp_path / "a" / "x" / "ppo"),
+                write_run(tmp_path / "b" / "x" / "ppo"),
+                write_run(tmp_path / "c" / "x" / "ppo"),
+            ],
+            [],
+            "two runs would both be named 'x/ppo'",
+        ),  # fmt: skip
+        "a run named bon": ([write_run(tmp_path / "bon")], [], "would both be named 'bon'"),
         "not html": (  # an override beats --out
             [write_run(tmp_path / "h")],
             [f"out={tmp_path / 'report.txt'}"],
@@ -180,12 +195,17 @@ def bad(tmp_path):
         "same N twice",
         "eval without gold",
         "no runs",
+        "an eval of a trained policy",
+        "two runs of one name",
+        "a run named bon",
         "not html",
     ],
 )
 def test_bad_input_is_one_line_status_2_nothing_written(tmp_path, capsys, case):
     (tmp_path / "ng").mkdir()
     (tmp_path / "ng" / "eval.json").write_text(json.dumps({"reward": 0.1, "kl": 0.0}))
+    (tmp_path / "trained").mkdir()
+    (tmp_path / "trained" / "eval.json").write_text(json.dumps({"reward": 1.0, "gold": 0.9, "kl": 2.0}))
     folders, extra, message = bad(tmp_path)[case]
     out = tmp_path / "report.html"
     assert main(["report", *folders, "--out", str(out), *extra]) == 2

@@ -45,6 +45,7 @@ def test_the_fitted_peaks():
     assert fitted_peak(1.0, 0.5, "bon") == pytest.approx(1.0)  # α / 2β
     assert fitted_peak(0.7, 0.7, "rl") == pytest.approx(1.0)  # exp(α/β − 1) = e^0
     assert fitted_peak(1.0, -0.1, "bon") is None  # never turns down
+    assert fitted_peak(-0.5, 0.3, "bon") is None  # falls from d = 0: no peak past the initial policy
 
 
 def test_the_measured_peak_is_the_highest_gold_and_its_kl():

@@ -33,7 +33,11 @@ ALGORITHMS = (*ESTIMATORS, "dpo", "online_dpo", "bon")
 
 # Short stages sized for a CPU laptop; the rest of each stage keeps its command's default.
 DEMO_SFT = SFTConfig(**_wired("sft"), epochs=2, batch_size=32, optim=OptimConfig(lr=2e-3), max_length=256)
-DEMO_LABEL = LabelConfig(**_wired("label"), tau=0.1, pairs_per_prompt=8, temperature=1.0, response_length=24)
+# A weak proxy on purpose, as Gao et al.'s small reward models: ~470 noisy labels (2 pairs a prompt, labeler
+# noise tau 0.3) give an RM that optimisation can exploit, so the study shows gold peaking and falling while
+# the proxy keeps rising (RLOO's and GRPO's curves; docs/overoptimisation.md). 8 pairs a prompt at tau 0.1
+# (1,881 labels) gave an RM of 88 % held-out accuracy that PPO and best-of-N only climbed.
+DEMO_LABEL = LabelConfig(**_wired("label"), tau=0.3, pairs_per_prompt=2, temperature=1.0, response_length=24)
 DEMO_RM = RewardConfig(
     **_wired("rm"),
     epochs=1,
@@ -64,7 +68,7 @@ DEMO_DPO = DPOConfig(
     beta=0.1,
     optim=OptimConfig(lr=5e-4),
     max_length=256,
-    eval_every=15,  # 8 points along its 118 steps, each sampling the held-out prompts
+    eval_every=5,  # 6 points along its 30 steps (470 pairs, 2 epochs), each sampling the held-out prompts
     response_length=24,  # sampled as PPO samples
     temperature=0.7,
 )
@@ -135,7 +139,7 @@ class DemoConfig:
     dpo: DPOConfig = option(DEMO_DPO, "offline DPO on the labelled pairs (algorithm `dpo`)")
     online_dpo: DPOConfig = option(DEMO_ONLINE_DPO, "online DPO against the learned RM (`online_dpo`)")
     algorithms: tuple[str, ...] = option(
-        ("ppo",),
+        ("ppo", "rloo", "bon"),
         "stage 3 runs once per algorithm, from the same SFT model and RM, with the `ppo` section's settings: "
         "any of ppo (GAE with a critic), grpo, rloo, reinforce_pp (with the `ppo` section's settings), dpo "
         "(offline, on the labelled pairs: the `dpo` section), online_dpo (the `online_dpo` section), bon "

@@ -285,8 +285,10 @@ def study(
     Gao et al.'s fit (`rlhfkit.report.fits`) and the peak."""
     from rlhfkit.report.overoptimisation import method_study
 
+    mean, std = stats["mean"], max(stats["std"], 1e-6)  # as PPO normalises (rewards/scale.py)
+
     def proxy(raw: float) -> float:
-        return (raw - stats["mean"]) / stats["std"]
+        return (raw - mean) / std
 
     rm = f"monitor/{Path(rm_dir).name}"
     found = {}

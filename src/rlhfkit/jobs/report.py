@@ -83,7 +83,14 @@ def best_of_point(folder: Path) -> dict[str, float]:
     if "gold" not in result:
         raise UsageError(f"{folder}: eval.json has no gold reward (evaluate with --gold)")
     n = int(result.get("best_of", 1))
-    kl = result.get("kl_best_of_n", 0.0) if n > 1 else 0.0  # best-of-1 is the policy itself
+    # best-of-1 is the sampling policy itself: it is the initial policy only when its measured KL to the
+    # reference (with --reference) is 0; an evaluation of a trained policy is not a point of this study
+    if n == 1 and abs(result.get("kl", 0.0)) > 1e-6:
+        raise UsageError(
+            f"{folder}: an eval of a policy at KL {result['kl']:.3g} from its reference, not the initial "
+            "policy's (best-of-1) nor a best-of-N; leave it out"
+        )
+    kl = result.get("kl_best_of_n", 0.0) if n > 1 else 0.0
     return {
         "n": n,
         "kl": number(kl, "kl_best_of_n", folder),
@@ -93,9 +100,13 @@ def best_of_point(folder: Path) -> dict[str, float]:
 
 
 def method_name(folder: Path, taken: dict[str, Any]) -> str:
-    """The folder's name, or parent/name when another run already has it."""
+    """The folder's name, or parent/name when another run already has it (a UsageError when that is taken
+    too, or is `bon`, the name of the best-of-N curve)."""
     name = folder.resolve().name
-    return name if name not in taken else f"{folder.resolve().parent.name}/{name}"
+    name = name if name not in taken else f"{folder.resolve().parent.name}/{name}"
+    if name in taken or name == "bon":
+        raise UsageError(f"{folder}: two runs would both be named {name!r} in the report; rename a folder")
+    return name
 
 
 def read_study(config: ReportConfig) -> dict[str, dict[str, Any]]:

@@ -52,8 +52,9 @@ def fit(kl: Sequence[float], gain: Sequence[float], form: Form) -> tuple[float, 
 
 
 def fitted_peak(alpha: float, beta: float, form: Form) -> float | None:
-    """The d where the fitted curve is highest, or None when it never turns down (β <= 0)."""
-    if beta <= 0:
+    """The d > 0 where the fitted curve is highest, or None when it never turns down (β <= 0) or only falls
+    from the start (α <= 0 for the best-of-N form: its highest point is d = 0)."""
+    if beta <= 0 or (form == "bon" and alpha <= 0):
         return None
     return alpha / (2 * beta) if form == "bon" else math.exp(alpha / beta - 1)
 

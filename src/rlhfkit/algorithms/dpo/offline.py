@@ -25,7 +25,7 @@ from rlhfkit.runtime.distributed import all_sum, is_main, rank, world
 from rlhfkit.runtime.metrics import progress
 from rlhfkit.runtime.outputs import CHECKPOINTS
 from rlhfkit.runtime.process import autocast
-from rlhfkit.tasks.scorers import load_monitors
+from rlhfkit.tasks.scorers import ModelScorer, load_monitors
 
 CACHE = "reference_logps.pt"  # under OUT/checkpoints: a resumed run reads it, a finished run drops it
 
@@ -201,9 +201,14 @@ def offline_dpo(config: DPOConfig) -> Path:
         return named(sums, len(run.held_out), nll, prefix="eval/")
 
     run.batch_loss, run.held_out_metrics = batch_loss, (held_out_metrics if run.held_out else None)
-    if config.eval_prompts is not None:
+    if config.eval_prompts is not None and is_main():  # the main process alone evaluates
+        for monitor in monitors:
+            if isinstance(monitor, ModelScorer):
+                monitor.to(device)
         sampler = HeldOutSampler.create(config, run.tokenizer, held_out_reference(run, config), monitors)
         run.held_out_samples = lambda: sampler(accelerator.unwrap_model(model))
+    elif config.eval_prompts is not None:
+        run.held_out_samples = lambda: ({}, [])  # not called: only the main process evaluates
     record = run.run("dpo")
     final = {k: v for k, v in record.items() if k in PAIR_METRICS or k.startswith(("eval/", "monitor/"))}
     run.finish("dpo", train_pairs=len(run.train), eval_pairs=len(run.held_out), final=final)

@@ -11,8 +11,10 @@ from typing import Any
 
 import torch
 
+from rlhfkit.algorithms.ppo.rewards.functions import agreed
 from rlhfkit.config.dpo import DPOConfig
 from rlhfkit.core import sequence_kl
+from rlhfkit.data import read_rows
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.rollout import LocalSampler, SamplingSettings, stop_token_ids
 from rlhfkit.rollout.completions import load_prompts, sample_completions
@@ -32,6 +34,7 @@ class HeldOutSampler:
     texts: list[str]
     ids: list[list[int]]
     messages: list[list[dict] | None]  # a conversation's messages (the monitors' RMs render them), or None
+    rows: list[dict]  # the prompts' data rows: the columns monitor functions may read
     reference: ReferenceLogprobs
     monitors: list[Scorer]
 
@@ -40,7 +43,8 @@ class HeldOutSampler:
         cls, config: DPOConfig, tokenizer: Any, reference: ReferenceLogprobs, monitors: list[Scorer]
     ) -> HeldOutSampler:
         prompts = load_prompts(config.eval_prompts, tokenizer, config.max_prompt_length, config.columns)
-        return cls(config, tokenizer, *prompts, reference, monitors)
+        rows = [dict(row.data) for row in read_rows(config.eval_prompts)]
+        return cls(config, tokenizer, *prompts, rows, reference, monitors)
 
     @torch.no_grad()
     def __call__(self, policy: Any) -> tuple[dict[str, float], list[dict]]:
@@ -61,11 +65,16 @@ class HeldOutSampler:
                 logp, _ = response_logprobs(policy, ids, mask, context, config.temperature)  # (b, T)
                 ref = self.reference(ids, mask, context, config.temperature)  # (b, T)
             kl = sequence_kl(logp, ref, rollout.response_mask).tolist()  # (b,)
-            first = len(samples)
-            scores = monitor_scores(
-                self.monitors, done.prompts, done.responses, messages=self.messages[first : first + len(kl)],
-                finished=rollout.stopped.tolist(),
-            )  # fmt: skip
+            part = slice(len(samples), len(samples) + len(kl))
+
+            def user(part: slice = part, done: Any = done) -> dict[str, list[float]]:
+                return monitor_scores(
+                    self.monitors, done.prompts, done.responses, self.rows[part],
+                    messages=self.messages[part], finished=done.rollout.stopped.tolist(),
+                )  # fmt: skip
+
+            # a failing monitor function stops the run as in `ppo` (StepFailed: a checkpoint, status 1)
+            scores = agreed(user, device, everywhere=False)
             for i, (prompt, response) in enumerate(zip(done.prompts, done.responses, strict=True)):
                 sample = {"prompt": prompt, "response": response, "kl": kl[i]}
                 sample |= {"length": int(rollout.response_mask[i].sum()), "stopped": bool(rollout.stopped[i])}
