@@ -2,6 +2,7 @@
 splits a batch into micro-batches without changing the step, and reads a conversation's response where
 the assistant turn begins."""
 
+import json
 import math
 
 import pytest
@@ -174,3 +175,30 @@ def test_a_conversation_pair_is_scored_from_the_assistant_turn(tiny_dir):
     # both responses start with "great": the prompt ends at the generation prompt, not at the shared tokens
     assert pair.prompt_length == len(prompt_ids)
     assert pair.chosen[: len(prompt_ids)] == prompt_ids and pair.rejected[: len(prompt_ids)] == prompt_ids
+
+
+@pytest.mark.parametrize("lora", [0, 4], ids=["frozen-copy", "adapter-off"])
+def test_sampling_evaluation_measures_kl_to_the_reference_and_the_monitors(rlhf_stack, pairs, tmp_path, lora):
+    """With `eval_prompts` every evaluation samples the policy: a policy that has not moved (lr 0) is at KL 0
+    exactly from its reference (a frozen copy, or with LoRA the base with the adapter off); the monitors'
+    values are the functions' on the samples."""
+    from helpers import great_reward, prompt_rows
+
+    eval_prompts = write_jsonl(tmp_path / "eval.jsonl", prompt_rows(8, seed=3))
+    settings = dict(max_steps=2, eval_every=1, response_length=8, lora=LoraConfig(r=lora))
+    still = config(rlhf_stack[0], pairs, tmp_path / "still", optim=OptimConfig(lr=0.0), **settings,
+                   eval_prompts=eval_prompts, monitor_functions=("helpers:great_reward",))  # fmt: skip
+    out = dpo(still)
+    evaluations = [r for r in read_metrics(out / "metrics.jsonl") if "eval/kl" in r]
+    assert len(evaluations) == 2 and all(r["eval/kl"] == 0.0 for r in evaluations)
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 * 8
+    assert all(s["monitor/great_reward"] == great_reward(s["prompt"], s["response"]) for s in samples)
+    mean = sum(s["monitor/great_reward"] for s in samples[:8]) / 8
+    assert evaluations[0]["monitor/great_reward"] == pytest.approx(mean)
+
+
+def test_bad_eval_prompts_are_refused_before_anything_is_written(rlhf_stack, pairs, tmp_path):
+    with pytest.raises(UsageError, match="nowhere.jsonl"):
+        dpo(config(rlhf_stack[0], pairs, tmp_path / "out", eval_prompts=str(tmp_path / "nowhere.jsonl")))
+    assert not (tmp_path / "out").exists()

@@ -157,15 +157,18 @@ def held_out_reference(run: Supervised, config: DPOConfig) -> ReferenceLogprobs:
     dtype = getattr(torch, config.model_dtype) if run.lora else torch.float32
     frozen = load_causal_lm(config.reference or config.model, run.tokenizer, dtype).eval().to(run.device)
     frozen.requires_grad_(False)
-    return lambda ids, mask, context, temperature: response_logprobs(frozen, ids, mask, context, temperature)[
-        0
-    ]
+
+    def frozen_copy(ids: torch.Tensor, mask: torch.Tensor, context: int, temperature: float) -> torch.Tensor:
+        return response_logprobs(frozen, ids, mask, context, temperature)[0]
+
+    return frozen_copy
 
 
 def offline_dpo(config: DPOConfig) -> Path:
     """Train `config.model` on the pairs of `config.data`; returns the output folder (a causal-LM folder)."""
     check_reference(config)
     monitors = load_monitors(config)  # before anything is written
+    prompts = HeldOutSampler.prompts(config, load_tokenizer(config.model)) if config.eval_prompts else None
     run = prepare(config, "preference", encode_pairs, load_causal_lm)
     run.model.eval()  # dropout off: the policy starts exactly at the reference (the first loss is log 2)
     model, accelerator, device = run.model, run.accelerator, run.device
@@ -201,13 +204,14 @@ def offline_dpo(config: DPOConfig) -> Path:
         return named(sums, len(run.held_out), nll, prefix="eval/")
 
     run.batch_loss, run.held_out_metrics = batch_loss, (held_out_metrics if run.held_out else None)
-    if config.eval_prompts is not None and is_main():  # the main process alone evaluates
+    if prompts is not None and is_main():  # the main process alone evaluates
         for monitor in monitors:
             if isinstance(monitor, ModelScorer):
                 monitor.to(device)
-        sampler = HeldOutSampler.create(config, run.tokenizer, held_out_reference(run, config), monitors)
+        reference = held_out_reference(run, config)
+        sampler = HeldOutSampler(config, run.tokenizer, *prompts, reference, monitors)
         run.held_out_samples = lambda: sampler(accelerator.unwrap_model(model))
-    elif config.eval_prompts is not None:
+    elif prompts is not None:
         run.held_out_samples = lambda: ({}, [])  # not called: only the main process evaluates
     record = run.run("dpo")
     final = {k: v for k, v in record.items() if k in PAIR_METRICS or k.startswith(("eval/", "monitor/"))}

@@ -38,13 +38,14 @@ class HeldOutSampler:
     reference: ReferenceLogprobs
     monitors: list[Scorer]
 
-    @classmethod
-    def create(
-        cls, config: DPOConfig, tokenizer: Any, reference: ReferenceLogprobs, monitors: list[Scorer]
-    ) -> HeldOutSampler:
-        prompts = load_prompts(config.eval_prompts, tokenizer, config.max_prompt_length, config.columns)
-        rows = [dict(row.data) for row in read_rows(config.eval_prompts)]
-        return cls(config, tokenizer, *prompts, rows, reference, monitors)
+    @staticmethod
+    def prompts(config: DPOConfig, tokenizer: Any) -> tuple[list, list, list, list[dict]]:
+        """The held-out prompts' texts, ids, messages and data rows: read (and validated) before anything
+        is written, by every process."""
+        texts, ids, messages = load_prompts(
+            config.eval_prompts, tokenizer, config.max_prompt_length, config.columns
+        )
+        return texts, ids, messages, [dict(row.data) for row in read_rows(config.eval_prompts)]
 
     @torch.no_grad()
     def __call__(self, policy: Any) -> tuple[dict[str, float], list[dict]]:
