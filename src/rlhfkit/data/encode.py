@@ -184,10 +184,7 @@ def scored_sequence(
     is the RM's own). An unfinished completion gets no end: a conversation then ends at the completion,
     unclosed."""
     if not finished:
-        start = _render(tokenizer, prompt, generation_prompt=True) if isinstance(prompt, list) else prompt
-        return _tokens(tokenizer, start, special=not isinstance(prompt, list)) + _tokens(
-            tokenizer, completion
-        )
+        return prompt_ids(tokenizer, prompt) + _tokens(tokenizer, completion)
     if isinstance(prompt, list):
         if isinstance(completion, str):
             completion = [{"role": "assistant", "content": completion}]
@@ -211,14 +208,19 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def prompt_ids(tokenizer: Any, prompt: str | list[dict]) -> list[int]:
+    """A prompt's token ids as generation starts from them: a text with the tokenizer's special tokens, a
+    conversation rendered with the generation prompt."""
+    if isinstance(prompt, list):
+        return _tokens(tokenizer, _render(tokenizer, prompt, generation_prompt=True))
+    return _tokens(tokenizer, prompt, special=True)
+
+
 def _prompt_length(prompt: str | list[dict], tokenizer: Any, chosen: list[int], rejected: list[int]) -> int:
     """How many leading tokens of both sequences are the prompt: its own tokens (a conversation's with the
     generation prompt) when both sequences start with them; else (a template or tokenizer that merges
     across the boundary) the tokens both sequences share."""
-    if isinstance(prompt, list):
-        ids = _tokens(tokenizer, _render(tokenizer, prompt, generation_prompt=True)) if prompt else []
-    else:
-        ids = _tokens(tokenizer, prompt, special=True)
+    ids = prompt_ids(tokenizer, prompt)
     if (
         chosen[: len(ids)] == ids
         and rejected[: len(ids)] == ids
@@ -276,10 +278,7 @@ def encode_kept_prompts(
     `truncation="drop"` is left out, one too long otherwise is cut from the left."""
     prompts, cut, dropped = [], 0, 0
     for index, record in enumerate(records):
-        if "messages" in record:
-            ids = _tokens(tokenizer, _render(tokenizer, record["messages"], generation_prompt=True))
-        else:
-            ids = _tokens(tokenizer, record["prompt"], special=True)
+        ids = prompt_ids(tokenizer, record["messages"] if "messages" in record else record["prompt"])
         start = _fit(len(ids), 0, max_length, truncation)
         if start is None:
             dropped += 1

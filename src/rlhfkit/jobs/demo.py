@@ -283,12 +283,10 @@ def study(
     normalised by its saved statistics) and KL to the SFT model, from the SFT model (KL 0) on: at every
     evaluation along training (the monitors' means), or per N for best-of-N (its analytic KL bound); with
     Gao et al.'s fit (`rlhfkit.report.fits`) and the peak."""
+    from rlhfkit.algorithms.ppo.rewards.scale import saved_scale
     from rlhfkit.report.overoptimisation import method_study
 
-    mean, std = stats["mean"], max(stats["std"], 1e-6)  # as PPO normalises (rewards/scale.py)
-
-    def proxy(raw: float) -> float:
-        return (raw - mean) / std
+    proxy = saved_scale(stats)  # as PPO normalises the RM's scores
 
     rm = f"monitor/{Path(rm_dir).name}"
     found = {}

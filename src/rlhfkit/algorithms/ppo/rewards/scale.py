@@ -32,6 +32,11 @@ def reward_normaliser(config: PPOConfig) -> Normalise:
             config.reward_model,
         )
         return unchanged
+    return saved_scale(stats)
+
+
+def saved_scale(stats: dict[str, float]) -> Normalise:
+    """Raw RM scores (tensors or numbers) -> normalised by the mean and std `rm` saved (`reward_stats`)."""
     mean, std = stats["mean"], max(stats["std"], 1e-6)
     return lambda scores: (scores - mean) / std
 
