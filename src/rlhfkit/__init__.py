@@ -16,6 +16,7 @@ _API = {
     "label": "rlhfkit.jobs.label",
     "evaluate": "rlhfkit.jobs.evaluate",
     "demo": "rlhfkit.jobs.demo",
+    "demo_multiturn": "rlhfkit.jobs.multiturn",
     "batched": "rlhfkit.tasks.rewards",  # marks a reward function as batched
 }
 

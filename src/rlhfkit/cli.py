@@ -1,4 +1,5 @@
-"""`rlhfkit {sft,rm,dpo,label,ppo,eval,demo,report}`: thin wrappers over the Python API, a config class each.
+"""`rlhfkit {sft,rm,dpo,label,ppo,eval,demo,demo-multiturn,report}`: thin wrappers over the Python API, a
+config class each.
 
 Exit status: 0 done, 2 bad input (one line, no traceback), 130/143 stopped by a signal, 1 anything else.
 """
@@ -48,6 +49,7 @@ FLAGS: dict[str, tuple[str, ...]] = {
     ),
     "eval": ("model", "prompts", "reward_model", "reward_functions", "gold", "reference", "out", "best_of"),
     "demo": ("out", "preset", "seed", "algorithms", "overwrite"),
+    "demo-multiturn": ("out", "seed", "overwrite"),
     "report": ("runs", "out"),
 }
 
@@ -59,6 +61,7 @@ SUMMARIES = {
     "ppo": "stage 3: PPO against a reward model, KL-penalised towards the SFT model",
     "eval": "evaluate a model: reward, KL to a reference, length, stop rate",
     "demo": "the whole pipeline on the bundled simulated-human task, with a report",
+    "demo-multiturn": "a multi-turn game (guess my number) learnt with PPO from its environment's rewards",
     "report": "over-optimisation charts (gold and proxy against KL) of finished runs, as one HTML page",
 }
 
@@ -87,6 +90,20 @@ def run_demo(config: DemoConfig) -> int:
             f"{run['kl_to_sft']:.2f}; trained in {run['train_seconds']:.0f} s"
         )
     print(f"rlhfkit demo: open {out / 'report.html'}")
+    return 0
+
+
+def run_demo_multiturn(config: Any) -> int:
+    from rlhfkit.jobs.multiturn import demo_multiturn
+
+    out = demo_multiturn(config)
+    summary = json.loads((out / "summary.json").read_text())
+    print(
+        f"rlhfkit demo-multiturn: success {summary['success_sft']:.1%} (SFT) -> {summary['success_ppo']:.1%} "
+        f"(PPO) on {config.eval_episodes} held-out games, {summary['turns_sft']:.2f} -> "
+        f"{summary['turns_ppo']:.2f} turns per game, KL {summary['kl_to_sft']:.2f}; "
+        f"{summary['wall_seconds'] / 60:.1f} min; {out / 'summary.json'}"
+    )
     return 0
 
 
@@ -159,6 +176,7 @@ RUNNERS: dict[str, Callable[[Any], int]] = {
     "ppo": run_ppo,
     "eval": run_eval,
     "demo": run_demo,
+    "demo-multiturn": run_demo_multiturn,
     "report": run_report,
 }
 

@@ -9,6 +9,7 @@ names no field, or a value of the wrong type or range, is a `ConfigError` that n
     report.py    ReportConfig
     dpo.py       DPOConfig (offline and online DPO)
     demo.py      DemoConfig: its own fields, one section per stage, and the old flat names as aliases
+    multiturn.py MultiturnConfig: `demo-multiturn`'s fields, its `sft` and `ppo` sections
     loading.py   YAML, overrides, build, coerce, describe
     suggest.py   the `did you mean` of an unknown key
 """
@@ -38,6 +39,7 @@ from rlhfkit.config.loading import (
     save_config,
     to_dict,
 )
+from rlhfkit.config.multiturn import MultiturnConfig
 from rlhfkit.config.options import SET_BY_DEMO, non_negative, option, positive, within
 from rlhfkit.config.ppo import PPOConfig
 from rlhfkit.config.report import ReportConfig
@@ -50,6 +52,7 @@ COMMAND_CONFIGS: dict[str, type] = {
     "dpo": DPOConfig,
     "eval": EvalConfig,
     "demo": DemoConfig,
+    "demo-multiturn": MultiturnConfig,
     "report": ReportConfig,
 }
 
@@ -62,6 +65,7 @@ __all__ = [
     "LoraConfig",
     "EvalConfig",
     "LabelConfig",
+    "MultiturnConfig",
     "OptimConfig",
     "PPOConfig",
     "ReportConfig",

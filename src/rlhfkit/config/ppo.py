@@ -45,6 +45,18 @@ class PPOConfig:
         "order; () = 1 each. The score is their weighted sum",
     )
     reward_concurrency: int = option(16, "calls of an async reward function in flight at once")
+    environment: str | None = option(
+        None,
+        "multi-turn episodes: `module:Class`, one object per episode made from the prompt's data row, with "
+        "`step(response) -> (answer or None, reward)` and an optional `reset()` (docs/multiturn.md); its "
+        "rewards suffice without a reward model or reward functions",
+    )
+    max_turns: int = option(4, "policy turns per episode at most (with `environment`)")
+    max_episode_length: int = option(
+        1024,
+        "tokens of a whole episode (prompt, policy turns, environment answers) at most (with `environment`); "
+        "a turn that reaches it is cut and ends the episode",
+    )
     monitor_functions: tuple[str, ...] = option(
         (),
         "scores measured, never optimised: `module:function` each (the forms `reward_functions` take), "
@@ -245,8 +257,14 @@ class PPOConfig:
         self._check_policy_loss()
 
     def _check_rewards_and_estimator(self) -> None:
-        if not self.reward_model and not self.reward_functions:
+        if not self.reward_model and not self.reward_functions and not self.environment:
             raise ConfigError("give a reward_model, reward_functions, or both")
+        positive(self, "max_turns")
+        if self.environment and self.max_episode_length <= self.max_prompt_length:
+            raise ConfigError(
+                f"max_episode_length ({self.max_episode_length}) must be more than max_prompt_length "
+                f"({self.max_prompt_length}): an episode needs room for the policy's turns"
+            )
         reward_components(self)
         positive(self, "reward_concurrency", "samples_per_prompt")
         k = self.samples_per_prompt

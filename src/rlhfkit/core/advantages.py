@@ -28,22 +28,27 @@ def gae(
     gamma: float = 1.0,
     lam: float = 0.95,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """GAE along the response: `A_t = delta_t + gamma*lam*A_{t+1}`, `delta_t = r_t + gamma * V_{t+1} - V_t`.
+    """GAE along the response: `A_t = delta_t + gamma*lam*A_{t'}`, `delta_t = r_t + gamma * V_{t'} - V_t`,
+    where t' is the next valid position after t (t + 1 within a response).
 
     rewards, values, mask: (B, T). The value after a row's last valid token is 0 (the episode ends there).
+    Masked positions are skipped, not stepped through: in a multi-turn episode the environment's tokens
+    between two policy turns are context, not actions, so the policy's tokens form one trajectory and the
+    last token of a turn bootstraps from the first token of the next (docs/ppo-details.md #27).
     Returns (advantages, returns) with `returns = advantages + values`, both (B, T) and 0 where masked.
     No whitening here: that is a separate, explicit step (`masked_whiten`).
     """
-    # With padding zeroed, the value after a row's last token is 0 and every padded delta is 0, so the
-    # running sum below is still 0 when it reaches the last valid token: no explicit episode reset.
+    valid = mask.bool()  # (B, T)
     rewards, values = zero_masked(rewards, mask), zero_masked(values, mask)  # (B, T)
-    next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], dim=1)  # (B, T)
-    deltas = rewards + gamma * next_values - values  # (B, T)
-    advantages = torch.zeros_like(deltas)  # (B, T)
-    running = torch.zeros_like(deltas[:, 0])  # (B,)
-    for t in reversed(range(deltas.shape[1])):
-        running = deltas[:, t] + gamma * lam * running
-        advantages[:, t] = running
+    advantages = torch.zeros_like(rewards)  # (B, T)
+    running = torch.zeros_like(rewards[:, 0])  # (B,) A at the next valid position
+    next_value = torch.zeros_like(values[:, 0])  # (B,) V at the next valid position
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]  # (B,)
+        here = delta + gamma * lam * running  # (B,)
+        running = torch.where(valid[:, t], here, running)
+        next_value = torch.where(valid[:, t], values[:, t], next_value)
+        advantages[:, t] = torch.where(valid[:, t], here, torch.zeros_like(here))
     return advantages, zero_masked(advantages + values, mask)
 
 
@@ -84,13 +89,15 @@ def uniform_groups(scores: torch.Tensor, group: int) -> torch.Tensor:
 
 
 def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
-    """(B, T) per-token rewards -> (B, T) rewards-to-go `G_t = r_t + gamma * G_{t+1}` along each response, 0
-    where masked: the critic-free estimators' advantages (REINFORCE with the KL penalty in the reward)."""
+    """(B, T) per-token rewards -> (B, T) rewards-to-go `G_t = r_t + gamma * G_{t'}` along each response (t':
+    the next valid position; masked positions, such as an environment's tokens, are skipped), 0 where
+    masked: the critic-free estimators' advantages (REINFORCE with the KL penalty in the reward)."""
+    valid = mask.bool()  # (B, T)
     rewards = zero_masked(rewards, mask)  # (B, T)
     returns = torch.zeros_like(rewards)  # (B, T)
     running = torch.zeros_like(rewards[:, 0])  # (B,)
     for t in reversed(range(rewards.shape[1])):
-        running = rewards[:, t] + gamma * running
+        running = torch.where(valid[:, t], rewards[:, t] + gamma * running, running)
         returns[:, t] = running
     return zero_masked(returns, mask)
 
@@ -109,6 +116,13 @@ def baselined_scores(
     return scores
 
 
+def group_std_scale(scores: torch.Tensor, group: int) -> torch.Tensor:
+    """(B,) -> (B,) the factor GRPO's baseline divides each score's distance to its group mean by:
+    `1 / (std + 1e-4)` of its group (unbiased, as `group_normalised_scores`)."""
+    std = _grouped_from_first(scores, group).std(dim=1, keepdim=True)  # (B / group, 1)
+    return (1 / (std + 1e-4)).expand(-1, group).reshape(-1)  # (B,)
+
+
 def estimator_rewards(
     scores: torch.Tensor,
     logp: torch.Tensor,
@@ -121,6 +135,7 @@ def estimator_rewards(
     scale: bool = True,
     rloo_baseline: RLOOBaseline = "sequence_reward",
     kind: KLKind = "k1",
+    turn_rewards: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The per-token rewards each estimator turns into advantages, and the per-token KL.
     scores: (B,), consecutive groups of `group` samples of a prompt; logp, ref_logp, mask: (B, T).
@@ -132,17 +147,30 @@ def estimator_rewards(
       `R = score - kl_coef * sum_t kl_t`, less the mean R of the other samples of its prompt, on the last
       token; no per-token KL, so with `gamma = 1` (the default of `estimator_advantages`, which discounts the
       rewards-to-go) every token's return is the same baselined R.
+    `turn_rewards` (B, T), a multi-turn episode's rewards from its environment, each on its turn's last token,
+    stay at their positions. A group baseline is over whole episodes: it is computed on each episode's total
+    (score + its turn rewards) and taken off the last token, GRPO's scale dividing the turn rewards too, so
+    with `gamma = 1` the first token's return is exactly the baselined total of the single-response case.
     An unknown estimator or rloo_baseline is a ValueError.
     """
     _check("estimator", estimator, get_args(Estimator))
     _check("rloo_baseline", rloo_baseline, get_args(RLOOBaseline))
+    turns = torch.zeros_like(logp) if turn_rewards is None else zero_masked(turn_rewards, mask)  # (B, T)
+    in_turns = turns.sum(-1)  # (B,)
+    totals = scores + in_turns  # (B,)
+    factor = torch.ones_like(scores)  # (B,) GRPO's 1 / std scales the turn rewards with the total
+    if estimator == "grpo" and scale:
+        factor = group_std_scale(totals, group)
     if estimator != "rloo" or rloo_baseline == "score":
-        return kl_shaped_rewards(
-            baselined_scores(scores, estimator, group, scale), logp, ref_logp, mask, kl_coef, kind
-        )
-    sequence_rewards = scores - kl_coef * sequence_kl(logp, ref_logp, mask, kind)  # (B,)
-    baselined = leave_one_out_scores(sequence_rewards, group)  # (B,)
-    return kl_shaped_rewards(baselined, logp, ref_logp, mask, 0.0, kind)  # on the last token; no per-token KL
+        last = baselined_scores(totals, estimator, group, scale) - factor * in_turns  # (B,)
+        rewards, kl = kl_shaped_rewards(last, logp, ref_logp, mask, kl_coef, kind)  # (B, T), (B, T)
+    else:
+        sequence_rewards = totals - kl_coef * sequence_kl(logp, ref_logp, mask, kind)  # (B,)
+        last = leave_one_out_scores(sequence_rewards, group) - in_turns  # (B,)
+        rewards, kl = kl_shaped_rewards(last, logp, ref_logp, mask, 0.0, kind)  # no per-token KL
+    if turn_rewards is None:  # bit for bit the single-response rewards
+        return rewards, kl
+    return rewards + factor[:, None] * turns, kl
 
 
 def estimator_advantages(

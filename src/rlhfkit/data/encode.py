@@ -37,7 +37,8 @@ def _tokens(tokenizer: Any, text: str, special: bool = False) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
-def _render(tokenizer: Any, messages: Sequence[dict], generation_prompt: bool = False) -> str:
+def render_conversation(tokenizer: Any, messages: Sequence[dict], generation_prompt: bool = False) -> str:
+    """`messages` rendered with the chat template as text (a UsageError without one)."""
     if not messages:
         return ""
     if getattr(tokenizer, "chat_template", None) is None:
@@ -54,8 +55,8 @@ def _chat_segments(tokenizer: Any, messages: list[dict]) -> list[tuple[str, bool
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prefix = _render(tokenizer, messages[:i], generation_prompt=True)
-        full = _render(tokenizer, messages[: i + 1])
+        prefix = render_conversation(tokenizer, messages[:i], generation_prompt=True)
+        full = render_conversation(tokenizer, messages[: i + 1])
         if not (prefix.startswith(done) and full.startswith(prefix)):
             raise UsageError(
                 "the chat template does not render conversations as growing prefixes; "
@@ -153,7 +154,7 @@ def end_of_turn(tokenizer: Any) -> int:
         return eos
     turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": PROBE}]
     try:
-        rendered = _render(tokenizer, turns)
+        rendered = render_conversation(tokenizer, turns)
     except Exception:  # a template that refuses this exchange (its own rules): nothing to go by
         return eos
     if PROBE not in rendered:  # a template that rewrites the message: nothing to go by
@@ -189,7 +190,7 @@ def scored_sequence(
         if isinstance(completion, str):
             completion = [{"role": "assistant", "content": completion}]
         end = end_of_turn(tokenizer) if end is None else end
-        return _through_last(_tokens(tokenizer, _render(tokenizer, prompt + completion)), end)
+        return _through_last(_tokens(tokenizer, render_conversation(tokenizer, prompt + completion)), end)
     eos = tokenizer.eos_token_id
     return _tokens(tokenizer, prompt, special=True) + _tokens(tokenizer, completion) + [eos]
 
@@ -212,7 +213,7 @@ def prompt_ids(tokenizer: Any, prompt: str | list[dict]) -> list[int]:
     """A prompt's token ids as generation starts from them: a text with the tokenizer's special tokens, a
     conversation rendered with the generation prompt."""
     if isinstance(prompt, list):
-        return _tokens(tokenizer, _render(tokenizer, prompt, generation_prompt=True))
+        return _tokens(tokenizer, render_conversation(tokenizer, prompt, generation_prompt=True))
     return _tokens(tokenizer, prompt, special=True)
 
 

@@ -34,7 +34,19 @@ class Rollout:
     logprobs: (
         torch.Tensor
     )  # (B, T) fp32 log-probs of the sampled tokens at the sampling temperature; 0 at pad
-    stopped: torch.Tensor  # (B,) bool: the response contains a stop token
+    stopped: torch.Tensor  # (B,) bool: the response contains a stop token (multi-turn: its last turn does)
+    # Multi-turn episodes (`rlhfkit.rollout.environments`): the "response" is everything after the opening,
+    # the policy's turns and the environment's in between; None for single responses.
+    policy_mask: torch.Tensor | None = None  # (B, T) bool, True at the policy's own tokens
+    turn_rewards: torch.Tensor | None = None  # (B, T) the environment's reward on each turn's last token
+    turns: torch.Tensor | None = None  # (B,) policy turns of the episode
+    ended: torch.Tensor | None = None  # (B,) how it ended: an index into `rlhfkit.rollout.ENDINGS`
+
+    @property
+    def loss_mask(self) -> torch.Tensor:
+        """(B, T) bool: the tokens the policy chose, which every loss, KL and advantage covers (the response
+        mask; in a multi-turn episode, less the environment's tokens)."""
+        return self.response_mask if self.policy_mask is None else self.policy_mask
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -140,8 +152,8 @@ def widen(rollout: Rollout, prompt_width: int, response_width: int, pad_id: int)
     left = prompt_width - rollout.prompt_ids.shape[1]
     right = response_width - rollout.response_ids.shape[1]
 
-    def grow(x: torch.Tensor, before: int, after: int, value: float) -> torch.Tensor:
-        return torch.nn.functional.pad(x, (before, after), value=value)  # (B, width)
+    def grow(x: torch.Tensor | None, before: int, after: int, value: float) -> torch.Tensor | None:
+        return None if x is None else torch.nn.functional.pad(x, (before, after), value=value)  # (B, width)
 
     return Rollout(
         grow(rollout.prompt_ids, left, 0, pad_id),
@@ -150,4 +162,8 @@ def widen(rollout: Rollout, prompt_width: int, response_width: int, pad_id: int)
         grow(rollout.response_mask, 0, right, False),
         grow(rollout.logprobs, 0, right, 0.0),
         rollout.stopped,
+        grow(rollout.policy_mask, 0, right, False),
+        grow(rollout.turn_rewards, 0, right, 0.0),
+        rollout.turns,
+        rollout.ended,
     )

@@ -184,7 +184,7 @@ def call_reward_function(
         try:
             values = function.fn(list(prompts), list(responses), **_batched_columns(function, rows))
             if inspect.isawaitable(values):
-                values = _run(_awaited(values))
+                values = run_coroutine(_awaited(values))
         except Exception as exc:
             raise _failed(function, exc, prompts[0]) from None
         values = values.tolist() if hasattr(values, "tolist") else values  # a NumPy array, a tensor
@@ -195,7 +195,7 @@ def call_reward_function(
                 f"examples (first prompt {_example(prompts[0])}); it must return one per example"
             )
     elif function.is_async:
-        values = _run(_gather(function, prompts, responses, rows, concurrency))
+        values = run_coroutine(_gather(function, prompts, responses, rows, concurrency))
     else:
         values = []
         for prompt, response, row in zip(prompts, responses, rows, strict=True):
@@ -206,7 +206,7 @@ def call_reward_function(
     return [_number(function, v, p) for v, p in zip(values, prompts, strict=True)]
 
 
-def _run(coroutine: Any) -> Any:
+def run_coroutine(coroutine: Any) -> Any:
     """Run a coroutine to its end, also from code that is itself inside an event loop (a notebook): there,
     in a thread of its own."""
     try:

@@ -19,6 +19,7 @@ from rlhfkit.core import sequence_kl
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.rollout import RolloutEngine, SamplingSettings
 from rlhfkit.rollout.completions import response_texts
+from rlhfkit.rollout.environments import ENDINGS, EpisodeRunner, episode_stats, episode_turns
 from rlhfkit.runtime.process import autocast
 from rlhfkit.tasks.scorers import Scorer, monitor_means, monitor_scores
 
@@ -61,17 +62,29 @@ def evaluate_policy(
     config: PPOConfig,
     rewards: Rewards,
     monitors: Sequence[Scorer] = (),
+    episodes: EpisodeRunner | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
     """Mean score, KL to the reference and length on `prompts` (indices into `rewards.prompts`, whose rows
     the rewards read), each monitor's mean (`monitor/<name>`), and the samples (with their monitors' values).
-    The same random draws at every evaluation, so two evaluations differ only by the policy."""
+    The same random draws at every evaluation, so two evaluations differ only by the policy. With `episodes`
+    (multi-turn), whole episodes: the score adds the environment's rewards, and `eval/turns`,
+    `eval/env_reward`, ... describe them (`episode_stats`); each sample lists its turns."""
     device = next(policy.parameters()).device
     generator = torch.Generator(device=device).manual_seed(config.seed)
     settings = SamplingSettings(config.response_length, config.temperature, config.top_k, config.top_p)
-    scores, kls, lengths, samples, monitored = [], [], [], [], {}
+    scores, kls, lengths, samples, monitored, described = [], [], [], [], {}, []
     for start in range(0, len(prompts), config.mini_batch_size):
         batch = prompts[start : start + config.mini_batch_size]
-        rollout = engine.generate([rewards.prompts.ids[i] for i in batch], settings, generator)
+        ids = [rewards.prompts.ids[i] for i in batch]
+        if episodes is None:
+            rollout = engine.generate(ids, settings, generator)
+        else:
+            columns, records = (
+                [getattr(rewards.prompts, f)[i] for i in batch] for f in ("columns", "records")
+            )
+            rollout = episodes.run(
+                ids, columns, records, settings, None, everywhere=False, generator=generator
+            )
         rollout = with_rows(rollout, batch)
         ids, mask, context = rollout.input_ids, rollout.attention_mask, rollout.prompt_ids.shape[1]
         with autocast(device, config.bf16):
@@ -80,10 +93,15 @@ def evaluate_policy(
             components = rewards.components(
                 rollout, [slice(0, ids.shape[0])], gather=False
             )  # the main process alone
-            batch_scores = shape_scores(rewards.total(components), rollout.stopped, config)  # (b,)
-        kls.append(sequence_kl(logp, ref, rollout.response_mask))
+            batch_scores = shape_scores(
+                rewards.total(components, like=rollout.stopped), rollout.stopped, config
+            )  # (b,)
+        if rollout.turn_rewards is not None:  # the episode's whole reward
+            batch_scores = batch_scores + rollout.turn_rewards.sum(1)  # (b,)
+            described.append(episode_stats(rollout, prefix="eval/"))
+        kls.append(sequence_kl(logp, ref, rollout.loss_mask))
         scores.append(batch_scores)
-        lengths.append(rollout.response_mask.sum(1).float())
+        lengths.append(rollout.loss_mask.sum(1).float())
         responses = response_texts(roles.tokenizer, rollout)  # as the reward functions read them
         values = episode_monitors(monitors, rollout, rewards.prompts, roles.tokenizer, everywhere=False)
         for name, v in values.items():
@@ -96,6 +114,7 @@ def evaluate_policy(
                 "response": responses[row],
                 "score": batch_scores[row].item(),
                 **{name: v[row] for name, v in values.items()},
+                **({} if episodes is None else episode_sample(roles.tokenizer, rollout, row)),
             }
             for row in range(ids.shape[0])
         ]
@@ -104,5 +123,26 @@ def evaluate_policy(
         "eval/kl": torch.cat(kls).mean().item(),
         "eval/length": torch.cat(lengths).mean().item(),
         **monitor_means(monitored),
+        **weighted_means(described, [len(s) for s in scores]),
     }
     return metrics, samples
+
+
+def episode_sample(tokenizer: Any, rollout: Episodes, row: int) -> dict[str, Any]:
+    """What samples.jsonl shows of a multi-turn episode besides its text: its turns (the environment's
+    marked), its reward from the environment, and how it ended."""
+    return {
+        "turns": episode_turns(tokenizer, rollout, row),
+        "env_reward": rollout.turn_rewards[row].sum().item(),
+        "ended": ENDINGS[int(rollout.ended[row])],
+    }
+
+
+def weighted_means(parts: list[dict[str, torch.Tensor]], sizes: list[int]) -> dict[str, float]:
+    """{name: mean over every episode} of per-batch means `parts` of batches of `sizes` episodes."""
+    if not parts:
+        return {}
+    total = sum(sizes)
+    return {
+        name: sum(p[name].item() * n for p, n in zip(parts, sizes, strict=True)) / total for name in parts[0]
+    }

@@ -17,6 +17,7 @@ from rlhfkit.core import (
     masked_whiten,
     uniform_groups,
 )
+from rlhfkit.rollout.environments import episode_stats
 from rlhfkit.runtime.distributed import all_rows, local_rows
 from rlhfkit.runtime.process import autocast
 
@@ -32,7 +33,9 @@ class Experience:
     old_logp: torch.Tensor  # (B, T) the policy that sampled, recomputed by a full pass
     ref_logp: torch.Tensor  # (B, T) the reference
     old_values: torch.Tensor  # (B, T) normalised critic values (0 without a critic)
-    scores: torch.Tensor  # (B,) the scores PPO uses (normalised, clipped, penalised)
+    scores: (
+        torch.Tensor
+    )  # (B,) the scores PPO uses (normalised, clipped, penalised; + an environment's rewards)
     rewards: torch.Tensor  # (B, T) per-token rewards given to GAE
     advantages: torch.Tensor  # (B, T) whitened
     returns: torch.Tensor  # (B, T)
@@ -77,12 +80,14 @@ def step_rewards(
     kl_coef: float,
     config: PPOConfig,
     trained: torch.Tensor,
+    turn_rewards: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Step 6: (B,) scores -> per-token rewards and KL, both (B, T), for the configured estimator (the
     baseline each one uses is chosen in `core.estimator_rewards`). The KL penalty joins the reward when
     `kl_penalty=reward`; with `kl_penalty=loss` it is added to the policy loss instead. `trained`: (B, T),
     `mask` less the rows the update leaves out (`drop_uniform_groups`); `whiten_rewards` scales by their
-    statistics only, since a dropped row never reaches the loss (its rewards are 0 then)."""
+    statistics only, since a dropped row never reaches the loss (its rewards are 0 then). `turn_rewards`:
+    (B, T) a multi-turn episode's rewards from its environment, on each turn's last token."""
     in_reward = kl_coef if config.kl_penalty == "reward" else 0.0
     rewards, kl = estimator_rewards(
         scores,
@@ -95,6 +100,7 @@ def step_rewards(
         scale=config.scale_rewards,
         rloo_baseline=config.rloo_baseline,
         kind=config.kl_estimator,
+        turn_rewards=turn_rewards,
     )  # (B, T), (B, T)
     if config.whiten_rewards:
         rewards = masked_whiten(rewards, trained, shift_mean=False)  # (B, T)
@@ -130,7 +136,8 @@ def make_experience(
     """Steps 3-7: everything PPO needs from one rollout (its episodes carry their prompts' rows), and the
     iteration's objective statistics. `critic_scale`: the critic's raw values -> the returns' scale."""
     ids, attention = rollout.input_ids, rollout.attention_mask  # (B, P + T)
-    context, mask = rollout.prompt_ids.shape[1], rollout.response_mask  # P, (B, T)
+    # the policy's tokens: a multi-turn episode's environment tokens are context only (no loss, no KL)
+    context, mask = rollout.prompt_ids.shape[1], rollout.loss_mask  # P, (B, T)
     # Each process runs the passes of its own rows, by chunks; then every process holds the whole batch, and
     # every statistic below (whitening, explained variance, means) is over the global batch.
     mine = local_rows(ids.shape[0])
@@ -151,8 +158,10 @@ def make_experience(
         )  # (B, T)
         # 4. scores: the weighted sum of the reward components
         components = rewards.components(rollout, chunks)  # {name: (B,)}
-        raw_scores = rewards.total(components, normalised=False)  # (B,) for the logs
-        scores = shape_scores(rewards.total(components), rollout.stopped, config)  # (B,)
+        raw_scores = rewards.total(components, normalised=False, like=rollout.stopped)  # (B,) for the logs
+        scores = shape_scores(
+            rewards.total(components, like=rollout.stopped), rollout.stopped, config
+        )  # (B,)
         # 5. reference log-probs
         ref_logp = all_rows(
             torch.cat(
@@ -161,10 +170,14 @@ def make_experience(
         )  # (B, T)
     # the update trains on the kept rows only: every batch statistic that feeds it (reward whitening, the
     # advantages' whitening) is over them; the logged objective below is over every row
-    trained = mask & kept_rows(scores, config)[:, None]  # (B, T)
+    turn_rewards = rollout.turn_rewards  # (B, T) an environment's rewards, or None
+    totals = scores if turn_rewards is None else scores + turn_rewards.sum(1)  # (B,) the episode's reward
+    trained = mask & kept_rows(totals, config)[:, None]  # (B, T)
     # 6. per-token rewards: the score (for GRPO and RLOO, less its group's baseline) on the last response
     # token, and -beta * KL on every token when the penalty is in the reward
-    per_token, kl = step_rewards(scores, old_logp, ref_logp, mask, kl_coef, config, trained)  # (B, T), (B, T)
+    per_token, kl = step_rewards(
+        scores, old_logp, ref_logp, mask, kl_coef, config, trained, turn_rewards
+    )  # (B, T), (B, T)
     # 7. advantages (computed once, then frozen for the epochs): GAE whitened, or the rewards-to-go (whitened
     # for REINFORCE++)
     advantages, returns = estimator_advantages(
@@ -178,24 +191,25 @@ def make_experience(
         old_logp,
         ref_logp,
         old_values,
-        scores,
+        totals,
         per_token,
         advantages,
         returns,
     )
     non_score = (-kl_coef * kl).sum(1)  # (B,) the objective's KL term, wherever the penalty is applied
     stats = {
-        "objective/scores": scores.mean(),
+        "objective/scores": totals.mean(),
         "objective/scores_raw": raw_scores.mean(),
         "objective/kl": kl.sum(1).mean(),
         "objective/non_score_reward": non_score.mean(),
-        "objective/rlhf_reward": (scores + non_score).mean(),
+        "objective/rlhf_reward": (totals + non_score).mean(),
         "objective/entropy": masked_mean(entropy, mask),
         **({"val/explained_variance": explained_variance(old_values, returns, mask)} if critic else {}),
         **(component_stats(components) if len(components) > 1 or rewards.functions else {}),
         # the groups whose scores are all equal: no signal for a group baseline; left out of the update
         # with drop_uniform_groups
-        **(uniform_share(scores, config.samples_per_prompt) if config.samples_per_prompt > 1 else {}),
+        **(uniform_share(totals, config.samples_per_prompt) if config.samples_per_prompt > 1 else {}),
+        **({} if turn_rewards is None else episode_stats(rollout)),
         "response/length_mean": mask.sum(1).float().mean(),
         "response/stop_rate": rollout.stopped.float().mean(),
         "rollout/logprob_mismatch": ((old_logp - rollout.logprobs).abs() * mask).max(),

@@ -38,6 +38,7 @@ from rlhfkit.core import AdaptiveKLController, FixedKLController
 from rlhfkit.data.order import batch_indices
 from rlhfkit.errors import StepFailed, UsageError
 from rlhfkit.rollout import LocalSampler, Rollout, RolloutEngine, SamplingSettings, stop_token_ids, widen
+from rlhfkit.rollout.environments import EpisodeRunner, check_environment, load_environment
 from rlhfkit.runtime.card import run_card, write_card
 from rlhfkit.runtime.distributed import all_max, all_rows, barrier, is_main, local_rows, world
 from rlhfkit.runtime.loop import UpdateGuard, run_loop
@@ -85,6 +86,7 @@ class PPOTrainer:
     prompts: PromptSet  # the run's prompt rows; training and held-out indices into them
     rewards: Rewards
     monitors: list[Scorer] = field(default_factory=list)  # measured on the samples, never optimised
+    episodes: EpisodeRunner | None = None  # multi-turn: the environment around the engine
 
     @classmethod
     def create(cls, config: PPOConfig) -> PPOTrainer:
@@ -102,6 +104,10 @@ class PPOTrainer:
         roles = load_roles(config)
         prompts = split_prompts(config, roles.tokenizer)
         rewards = load_rewards(config, roles, prompts, reward_normaliser(config))
+        environment = load_environment(config.environment) if config.environment else None
+        if environment is not None:
+            first = prompts.train[0]
+            check_environment(environment, prompts.columns[first], prompts.records[first], roles.tokenizer)
         with untouched_random_state():  # checked on an empty response, as the reward functions are
             for monitor in monitors:
                 if isinstance(monitor, FunctionScorer):
@@ -155,7 +161,19 @@ class PPOTrainer:
             else AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
         )
         sampling = torch.Generator(device=accelerator.device).manual_seed(config.seed + 1000)
-        return cls(config, roles, opt, engine, kl_ctl, sampling, prompts, rewards, monitors)
+        episodes = None
+        if environment is not None:
+            episodes = EpisodeRunner(
+                engine,
+                roles.tokenizer,
+                environment,
+                stop_ids.to(accelerator.device),
+                config.max_turns,
+                config.max_episode_length,
+                config.max_prompt_length,
+                config.reward_concurrency,
+            )
+        return cls(config, roles, opt, engine, kl_ctl, sampling, prompts, rewards, monitors, episodes)
 
     def prompt_batch(self, step: int) -> list[int]:
         """1. The global batch of iteration `step` as prompt indices (into `prompts`), each
@@ -173,17 +191,34 @@ class PPOTrainer:
         config, rows = self.config, local_rows(len(prompts))
         settings = SamplingSettings(config.response_length, config.temperature, config.top_k, config.top_p)
         device = self.opt.accelerator.device
+        turns = config.max_turns if self.episodes else 1
         noise = torch.rand(
-            config.response_length, len(prompts), generator=self.sampling_generator, device=device
-        )  # (T_max, B) for the whole batch, whichever rows this process samples
+            turns, config.response_length, len(prompts), generator=self.sampling_generator, device=device
+        )  # (turns, T_max, B) for the whole batch, whichever rows this process samples
         # every process pads its prompts to the global batch's width, as one process would
         width = max(map(len, prompts))
         with self.whole_parameters():
-            rollout = self.engine.generate(prompts[rows], settings, noise=noise[:, rows], width=width)
+            if self.episodes is None:
+                rollout = self.engine.generate(prompts[rows], settings, noise=noise[0][:, rows], width=width)
+            else:
+                rollout = self.episodes.run(
+                    prompts[rows],
+                    [self.prompts.columns[i] for i in batch[rows]],
+                    [self.prompts.records[i] for i in batch[rows]],
+                    settings,
+                    noise[:, :, rows],
+                    everywhere=True,
+                )
         if world() > 1:
-            length = int(all_max(torch.tensor(rollout.response_ids.shape[1], device=device)))
+            size = torch.tensor(rollout.prompt_ids.shape[1:] + rollout.response_ids.shape[1:], device=device)
+            width, length = all_max(size).tolist()  # an environment's openings may be wider than the prompts
             mine = widen(rollout, width, length, self.roles.tokenizer.pad_token_id)
-            rollout = Rollout(*(all_rows(getattr(mine, f.name)) for f in dataclasses.fields(Rollout)))
+            rollout = Rollout(
+                *(
+                    None if (v := getattr(mine, f.name)) is None else all_rows(v)
+                    for f in dataclasses.fields(Rollout)
+                )
+            )
         return with_rows(rollout, batch)
 
     def experience(self, rollout: Episodes) -> tuple[Experience, dict[str, torch.Tensor]]:
@@ -223,14 +258,14 @@ class PPOTrainer:
         """Steps 1-9 of iteration `step`; returns its metrics."""
         tick = time.perf_counter()
         before = self.sampling_generator.get_state()
-        rollout = self.rollout(self.prompt_batch(step))  # 1-2
-        t_rollout = time.perf_counter()
-        kl_coef = self.kl_ctl.value
         try:
+            rollout = self.rollout(self.prompt_batch(step))  # 1-2
+            t_rollout = time.perf_counter()
             experience, stats = self.experience(rollout)  # 3-7
-        except StepFailed:  # a reward function failed: back to the state after the last step
+        except StepFailed:  # an environment or reward function failed: back to the state after the last step
             self.sampling_generator.set_state(before)
             raise
+        kl_coef = self.kl_ctl.value
         t_score = time.perf_counter()
         train_stats = self.update(experience, guard)  # 8
         kl = stats["objective/kl"].item()
@@ -258,7 +293,14 @@ class PPOTrainer:
             policy = self.opt.accelerator.unwrap_model(self.opt.model).policy
             held_out = self.prompts.held_out
             return evaluate_policy(
-                self.engine, self.roles, policy, held_out, self.config, self.rewards, self.monitors
+                self.engine,
+                self.roles,
+                policy,
+                held_out,
+                self.config,
+                self.rewards,
+                self.monitors,
+                self.episodes,
             )
 
     def whole_parameters(self) -> Any:

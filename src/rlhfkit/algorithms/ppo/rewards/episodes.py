@@ -5,7 +5,7 @@ functions and a reward model with its own tokenizer."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from rlhfkit.algorithms.ppo.prompts import PromptSet
@@ -18,7 +18,7 @@ from rlhfkit.rollout.completions import response_texts
 class Episodes(Rollout):
     """A rollout whose episodes know their prompt's row: `rows[b]` indexes the run's `PromptSet`."""
 
-    rows: list[int]
+    rows: list[int] = field(kw_only=True)
 
 
 def with_rows(rollout: Rollout, rows: list[int]) -> Episodes:

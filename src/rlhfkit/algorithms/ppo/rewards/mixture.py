@@ -79,10 +79,15 @@ class Rewards:
 
         return gathered(scores | agreed(user, device, gather), device, gather)
 
-    def total(self, components: Scores, normalised: bool = True) -> torch.Tensor:
+    def total(
+        self, components: Scores, normalised: bool = True, like: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B,) the weighted sum of the components, each weight the one of its component's name; the RM's
         scores normalised with its saved statistics (raw, for the logs, with `normalised=False`): the score
-        PPO then clips and penalises."""
+        PPO then clips and penalises. Without any component (an environment's rewards alone) zeros like
+        `like` ((B,))."""
+        if not components:
+            return torch.zeros_like(like, dtype=torch.float32)
         return sum(
             self.weights[name] * (self.normalise(c) if name == RM and normalised else c)
             for name, c in components.items()

@@ -1,0 +1,265 @@
+"""`rlhfkit demo-multiturn`: a multi-turn task learnt with PPO from an environment's rewards, measured by the
+task's gold (the success rate of guess my number, `rlhfkit.tasks.guess`).
+
+1. the game's rows and demonstrations, a tokenizer trained on their text and a tiny Llama  2. SFT on a weak
+player's turns  3. the SFT model plays the held-out games  4. PPO with `environment` = the game, no reward
+model  5. the trained actor plays the same games  6. summary.json (success rate, environment reward, turns
+per episode and KL to the SFT model, before and after)
+
+The evaluation plays whole episodes the way PPO's rollout builds them in text mode: the prompt's ids, each
+turn as sampled (its stop token included), then the observation's ids (`add_special_tokens=False`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit.config import to_dict
+from rlhfkit.config.multiturn import MultiturnConfig
+from rlhfkit.runtime.metrics import read_metrics
+from rlhfkit.runtime.outputs import begin, check_output, write_run_file
+from rlhfkit.tasks import guess
+
+ENVIRONMENT = "rlhfkit.tasks.guess:GuessingGame"
+STAGES = 6
+
+
+def say(step: int, text: str) -> None:
+    print(f"[{step}/{STAGES}] {text}", flush=True)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@dataclass
+class Episode:
+    """One game as played: its environment, the context's ids and, per id, whether the policy sampled it."""
+
+    game: guess.GuessingGame
+    ids: list[int]
+    policy: list[bool] = field(default_factory=list)  # one per id of `ids`
+    ended: str = "environment"  # or "max_turns", "max_episode_length"
+
+
+def _turn_text(tokens: list[int], tokenizer: Any, stop_ids: set[int]) -> str:
+    """A turn's text as the environment gets it: decoded, its stop token stripped."""
+    if tokens and tokens[-1] in stop_ids:
+        tokens = tokens[:-1]
+    return tokenizer.decode(tokens)
+
+
+def _advance(episode: Episode, turn: list[int], text: str, tokenizer: Any, turns: int, budget: int) -> bool:
+    """Append the policy's `turn` (ids as sampled) and the environment's answer to `text`; False when the
+    episode has ended (the environment ended it, or the turns or tokens ran out)."""
+    episode.ids += turn
+    episode.policy += [True] * len(turn)
+    observation, _ = episode.game.step(text)
+    if observation is None:
+        return False
+    obs = list(tokenizer(observation, add_special_tokens=False)["input_ids"])
+    episode.ids += obs
+    episode.policy += [False] * len(obs)
+    if episode.game.turns >= turns:
+        episode.ended = "max_turns"
+    elif len(episode.ids) >= budget:
+        episode.ended = "max_episode_length"
+    else:
+        return True
+    return False
+
+
+@torch.no_grad()
+def play(model: Any, tokenizer: Any, rows: list[dict], settings: Any, seed: int) -> list[Episode]:
+    """Every row's game played to its end by `model`, all episodes of a turn sampled as one batch.
+    `settings` gives `max_turns`, `max_episode_length`, `response_length`, `temperature`, `stop_tokens`."""
+    from rlhfkit.data.encode import prompt_ids
+    from rlhfkit.rollout.engine import LocalSampler, stop_token_ids
+    from rlhfkit.rollout.sampling import SamplingSettings
+
+    stops = stop_token_ids(tokenizer, settings.stop_tokens)
+    sampler = LocalSampler(model, tokenizer, stops, decoder="eager")
+    generator = torch.Generator(device=sampler.device).manual_seed(seed)
+    episodes = [Episode(guess.GuessingGame(r), prompt_ids(tokenizer, r["prompt"])) for r in rows]
+    for e in episodes:
+        e.policy = [False] * len(e.ids)
+    live = list(episodes)
+    while live:
+        room = min(settings.response_length, settings.max_episode_length - max(len(e.ids) for e in live))
+        sampling = SamplingSettings(max_new_tokens=max(room, 1), temperature=settings.temperature)
+        rollout = sampler.generate([e.ids for e in live], sampling, generator)
+        kept = []
+        for row, episode in enumerate(live):
+            turn = rollout.response_ids[row][rollout.response_mask[row]].tolist()
+            text = _turn_text(turn, tokenizer, set(stops.tolist()))
+            budget = settings.max_episode_length
+            if _advance(episode, turn, text, tokenizer, settings.max_turns, budget):
+                kept.append(episode)
+        live = kept
+    return episodes
+
+
+@torch.no_grad()
+def policy_logprobs(model: Any, episodes: list[Episode], pad_id: int, temperature: float) -> torch.Tensor:
+    """(E,) each episode's summed log-probability of its policy tokens under `model` at `temperature`."""
+    from rlhfkit.core import logprobs_from_logits
+    from rlhfkit.data import pad
+
+    device = next(model.parameters()).device
+    ids, mask = (t.to(device) for t in pad([e.ids for e in episodes], pad_id, "right"))  # (E, L)
+    policy, _ = pad([e.policy for e in episodes], 0, "right")  # (E, L)
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (E, L-1, V)
+    logp = logprobs_from_logits(logits.float(), ids[:, 1:], temperature)  # (E, L-1)
+    return (logp * policy[:, 1:].to(device)).sum(dim=1)  # (E,)
+
+
+def measure(episodes: list[Episode], kl: float) -> dict[str, Any]:
+    """The gold of played episodes (`guess.gold`), their KL to the SFT model and how they ended."""
+    ends = [e.ended for e in episodes]
+    return {
+        **asdict(guess.gold(e.game for e in episodes)),
+        "kl_to_sft": kl,
+        "length": sum(len(e.ids) for e in episodes) / len(episodes),
+        "ended": {name: ends.count(name) / len(ends) for name in sorted(set(ends))},
+    }
+
+
+def evaluate_games(model_dir: str, reference_dir: str, rows: list[dict], config: MultiturnConfig) -> tuple:
+    """(metrics, samples): the model of `model_dir` plays `rows`; its KL to the SFT model `reference_dir`
+    (summed over an episode's policy tokens, k1, averaged over episodes; 0 for the SFT model itself)."""
+    from rlhfkit.models import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    model = load_causal_lm(model_dir, tokenizer).eval()
+    episodes = play(model, tokenizer, rows, config.ppo, config.seed + 1)
+    kl = 0.0
+    if model_dir != reference_dir:
+        reference = load_causal_lm(reference_dir, tokenizer).eval()
+        pad_id, temperature = tokenizer.pad_token_id, config.ppo.temperature
+        logp = policy_logprobs(model, episodes, pad_id, temperature)  # (E,)
+        kl = float((logp - policy_logprobs(reference, episodes, pad_id, temperature)).mean())
+    samples = [
+        {
+            "secret": e.game.secret,
+            "episode": tokenizer.decode(e.ids),
+            "found": e.game.found,
+            "turns": e.game.turns,
+            "rewards": e.game.rewards,
+            "ended": e.ended,
+        }
+        for e in episodes
+    ]
+    return measure(episodes, kl), samples
+
+
+def base_model(config: MultiturnConfig, texts: list[str], folder: Path) -> str:
+    """Step 1: a tokenizer trained on the game's text and a tiny Llama."""
+    from rlhfkit.models import tiny_llama, train_tokenizer
+
+    tokenizer = train_tokenizer(texts, vocab_size=config.vocab_size)
+    model = tiny_llama(tokenizer, config.hidden_size, config.num_layers, config.num_heads, seed=config.seed)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def task_files(config: MultiturnConfig, data: Path) -> tuple[str, str, str, list[str]]:
+    """(SFT file, PPO prompts, held-out prompts, the texts the tokenizer learns from): demonstrations, PPO's
+    and the evaluation's games, each from its own seed."""
+    demos = guess.demonstrations(config.episodes, config.seed, config.skill, high=config.high)
+    prompts = guess.game_rows(config.prompts, config.seed + 1, config.high)
+    held_out = guess.game_rows(config.eval_episodes, config.seed + 2, config.high)
+    texts = [d["prompt"] + d["completion"] for d in demos]
+    return (
+        write_jsonl(data / "sft.jsonl", demos),
+        write_jsonl(data / "prompts.jsonl", prompts),
+        write_jsonl(data / "eval_prompts.jsonl", held_out),
+        texts,
+    )
+
+
+def demo_multiturn(config: MultiturnConfig) -> Path:
+    """Run every stage into `config.out`; returns the folder holding summary.json."""
+    from rlhfkit.algorithms.ppo import ppo
+    from rlhfkit.algorithms.sft import sft
+
+    out = Path(config.out)
+    check_output(out, config.overwrite)
+    started = time.perf_counter()
+    begin(out, None)
+    data = out / "data"
+    data.mkdir(exist_ok=True)
+    common: dict[str, Any] = dict(seed=config.seed, overwrite=True, bf16=config.bf16)
+
+    say(1, "the game's data, a tokenizer and a tiny model")
+    sft_data, prompts, eval_prompts, texts = task_files(config, data)
+    base = base_model(config, texts, out / "base")
+
+    say(2, "SFT on the weak player's turns")
+    sft_config = replace(config.sft, model=base, data=sft_data, out=str(out / "sft"), **common)
+    sft_dir = str(sft(sft_config))
+
+    held_out = [json.loads(line) for line in Path(eval_prompts).read_text().splitlines()]
+    say(3, f"the SFT model plays {len(held_out)} held-out games")
+    before, samples = evaluate_games(sft_dir, sft_dir, held_out, config)
+    write_jsonl(out / "eval_sft.jsonl", samples)
+    say(3, f"success {before['success']:.1%}, {before['turns']:.2f} turns per game")
+
+    say(4, "PPO against the environment (no reward model)")
+    ppo_config = replace(
+        config.ppo,
+        policy=sft_dir,
+        prompts=prompts,
+        eval_prompts=eval_prompts,
+        environment=ENVIRONMENT,
+        out=str(out / "ppo"),
+        **common,
+    )
+    tick = time.perf_counter()
+    actor = str(ppo(ppo_config) / "actor")
+    ppo_seconds = time.perf_counter() - tick
+
+    say(5, "the trained actor plays the same games")
+    after, samples = evaluate_games(actor, sft_dir, held_out, config)
+    write_jsonl(out / "eval_ppo.jsonl", samples)
+
+    say(6, "summary.json")
+    summary = summarise(before, after, read_metrics(out / "ppo" / "metrics.jsonl"), ppo_seconds)
+    summary["wall_seconds"] = time.perf_counter() - started
+    summary["config"] = {"demo": to_dict(config), "sft": to_dict(sft_config), "ppo": to_dict(ppo_config)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_run_file(out, "demo-multiturn", config, summary={k: v for k, v in summary.items() if k != "config"})
+    return out
+
+
+def summarise(
+    before: dict[str, Any], after: dict[str, Any], metrics: list[dict], ppo_seconds: float
+) -> dict[str, Any]:
+    """summary.json's numbers: the held-out gold of the SFT model and of the trained actor, and PPO's own
+    held-out evaluations along training (its metrics' `eval/...` values, by step)."""
+    return {
+        "task": ENVIRONMENT,
+        "success_sft": before["success"],
+        "success_ppo": after["success"],
+        "success_gain": after["success"] - before["success"],
+        "env_reward_sft": before["env_reward"],
+        "env_reward_ppo": after["env_reward"],
+        "turns_sft": before["turns"],
+        "turns_ppo": after["turns"],
+        "kl_to_sft": after["kl_to_sft"],
+        "sft": before,
+        "ppo": after,
+        "ppo_train_seconds": ppo_seconds,
+        "ppo_evaluations": [
+            {"step": m["step"], **{k: v for k, v in m.items() if k.startswith("eval/")}}
+            for m in metrics
+            if any(k.startswith("eval/") for k in m)
+        ],
+    }

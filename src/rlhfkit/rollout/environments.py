@@ -1,0 +1,455 @@
+"""Multi-turn episodes: the user's environment run around the sampler (docs/multiturn.md).
+
+An environment is a class named `module:Class`, one object per episode:
+
+    Class(row)          the prompt's data row (every column)
+    reset()             optional: the opening, text or messages; absent or None = the row's prompt
+    step(response)      the policy's turn as text, its stop token stripped -> (what the environment says
+                        next: text, messages or None to end; this turn's reward). `async def` is awaited.
+
+The context is kept as tokens and only ever grows: the opening's ids, then each policy turn exactly as it was
+sampled (its stop token included), then the environment's answer — text as
+`tokenizer(text, add_special_tokens=False)`, messages as the chat template renders them after an assistant
+turn (`TemplateDelta`) — and so on. Text the policy sampled is never decoded and encoded again, so the
+tokens trained on are the tokens sampled (the tokenisation bugs of other frameworks' multi-turn training).
+The episode becomes a `Rollout` whose "response" is everything after the opening and whose `policy_mask`
+marks the policy's tokens: every loss, KL and advantage covers those alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from rlhfkit.data import pad
+from rlhfkit.data.encode import end_of_turn, prompt_ids, render_conversation
+from rlhfkit.errors import StepFailed, UsageError, first_line
+from rlhfkit.rollout.completions import response_text
+from rlhfkit.rollout.engine import RolloutEngine
+from rlhfkit.rollout.sampling import Rollout, SamplingSettings
+from rlhfkit.runtime.distributed import all_max
+from rlhfkit.tasks.base import load_gold
+from rlhfkit.tasks.rewards import run_coroutine
+
+# How an episode ended: `step` returned None; the policy had its `max_turns`; a turn ran out of tokens
+# (`response_length`, or the room `max_episode_length` left) or the environment's answer would not fit.
+ENDINGS = ("environment", "max_turns", "length")
+SENTINEL = "\u2063rlhfkit-turn\u2063"  # an assistant turn's text, found again in a rendered template
+SHOWN = 60  # characters of a wrong value an error shows
+
+
+class EnvironmentFailure(Exception):
+    """The user's environment failed on an episode (one line: the environment, the call, what went wrong)."""
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= SHOWN else text[:SHOWN] + "…"
+
+
+def is_messages(value: Any) -> bool:
+    """Whether `value` is a list of messages (dicts with a string `role` and `content`)."""
+    return isinstance(value, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in value
+    )
+
+
+@dataclass(frozen=True)
+class Environment:
+    """The user's environment class and the checks around every call into it."""
+
+    spec: str  # module:Class, as the user wrote it
+    cls: Any
+
+    def make(self, row: dict) -> Any:
+        """One environment object for an episode on `row`."""
+        try:
+            return self.cls(dict(row))
+        except Exception as exc:
+            raise self.failed("its constructor", exc) from None
+
+    def opening(self, env: Any) -> str | list[dict] | None:
+        """`reset()`'s opening (None without a reset, or when it returns None: the row's prompt)."""
+        reset = getattr(env, "reset", None)
+        if reset is None:
+            return None
+        try:
+            value = reset()
+            value = run_coroutine(value) if inspect.isawaitable(value) else value
+        except Exception as exc:
+            raise self.failed("reset()", exc) from None
+        if value is not None and not isinstance(value, str) and not is_messages(value):
+            raise EnvironmentFailure(
+                f"environment {self.spec}: reset() returned {_shown(value)}; it must return text, a list of "
+                "messages ({'role', 'content'} dicts) or None"
+            )
+        return value
+
+    def step(self, env: Any, response: str) -> tuple[str | list[dict] | None, float]:
+        """`env.step(response)` checked: (text, messages or None; a finite reward)."""
+        try:
+            result = env.step(response)
+        except Exception as exc:
+            raise self.failed("step()", exc) from None
+        return self.checked(result, response)
+
+    async def step_async(self, env: Any, response: str) -> tuple[str | list[dict] | None, float]:
+        try:
+            result = await env.step(response)
+        except Exception as exc:
+            raise self.failed("step()", exc) from None
+        return self.checked(result, response)
+
+    def checked(self, result: Any, response: str) -> tuple[str | list[dict] | None, float]:
+        """`step`'s return value, or an EnvironmentFailure saying what is wrong with it."""
+        ok = isinstance(result, tuple | list) and len(result) == 2
+        answer, reward = result if ok else (None, None)
+        number = None
+        if ok and not isinstance(reward, str | bytes | bool) and reward is not None:
+            try:
+                number = float(reward)
+            except (TypeError, ValueError):
+                number = None
+        if not ok or not (answer is None or isinstance(answer, str) or is_messages(answer)) or number is None:
+            raise EnvironmentFailure(
+                f"environment {self.spec}: step({_shown(response)}) returned {_shown(result)}; it must "
+                "return (text, a list of messages or None, a reward number)"
+            )
+        if not math.isfinite(number):
+            raise EnvironmentFailure(
+                f"environment {self.spec}: step({_shown(response)}) gave reward {number}"
+            )
+        return answer, number
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(getattr(self.cls, "step", None))
+
+    def failed(self, call: str, exc: BaseException) -> EnvironmentFailure:
+        return EnvironmentFailure(
+            f"environment {self.spec}: {call} raised {type(exc).__name__} ({first_line(exc)})"
+        )
+
+
+def load_environment(spec: str) -> Environment:
+    """`module:Class` -> the Environment; one that cannot be imported or has no `step` is a UsageError."""
+    cls = load_gold(spec, what="environment")
+    if not callable(getattr(cls, "step", None)):
+        raise UsageError(f"environment {spec!r} has no step(response) method")
+    return Environment(spec, cls)
+
+
+@dataclass(frozen=True)
+class TemplateDelta:
+    """The tokens a chat template puts after a policy turn for the environment's new messages: the rest of
+    the assistant turn (when the policy's stop token is not its end), the new messages, and the generation
+    prompt of the next assistant turn, rendered once from a conversation whose assistant turn is a sentinel,
+    so nothing the policy wrote is rendered or tokenised again."""
+
+    tokenizer: Any
+
+    def text(self, opening: list[dict], new: list[dict], sampled_end: str) -> str:
+        """The text after the policy's turn (which ended with `sampled_end`, the text of its stop token when
+        it is a special token, else "") for the messages `new`, in a conversation that opened with `opening`.
+        A template that renders the earlier turns differently once `new` follows them is an
+        EnvironmentFailure (nothing kept could be trusted)."""
+        turn = [*opening, {"role": "assistant", "content": SENTINEL}]
+        before = render_conversation(self.tokenizer, turn)
+        after = render_conversation(self.tokenizer, turn + list(new), generation_prompt=True)
+        if SENTINEL not in before or not after.startswith(before):
+            raise EnvironmentFailure(
+                "the chat template renders the earlier turns differently once the environment's messages "
+                "follow them (it rewrites the conversation): the kept tokens would not be the template's"
+            )
+        rest = after[before.index(SENTINEL) + len(SENTINEL) :]
+        return rest[len(sampled_end) :] if sampled_end and rest.startswith(sampled_end) else rest
+
+    def ids(self, opening: list[dict], new: list[dict], sampled_end: str) -> list[int]:
+        text = self.text(opening, new, sampled_end)
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def check_template(tokenizer: Any, opening: list[dict], new: list[dict], end: int) -> None:
+    """A UsageError when rendering a whole conversation (`opening`, an assistant turn, the environment's
+    `new` messages, the next generation prompt) does not start with the text kept turn by turn: the opening
+    with its generation prompt, the turn and its end of turn (`end`), the rendered delta. Templates that
+    rewrite earlier turns (drop a reasoning block, move a system message) fail here, at start-up."""
+    probe = "4"
+    end_text = tokenizer.decode([end])
+    try:
+        delta = TemplateDelta(tokenizer).text(opening, new, end_text)
+    except EnvironmentFailure as exc:
+        raise UsageError(str(exc)) from None
+    kept = render_conversation(tokenizer, opening, generation_prompt=True) + probe + end_text + delta
+    whole = render_conversation(
+        tokenizer, [*opening, {"role": "assistant", "content": probe}, *new], generation_prompt=True
+    )
+    if not whole.startswith(kept):
+        raise UsageError(
+            "the chat template cannot be extended turn by turn: the whole conversation renders as "
+            f"{_shown(whole)}, not starting with what the turns kept, {_shown(kept)} (it rewrites earlier "
+            "turns); give the environment's answers as text instead"
+        )
+
+
+@dataclass
+class Episode:
+    """One episode as it grows: the opening's ids, then the region after it (policy and environment)."""
+
+    env: Any
+    opening: list[int]
+    messages: list[dict] | None  # the opening conversation (messages mode), None for a text opening
+    region: list[int] = field(default_factory=list)
+    policy: list[bool] = field(default_factory=list)  # per region token: the policy's own
+    logprobs: list[float] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)  # per region token: a turn's reward on its last
+    turns: int = 0
+    ended: int | None = None  # an index into ENDINGS
+    stopped: bool = False  # the last policy turn ended with a stop token
+
+    @property
+    def length(self) -> int:
+        return len(self.opening) + len(self.region)
+
+    def add(self, ids: list[int], policy: bool, logprobs: list[float] | None = None) -> None:
+        self.region += ids
+        self.policy += [policy] * len(ids)
+        self.logprobs += logprobs or [0.0] * len(ids)
+        self.rewards += [0.0] * len(ids)
+
+
+@dataclass
+class EpisodeRunner:
+    """Runs the episodes of a batch of prompts turn by turn: every live episode's next turn sampled in one
+    batch by `engine`, then each environment's `step` (an async one `concurrency` at once).
+
+    `everywhere`: every process runs its share of a batch, and the processes agree each turn on the padding
+    width (each turn is sampled as one process sampling all of them would) and on failure."""
+
+    engine: RolloutEngine
+    tokenizer: Any
+    environment: Environment
+    stop_ids: torch.Tensor  # (S,)
+    max_turns: int
+    max_length: int  # tokens of the whole context (opening included)
+    max_prompt_length: int
+    concurrency: int = 16
+
+    def start(self, prompts: list[list[int]], rows: list[dict], records: list[dict]) -> list[Episode]:
+        """An episode per prompt: its environment made on the data row, its opening (`reset()`, else the
+        prompt's own ids: `prompts`), cut from the left to `max_prompt_length` as prompts are."""
+        episodes = []
+        for ids, row, record in zip(prompts, rows, records, strict=True):
+            env = self.environment.make(row)
+            opening = self.environment.opening(env)
+            messages = record.get("messages") if opening is None else None
+            if opening is not None:
+                messages = opening if isinstance(opening, list) else None
+                ids = prompt_ids(self.tokenizer, opening)[-self.max_prompt_length :]
+            episodes.append(Episode(env, list(ids), messages))
+        return episodes
+
+    def run(
+        self,
+        prompts: list[list[int]],
+        rows: list[dict],
+        records: list[dict],
+        settings: SamplingSettings,
+        noise: torch.Tensor | None,
+        everywhere: bool,
+        generator: torch.Generator | None = None,
+    ) -> Rollout:
+        """The episodes of `prompts` (their data `rows`, and `records` in normal form) as one rollout.
+        `noise` ((max_turns, response_length, b) uniforms) decides turn t's draws of row b (else
+        `generator`). A failing environment is a StepFailed, on every process together with `everywhere`."""
+        episodes: list[Episode] = []
+        self.agree(lambda: episodes.extend(self.start(prompts, rows, records)), everywhere)
+        for turn in range(self.max_turns):
+            live = [i for i, e in enumerate(episodes) if e.ended is None]
+            width = max((episodes[i].length for i in live), default=0)
+            width = int(all_max(torch.tensor(width, device=self.stop_ids.device))) if everywhere else width
+            if width == 0:  # no live episode anywhere
+                break
+            if live:
+                turn_noise = None if noise is None else noise[turn][:, live]  # (T, live)
+                self.sample_turn([episodes[i] for i in live], settings, turn_noise, width, generator)
+            answering = [episodes[i] for i in live]
+            self.agree(lambda: self.answer(answering), everywhere)  # noqa: B023 (called at once)
+        return self.assemble(episodes)
+
+    def sample_turn(
+        self,
+        episodes: list[Episode],
+        settings: SamplingSettings,
+        noise: torch.Tensor | None,
+        width: int,
+        generator: torch.Generator | None,
+    ) -> None:
+        """Each live episode's next policy turn, sampled in one batch (left-padded to `width`), cut to the
+        room its episode has left."""
+        room = [min(settings.max_new_tokens, self.max_length - e.length) for e in episodes]
+        turn = dataclasses.replace(settings, max_new_tokens=max(room))
+        noise = None if noise is None else noise[: max(room)]  # (max(room), b)
+        rollout = self.engine.generate(
+            [e.opening + e.region for e in episodes], turn, generator, noise, width
+        )
+        for row, (episode, limit) in enumerate(zip(episodes, room, strict=True)):
+            mask = rollout.response_mask[row]  # (T,)
+            ids = rollout.response_ids[row][mask][:limit].tolist()
+            logprobs = rollout.logprobs[row][mask][:limit].tolist()
+            episode.stopped = bool(rollout.stopped[row]) and int(mask.sum()) <= limit
+            episode.add(ids, policy=True, logprobs=logprobs)
+            episode.turns += 1
+
+    def answer(self, episodes: list[Episode]) -> None:
+        """Each episode's environment answers its last turn: the reward on that turn's last token, then the
+        answer appended, or the episode ended."""
+        texts = [self.last_turn_text(e) for e in episodes]
+        if self.environment.is_async:
+            results = run_coroutine(self.gathered(episodes, texts))
+        else:
+            results = [self.environment.step(e.env, text) for e, text in zip(episodes, texts, strict=True)]
+        for episode, (answer, reward) in zip(episodes, results, strict=True):
+            episode.rewards[-1] += reward
+            if not episode.stopped:  # the turn ran out of tokens: nothing can follow it
+                episode.ended = ENDINGS.index("length")
+            elif answer is None:
+                episode.ended = ENDINGS.index("environment")
+            elif episode.turns == self.max_turns:
+                episode.ended = ENDINGS.index("max_turns")
+            else:
+                ids = self.answer_ids(episode, answer)
+                if episode.length + len(ids) >= self.max_length:  # no room for a policy token after it
+                    episode.ended = ENDINGS.index("length")
+                else:
+                    episode.add(ids, policy=False)
+
+    async def gathered(self, episodes: list[Episode], texts: list[str]) -> list:
+        import asyncio
+
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(episode: Episode, text: str) -> tuple:
+            async with gate:
+                return await self.environment.step_async(episode.env, text)
+
+        return await asyncio.gather(*(one(e, t) for e, t in zip(episodes, texts, strict=True)))
+
+    def last_turn_text(self, episode: Episode) -> str:
+        """The policy's last turn as the environment reads it: decoded without its stop token."""
+        start = len(episode.region)
+        while start > 0 and episode.policy[start - 1]:
+            start -= 1
+        ids = torch.tensor(episode.region[start:])  # (n,)
+        return response_text(self.tokenizer, ids, torch.ones_like(ids, dtype=torch.bool), episode.stopped)
+
+    def answer_ids(self, episode: Episode, answer: str | list[dict]) -> list[int]:
+        """The environment's answer as the tokens that follow the policy's turn."""
+        if isinstance(answer, str):
+            return list(self.tokenizer(answer, add_special_tokens=False)["input_ids"])
+        if episode.messages is None:
+            raise EnvironmentFailure(
+                f"environment {self.environment.spec} answered with messages in an episode that opened "
+                "with text: give the prompts as messages (or reset() a conversation), or answer with text"
+            )
+        last = episode.region[-1]
+        end_text = self.tokenizer.decode([last]) if last in self.special else ""
+        return TemplateDelta(self.tokenizer).ids(episode.messages, answer, end_text)
+
+    @property
+    def special(self) -> set[int]:
+        return set(self.tokenizer.all_special_ids)
+
+    def agree(self, work: Any, everywhere: bool) -> None:
+        """Run `work` (calls into the environment); an EnvironmentFailure on any process is a StepFailed on
+        every process together (none is left waiting in a later collective)."""
+        failure = None
+        try:
+            work()
+        except EnvironmentFailure as exc:
+            failure = str(exc)
+        flag = torch.tensor(float(failure is not None), device=self.stop_ids.device)
+        failed = bool(all_max(flag)) if everywhere else failure
+        if failed:
+            raise StepFailed(failure or "the environment failed on another process")
+
+    def assemble(self, episodes: list[Episode]) -> Rollout:
+        """The episodes as one rollout: openings left-padded, the regions after them right-padded."""
+        pad_id = self.tokenizer.pad_token_id
+        device = self.stop_ids.device
+        opening, opening_mask = pad([e.opening for e in episodes], pad_id, "left")  # (b, P)
+        region, region_mask = pad([e.region for e in episodes], pad_id, "right")  # (b, T)
+
+        def column(values: list[list], fill: Any, dtype: torch.dtype) -> torch.Tensor:
+            width = region.shape[1]
+            return torch.tensor([v + [fill] * (width - len(v)) for v in values], dtype=dtype)  # (b, T)
+
+        return Rollout(
+            opening.to(device),
+            opening_mask.to(device),
+            region.to(device),
+            region_mask.bool().to(device),
+            column([e.logprobs for e in episodes], 0.0, torch.float32).to(device),
+            torch.tensor([e.stopped for e in episodes], device=device),
+            column([e.policy for e in episodes], False, torch.bool).to(device),
+            column([e.rewards for e in episodes], 0.0, torch.float32).to(device),
+            torch.tensor([e.turns for e in episodes], device=device),
+            torch.tensor([e.ended for e in episodes], device=device),
+        )
+
+
+def episode_turns(tokenizer: Any, rollout: Rollout, row: int) -> list[dict[str, str]]:
+    """Row `row`'s episode after its opening as the turns it was made of, each `{"role": "policy" or
+    "environment", "text": ...}` (decoded with special tokens, so stop tokens and template markers show)."""
+    ids = rollout.response_ids[row][rollout.response_mask[row]].tolist()
+    policy = rollout.policy_mask[row][rollout.response_mask[row]].tolist()
+    turns: list[dict[str, str]] = []
+    start = 0
+    for end in range(1, len(ids) + 1):
+        if end == len(ids) or policy[end] != policy[start]:
+            role = "policy" if policy[start] else "environment"
+            turns.append({"role": role, "text": tokenizer.decode(ids[start:end], skip_special_tokens=False)})
+            start = end
+    return turns
+
+
+def episode_stats(rollout: Rollout, prefix: str = "episode/") -> dict[str, torch.Tensor]:
+    """Means over the batch: policy turns, tokens of the whole context, the environment's reward, and the
+    share of episodes that ended each way (`<prefix>ended_<how>`)."""
+    length = rollout.prompt_mask.sum(1) + rollout.response_mask.sum(1)  # (B,)
+    stats = {
+        f"{prefix}turns": rollout.turns.float().mean(),
+        f"{prefix}length": length.float().mean(),
+        f"{prefix}env_reward": rollout.turn_rewards.sum(1).mean(),
+    }
+    for index, how in enumerate(ENDINGS):
+        stats[f"{prefix}ended_{how}"] = (rollout.ended == index).float().mean()
+    return stats
+
+
+def check_environment(environment: Environment, row: dict, record: dict, tokenizer: Any) -> None:
+    """A UsageError, before anything is written, when the environment fails on the first prompt's row: its
+    constructor or `reset()` raises or returns the wrong type, `step("")` (an empty first turn) raises or
+    returns the wrong type, or it answers with messages that cannot follow the opening (a text opening; a
+    chat template that rewrites earlier turns)."""
+    try:
+        env = environment.make(row)
+        opening = environment.opening(env)
+        answer, _ = environment.step(env, "")
+    except EnvironmentFailure as exc:
+        raise UsageError(f"{exc} (checked at start-up on the first prompt with an empty response)") from None
+    if not isinstance(answer, list):
+        return
+    messages = record.get("messages") if opening is None else opening
+    if not isinstance(messages, list):
+        raise UsageError(
+            f"environment {environment.spec} answers with messages, but the episode opens with text: give "
+            "the prompts as messages (or reset() a conversation), or answer with text"
+        )
+    check_template(tokenizer, messages, answer, end_of_turn(tokenizer))
