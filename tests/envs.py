@@ -56,13 +56,18 @@ class WrongType(Scripted):
 
 
 class FailsLater(Scripted):
-    """Fine for the first `FAIL_AFTER` steps of the process, then raises."""
+    """The episodes made after the first `FAIL_AFTER` of the process fail in `step` (a server going down:
+    one is made at the start-up check, then one per episode, so the iteration it fails in is known)."""
 
-    CALLS = {"n": 0}
+    MADE = {"n": 0}
     FAIL_AFTER = 1_000_000
 
+    def __init__(self, row: dict) -> None:
+        super().__init__(row)
+        FailsLater.MADE["n"] += 1
+        self.broken = FailsLater.MADE["n"] > FailsLater.FAIL_AFTER
+
     def step(self, response: str) -> tuple[str | None, float]:
-        FailsLater.CALLS["n"] += 1
-        if FailsLater.CALLS["n"] > FailsLater.FAIL_AFTER:
+        if self.broken:
             raise ConnectionError("the game server is down")
         return super().step(response)

@@ -41,6 +41,7 @@ FLAGS: dict[str, tuple[str, ...]] = {
         "policy",
         "reward_model",
         "reward_functions",
+        "environment",
         "prompts",
         "out",
         "max_steps",

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from rlhfkit.cli import main
 # Runs the CLI in a child process that sends itself `signal` right after the metrics line of step `at`.
 CHILD = textwrap.dedent("""
     import os, sys
+    sys.path.insert(0, {tests!r})  # the scripted environments (envs.py)
     import rlhfkit.runtime.metrics as sink
     write = sink.MetricsLog.write
     def write_then_signal(self, record):
@@ -29,7 +31,7 @@ CHILD = textwrap.dedent("""
 
 
 def run_child(args, at, signum):
-    code = CHILD.format(at=at, signum=int(signum), args=args)
+    code = CHILD.format(at=at, signum=int(signum), args=args, tests=str(Path(__file__).parents[1]))
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
 
 
@@ -56,6 +58,9 @@ def full_command(kind, rlhf_stack, tiny_dir, data, out):
         return ["dpo", "--model", sft, "--prompts", prompts, "--reward-model", rm, "--out", str(out),
                 "--max-steps", "8", "batch_size=8", "samples_per_prompt=4", "response_length=8",
                 "save_every=3", "eval_every=2", "optim.lr=1e-3"]  # fmt: skip
+    if kind == "turns":  # multi-turn episodes with a scripted environment and the RM
+        return [*full_command("ppo", rlhf_stack, tiny_dir, data, out), "--environment", "envs:Scripted",
+                "max_turns=3", "response_length=5"]  # fmt: skip
     if kind == "ppo":
         return ppo_args(
             rlhf_stack,
@@ -86,7 +91,7 @@ def full_command(kind, rlhf_stack, tiny_dir, data, out):
     ]
 
 
-KINDS = ["sft", "rm", "ppo", "dpo", "online", "rm-lora", "ppo-lora", "dpo-lora", "online-lora"]
+KINDS = ["sft", "rm", "ppo", "dpo", "online", "turns", "rm-lora", "ppo-lora", "dpo-lora", "online-lora"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -95,7 +100,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_metrics(
 ):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert main(command(kind, rlhf_stack, tiny_dir, data, straight)) == 0
-    ppo = kind.startswith(("ppo", "online"))
+    ppo = kind.startswith(("ppo", "online", "turns"))
     kill_at = 5 if ppo else 6  # after checkpoint 3 (ppo) / 4: the steps after it are lost and redone
     child = run_child(command(kind, rlhf_stack, tiny_dir, data, killed), kill_at, signal.SIGKILL)
     assert child.returncode == -signal.SIGKILL, child.stderr

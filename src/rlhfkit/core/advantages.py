@@ -34,7 +34,7 @@ def gae(
     rewards, values, mask: (B, T). The value after a row's last valid token is 0 (the episode ends there).
     Masked positions are skipped, not stepped through: in a multi-turn episode the environment's tokens
     between two policy turns are context, not actions, so the policy's tokens form one trajectory and the
-    last token of a turn bootstraps from the first token of the next (docs/ppo-details.md #27).
+    last token of a turn bootstraps from the first token of the next (docs/ppo-details.md #26).
     Returns (advantages, returns) with `returns = advantages + values`, both (B, T) and 0 where masked.
     No whitening here: that is a separate, explicit step (`masked_whiten`).
     """
@@ -161,7 +161,9 @@ def estimator_rewards(
     factor = torch.ones_like(scores)  # (B,) GRPO's 1 / std scales the turn rewards with the total
     if estimator == "grpo" and scale:
         factor = group_std_scale(totals, group)
-    if estimator != "rloo" or rloo_baseline == "score":
+    if estimator in ("gae", "reinforce_pp"):  # no group baseline: the score alone on the last token
+        rewards, kl = kl_shaped_rewards(scores, logp, ref_logp, mask, kl_coef, kind)  # (B, T), (B, T)
+    elif estimator == "grpo" or rloo_baseline == "score":
         last = baselined_scores(totals, estimator, group, scale) - factor * in_turns  # (B,)
         rewards, kl = kl_shaped_rewards(last, logp, ref_logp, mask, kl_coef, kind)  # (B, T), (B, T)
     else:

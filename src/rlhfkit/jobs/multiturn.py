@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import torch
 
 from rlhfkit.config import to_dict
 from rlhfkit.config.multiturn import MultiturnConfig
+from rlhfkit.jobs.demo import write_jsonl
 from rlhfkit.runtime.metrics import read_metrics
 from rlhfkit.runtime.outputs import begin, check_output, write_run_file
 from rlhfkit.tasks import guess
@@ -34,129 +35,115 @@ def say(step: int, text: str) -> None:
     print(f"[{step}/{STAGES}] {text}", flush=True)
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
-@dataclass
-class Episode:
-    """One game as played: its environment, the context's ids and, per id, whether the policy sampled it."""
-
-    game: guess.GuessingGame
-    ids: list[int]
-    policy: list[bool] = field(default_factory=list)  # one per id of `ids`
-    ended: str = "environment"  # or "max_turns", "max_episode_length"
-
-
-def _turn_text(tokens: list[int], tokenizer: Any, stop_ids: set[int]) -> str:
-    """A turn's text as the environment gets it: decoded, its stop token stripped."""
-    if tokens and tokens[-1] in stop_ids:
-        tokens = tokens[:-1]
-    return tokenizer.decode(tokens)
-
-
-def _advance(episode: Episode, turn: list[int], text: str, tokenizer: Any, turns: int, budget: int) -> bool:
-    """Append the policy's `turn` (ids as sampled) and the environment's answer to `text`; False when the
-    episode has ended (the environment ended it, or the turns or tokens ran out)."""
-    episode.ids += turn
-    episode.policy += [True] * len(turn)
-    observation, _ = episode.game.step(text)
-    if observation is None:
-        return False
-    obs = list(tokenizer(observation, add_special_tokens=False)["input_ids"])
-    episode.ids += obs
-    episode.policy += [False] * len(obs)
-    if episode.game.turns >= turns:
-        episode.ended = "max_turns"
-    elif len(episode.ids) >= budget:
-        episode.ended = "max_episode_length"
-    else:
-        return True
-    return False
-
-
-@torch.no_grad()
-def play(model: Any, tokenizer: Any, rows: list[dict], settings: Any, seed: int) -> list[Episode]:
-    """Every row's game played to its end by `model`, all episodes of a turn sampled as one batch.
-    `settings` gives `max_turns`, `max_episode_length`, `response_length`, `temperature`, `stop_tokens`."""
+def play(model: Any, tokenizer: Any, rows: list[dict], settings: Any, seed: int) -> tuple[list, Any]:
+    """(games, rollout): every row's game played to its end by `model` through PPO's own episode runner
+    (`rlhfkit.rollout.environments`), all live episodes of a turn sampled as one batch. `settings` (a
+    PPOConfig) gives `max_turns`, `max_episode_length`, `max_prompt_length`, `response_length`,
+    `temperature` and `stop_tokens`."""
     from rlhfkit.data.encode import prompt_ids
     from rlhfkit.rollout.engine import LocalSampler, stop_token_ids
+    from rlhfkit.rollout.environments import Environment, EpisodeRunner
     from rlhfkit.rollout.sampling import SamplingSettings
+
+    games: list[guess.GuessingGame] = []
+
+    def make(row: dict) -> guess.GuessingGame:  # keeps each episode's game for the gold
+        games.append(guess.GuessingGame(row))
+        return games[-1]
 
     stops = stop_token_ids(tokenizer, settings.stop_tokens)
     sampler = LocalSampler(model, tokenizer, stops, decoder="eager")
+    runner = EpisodeRunner(
+        sampler,
+        tokenizer,
+        Environment(ENVIRONMENT, make),
+        stops.to(sampler.device),
+        settings.max_turns,
+        settings.max_episode_length,
+        settings.max_prompt_length,
+    )
+    prompts = [prompt_ids(tokenizer, r["prompt"])[-settings.max_prompt_length :] for r in rows]
+    sampling = SamplingSettings(max_new_tokens=settings.response_length, temperature=settings.temperature)
     generator = torch.Generator(device=sampler.device).manual_seed(seed)
-    episodes = [Episode(guess.GuessingGame(r), prompt_ids(tokenizer, r["prompt"])) for r in rows]
-    for e in episodes:
-        e.policy = [False] * len(e.ids)
-    live = list(episodes)
-    while live:
-        room = min(settings.response_length, settings.max_episode_length - max(len(e.ids) for e in live))
-        sampling = SamplingSettings(max_new_tokens=max(room, 1), temperature=settings.temperature)
-        rollout = sampler.generate([e.ids for e in live], sampling, generator)
-        kept = []
-        for row, episode in enumerate(live):
-            turn = rollout.response_ids[row][rollout.response_mask[row]].tolist()
-            text = _turn_text(turn, tokenizer, set(stops.tolist()))
-            budget = settings.max_episode_length
-            if _advance(episode, turn, text, tokenizer, settings.max_turns, budget):
-                kept.append(episode)
-        live = kept
-    return episodes
+    with torch.no_grad():
+        rollout = runner.run(prompts, rows, rows, sampling, None, False, generator)
+    return games, rollout
+
+
+def sequences(rollout: Any) -> tuple[list[list[int]], list[list[bool]]]:
+    """Each episode's ids unpadded (opening, then the region after it) and, per id, whether the policy
+    sampled it."""
+    ids, policy = [], []
+    for b in range(rollout.prompt_ids.shape[0]):
+        opening = rollout.prompt_ids[b][rollout.prompt_mask[b].bool()].tolist()
+        region = rollout.response_mask[b]  # (T,)
+        ids.append(opening + rollout.response_ids[b][region].tolist())
+        policy.append([False] * len(opening) + rollout.policy_mask[b][region].tolist())
+    return ids, policy
 
 
 @torch.no_grad()
-def policy_logprobs(model: Any, episodes: list[Episode], pad_id: int, temperature: float) -> torch.Tensor:
-    """(E,) each episode's summed log-probability of its policy tokens under `model` at `temperature`."""
+def policy_logprobs(
+    model: Any, ids: list[list[int]], policy: list[list[bool]], pad_id: int, temperature: float
+) -> torch.Tensor:
+    """(E,) each episode's summed log-probability of its policy tokens under `model` at `temperature`
+    (right-padded, so positions count from each episode's first token)."""
     from rlhfkit.core import logprobs_from_logits
     from rlhfkit.data import pad
 
     device = next(model.parameters()).device
-    ids, mask = (t.to(device) for t in pad([e.ids for e in episodes], pad_id, "right"))  # (E, L)
-    policy, _ = pad([e.policy for e in episodes], 0, "right")  # (E, L)
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (E, L-1, V)
-    logp = logprobs_from_logits(logits.float(), ids[:, 1:], temperature)  # (E, L-1)
-    return (logp * policy[:, 1:].to(device)).sum(dim=1)  # (E,)
+    tokens, mask = (t.to(device) for t in pad(ids, pad_id, "right"))  # (E, L)
+    sampled, _ = pad(policy, 0, "right")  # (E, L)
+    logits = model(input_ids=tokens, attention_mask=mask).logits[:, :-1]  # (E, L-1, V)
+    logp = logprobs_from_logits(logits.float(), tokens[:, 1:], temperature)  # (E, L-1)
+    return (logp * sampled[:, 1:].to(device)).sum(dim=1)  # (E,)
 
 
-def measure(episodes: list[Episode], kl: float) -> dict[str, Any]:
-    """The gold of played episodes (`guess.gold`), their KL to the SFT model and how they ended."""
-    ends = [e.ended for e in episodes]
+def measure(games: list[guess.GuessingGame], rollout: Any, kl: float) -> dict[str, Any]:
+    """The gold of played episodes (`guess.gold`), their KL to the SFT model, their mean length in tokens
+    and how they ended (`episode_stats`, as PPO logs them)."""
+    from rlhfkit.rollout.environments import episode_stats
+
+    stats = episode_stats(rollout, prefix="")
     return {
-        **asdict(guess.gold(e.game for e in episodes)),
+        **asdict(guess.gold(games)),
         "kl_to_sft": kl,
-        "length": sum(len(e.ids) for e in episodes) / len(episodes),
-        "ended": {name: ends.count(name) / len(ends) for name in sorted(set(ends))},
+        "length": float(stats["length"]),
+        **{name: float(v) for name, v in stats.items() if name.startswith("ended_")},
     }
 
 
-def evaluate_games(model_dir: str, reference_dir: str, rows: list[dict], config: MultiturnConfig) -> tuple:
-    """(metrics, samples): the model of `model_dir` plays `rows`; its KL to the SFT model `reference_dir`
-    (summed over an episode's policy tokens, k1, averaged over episodes; 0 for the SFT model itself)."""
+def evaluate_games(
+    model_dir: str, reference_dir: str, rows: list[dict], config: MultiturnConfig
+) -> tuple[dict[str, Any], list[dict]]:
+    """(metrics, samples): the model of `model_dir` plays `rows` as PPO samples (`config.ppo`); its KL to
+    the SFT model `reference_dir` (k1 summed over an episode's policy tokens, averaged over episodes; 0 for
+    the SFT model itself)."""
     from rlhfkit.models import load_causal_lm, load_tokenizer
+    from rlhfkit.rollout.environments import ENDINGS
 
     tokenizer = load_tokenizer(model_dir)
     model = load_causal_lm(model_dir, tokenizer).eval()
-    episodes = play(model, tokenizer, rows, config.ppo, config.seed + 1)
+    games, rollout = play(model, tokenizer, rows, config.ppo, config.seed + 1)
+    ids, policy = sequences(rollout)
     kl = 0.0
     if model_dir != reference_dir:
         reference = load_causal_lm(reference_dir, tokenizer).eval()
         pad_id, temperature = tokenizer.pad_token_id, config.ppo.temperature
-        logp = policy_logprobs(model, episodes, pad_id, temperature)  # (E,)
-        kl = float((logp - policy_logprobs(reference, episodes, pad_id, temperature)).mean())
+        logp = policy_logprobs(model, ids, policy, pad_id, temperature)  # (E,)
+        kl = float((logp - policy_logprobs(reference, ids, policy, pad_id, temperature)).mean())
     samples = [
         {
-            "secret": e.game.secret,
-            "episode": tokenizer.decode(e.ids),
-            "found": e.game.found,
-            "turns": e.game.turns,
-            "rewards": e.game.rewards,
-            "ended": e.ended,
+            "secret": game.secret,
+            "episode": tokenizer.decode(episode),
+            "found": game.found,
+            "turns": game.turns,
+            "rewards": game.rewards,
+            "ended": ENDINGS[int(rollout.ended[b])],
         }
-        for e in episodes
+        for b, (game, episode) in enumerate(zip(games, ids, strict=True))
     ]
-    return measure(episodes, kl), samples
+    return measure(games, rollout, kl), samples
 
 
 def base_model(config: MultiturnConfig, texts: list[str], folder: Path) -> str:

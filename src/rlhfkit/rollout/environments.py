@@ -22,12 +22,13 @@ import dataclasses
 import inspect
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
 
 from rlhfkit.data import pad
-from rlhfkit.data.encode import end_of_turn, prompt_ids, render_conversation
+from rlhfkit.data.encode import end_of_turn, prompt_ids, render_conversation, special_ids
 from rlhfkit.errors import StepFailed, UsageError, first_line
 from rlhfkit.rollout.completions import response_text
 from rlhfkit.rollout.engine import RolloutEngine
@@ -165,7 +166,7 @@ class TemplateDelta:
         if SENTINEL not in before or not after.startswith(before):
             raise EnvironmentFailure(
                 "the chat template renders the earlier turns differently once the environment's messages "
-                "follow them (it rewrites the conversation): the kept tokens would not be the template's"
+                "follow them (it rewrites earlier turns): the kept tokens would not be the template's"
             )
         rest = after[before.index(SENTINEL) + len(SENTINEL) :]
         return rest[len(sampled_end) :] if sampled_end and rest.startswith(sampled_end) else rest
@@ -362,9 +363,9 @@ class EpisodeRunner:
         end_text = self.tokenizer.decode([last]) if last in self.special else ""
         return TemplateDelta(self.tokenizer).ids(episode.messages, answer, end_text)
 
-    @property
+    @cached_property
     def special(self) -> set[int]:
-        return set(self.tokenizer.all_special_ids)
+        return special_ids(self.tokenizer)
 
     def agree(self, work: Any, everywhere: bool) -> None:
         """Run `work` (calls into the environment); an EnvironmentFailure on any process is a StepFailed on

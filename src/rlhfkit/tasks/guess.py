@@ -9,9 +9,12 @@ context keeps; `</s>` stands for it):
 
 Every observation ends with `\\nGuess:`, as the prompt does, so each of the policy's turns starts the same way
 (a space and a number) whatever came before. Rewards, one per turn: `FOUND_REWARD` for the right number (the
-episode ends), `-TURN_COST` for a wrong one (fewer turns are better: halving the interval finds any of 8
-numbers in 4 turns), `INVALID_REWARD` for text that is not a number from 1 to `high` (the episode ends; it is
-worse than any wrong guess, so stopping early never pays). The gold is the success rate.
+episode ends); `-TURN_COST` for a wrong number the answers so far still allowed (fewer turns are better:
+halving the interval finds any of 8 numbers in 4 turns); `-RULED_OUT_COST` for a number the answers had
+already ruled out (a repeat, or 7 after "lower" to 6): a turn's own reward says whether it used the feedback,
+which is what lets a tiny model learn that in minutes; `INVALID_REWARD` for text that is not a number from 1
+to `high` (the episode ends; worse than any wrong guess, so stopping early never pays). The gold is the
+success rate.
 
 Play without the feedback (a uniform guess every turn) finds the number within 4 turns 41 % of the time
 (1 - (7/8)^4); uniform among the numbers the feedback still allows, 84 %; halving the interval, always. The
@@ -31,6 +34,7 @@ HIGH = 8  # the numbers are 1..HIGH unless a row says otherwise
 MAX_TURNS = 4  # enough to halve 1..8 down to one number: ceil(log2(8 + 1))
 FOUND_REWARD = 1.0
 TURN_COST = 0.1
+RULED_OUT_COST = 0.5
 INVALID_REWARD = -1.0
 ASK = "\nGuess:"  # ends the prompt and every observation: the policy's turn follows it
 
@@ -64,32 +68,39 @@ def _integer(row: dict, column: str, default: int | None = None) -> int:
 
 class GuessingGame:
     """The environment of one episode (`environment=rlhfkit.tasks.guess:GuessingGame`). `row` needs the
-    integer column `secret` in 1..high; `high` (default 8, at least 2) is optional; the opening is the row's
-    `prompt` (no `reset`). After the episode, `found`, `turns` and `rewards` describe it (the gold)."""
+    integer column `secret` in 1..top, where `top` is the row's optional `high` (default 8, at least 2); the
+    opening is the row's `prompt` (no `reset`). `low..high` are the numbers the answers so far allow. After
+    the episode, `found`, `turns`, `ruled_out` (guesses the answers had excluded) and `rewards` describe it
+    (the gold)."""
 
     def __init__(self, row: dict) -> None:
-        self.high = _integer(row, "high", HIGH)
+        self.top = _integer(row, "high", HIGH)
         self.secret = _integer(row, "secret")
-        if self.high < 2:
-            raise ValueError(f"guessing game: the row's 'high' must be at least 2, got {self.high}")
-        if not 1 <= self.secret <= self.high:
-            raise ValueError(
-                f"guessing game: the row's 'secret' must be in 1..{self.high}, got {self.secret}"
-            )
-        self.found, self.turns, self.rewards = False, 0, []
+        if self.top < 2:
+            raise ValueError(f"guessing game: the row's 'high' must be at least 2, got {self.top}")
+        if not 1 <= self.secret <= self.top:
+            raise ValueError(f"guessing game: the row's 'secret' must be in 1..{self.top}, got {self.secret}")
+        self.low, self.high = 1, self.top
+        self.found, self.turns, self.ruled_out, self.rewards = False, 0, 0, []
 
     def step(self, response: str) -> tuple[str | None, float]:
         """The policy's turn (its stop token stripped) -> (the next observation, or None when the episode
         ends; this turn's reward)."""
         self.turns += 1
-        guess = parse_guess(response, self.high)
+        guess = parse_guess(response, self.top)
         if guess is None:
             observation, reward = None, INVALID_REWARD
         elif guess == self.secret:
             self.found = True
             observation, reward = None, FOUND_REWARD
         else:
-            observation, reward = feedback(guess, self.secret), -TURN_COST
+            allowed = self.low <= guess <= self.high
+            self.ruled_out += not allowed
+            observation, reward = feedback(guess, self.secret), -TURN_COST if allowed else -RULED_OUT_COST
+            if self.secret > guess:
+                self.low = max(self.low, guess + 1)
+            else:
+                self.high = min(self.high, guess - 1)
         self.rewards.append(reward)
         return observation, reward
 
@@ -117,18 +128,14 @@ def play_weakly(
     """One game of the weak player as SFT rows, one per turn: `{"prompt": the text before the turn,
     "completion": " N"}`. Earlier turns appear in the prompt as the rollout's context holds them: the guess,
     the stop token `eos` as text (the tokenizer maps it to the token), the environment's observation."""
-    game, top = GuessingGame(row), row.get("high", HIGH)
-    low, high, context, rows = 1, top, row["prompt"], []
+    game = GuessingGame(row)
+    context, rows = row["prompt"], []
     for _ in range(max_turns):
-        guess = weak_guess(low, high, top, skill, rng)
+        guess = weak_guess(game.low, game.high, game.top, skill, rng)
         rows.append({"prompt": context, "completion": f" {guess}"})
         observation, _ = game.step(f" {guess}")
         if observation is None:
             break
-        if game.secret > guess:
-            low = max(low, guess + 1)
-        else:
-            high = min(high, guess - 1)
         context += f" {guess}{eos}{observation}"
     return rows
 
@@ -150,6 +157,7 @@ class Gold:
     success: float  # fraction of episodes whose number was found
     env_reward: float  # mean of an episode's summed rewards
     turns: float  # mean policy turns per episode
+    ruled_out: float  # mean guesses per episode that the answers before them had ruled out
     invalid: float  # fraction of episodes ended by a turn that named no number of the range
 
 
@@ -163,5 +171,6 @@ def gold(games: Iterable[GuessingGame]) -> Gold:
         success=sum(g.found for g in games) / n,
         env_reward=sum(sum(g.rewards) for g in games) / n,
         turns=sum(g.turns for g in games) / n,
+        ruled_out=sum(g.ruled_out for g in games) / n,
         invalid=sum(bool(g.rewards) and g.rewards[-1] == INVALID_REWARD for g in games) / n,
     )
