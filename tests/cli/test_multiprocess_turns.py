@@ -3,13 +3,14 @@ environments of its rows, episodes of different lengths and turn counts; the met
 one process with the same global batch."""
 
 import pytest
-
-from helpers import metric_records, ppo_args
 from test_multiprocess_rewards import run
 
+from helpers import metric_records, ppo_args
+
 # rows of 1 to 3 turns (Scripted ends after `turns`, 3 by default), cut by max_episode_length now and then
-TURNS = ["--environment", "envs:Scripted", "max_turns=3", "response_length=6", "max_episode_length=30", "max_prompt_length=16",
-         "batch_size=8", "mini_batch_size=4", "eval_every=2", "eval_holdout=4", "--max-steps", "2"]  # fmt: skip
+TURNS = ["--environment", "envs:Scripted", "max_turns=3", "response_length=6", "max_episode_length=30",
+         "max_prompt_length=16", "batch_size=8", "mini_batch_size=4", "eval_every=2", "eval_holdout=4",
+         "--max-steps", "2"]  # fmt: skip
 
 
 @pytest.mark.parametrize("estimator", ["gae", "grpo"])

@@ -102,7 +102,8 @@ class PPOConfig:
         "token_mean",
         "how the policy loss (and a KL in the loss) averages its tokens: `token_mean` over every token of "
         "the minibatch; `sequence_mean` each response's mean, then over responses (GRPO); "
-        "`sequence_sum_norm` each response's sum / `response_length`, then over responses (Dr. GRPO)",
+        "`sequence_sum_norm` each response's sum / `response_length` (times `max_turns` with an "
+        "`environment`), then over responses (Dr. GRPO)",
     )
     clip_high: float | None = option(
         None, "upper ratio clip: the ratio is clipped to [1 - clip, 1 + clip_high] (DAPO: 0.28); None = clip"

@@ -100,8 +100,10 @@ def micro_batch_loss(
         logp, values, _ = opt.model(
             exp.input_ids[rows], exp.attention_mask[rows], exp.context, config.temperature
         )  # (m, T), (m, T)
-    # Dr. GRPO's constant normaliser is the generation budget, the same for every batch and process
-    aggregation, normaliser = config.loss_aggregation, config.response_length
+    # Dr. GRPO's constant normaliser is the generation budget, the same for every batch and process: the
+    # policy's tokens of `max_turns` turns in a multi-turn episode
+    budget = config.response_length * (config.max_turns if config.environment else 1)
+    aggregation, normaliser = config.loss_aggregation, budget
     pg_loss, pg = ppo_policy_loss(
         logp, exp.old_logp[rows], exp.advantages[rows], mask, config.clip, config.clip_high, aggregation,
         config.ratio_level, normaliser,
