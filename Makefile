@@ -8,7 +8,7 @@ TORCH  := torch==2.13.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 OUT    ?= runs/demo
 
-.PHONY: demo test lint clean
+.PHONY: demo demo-multiturn test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 
 demo: $(VENV)/.installed
 	$(BIN)/rlhfkit demo --out $(OUT) --overwrite
+
+# the multi-turn task (guess my number) learnt with PPO from its environment's rewards
+demo-multiturn: $(VENV)/.installed
+	$(BIN)/rlhfkit demo-multiturn --out runs/guess --overwrite
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q

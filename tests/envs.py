@@ -71,3 +71,31 @@ class FailsLater(Scripted):
         if self.broken:
             raise ConnectionError("the game server is down")
         return super().step(response)
+
+
+class Quiet(Scripted):
+    """Answers nothing at all ("") between turns: the next turn follows the last one directly."""
+
+    def step(self, response: str) -> tuple[str | None, float]:
+        answer, reward = super().step(response)
+        return (None if answer is None else ""), reward
+
+
+class Tool(Chat):
+    """Answers as a `tool` message, a role some chat templates refuse."""
+
+    def step(self, response: str) -> tuple[list[dict] | None, float]:
+        answer, reward = super().step(response)
+        return (None if answer is None else [{**answer[0], "role": "tool"}]), reward
+
+
+class ChatOpening(Scripted):
+    """Opens with a conversation (`reset()`), answers with text."""
+
+    def reset(self) -> list[dict]:
+        return [{"role": "user", "content": "the story was"}]
+
+
+class EmptyOpening(Scripted):
+    def reset(self) -> list[dict]:
+        return []

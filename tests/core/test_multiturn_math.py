@@ -1,8 +1,6 @@
 """The RL math on multi-turn episodes: a mask with holes (the environment's tokens between two policy turns),
 turn rewards inside the response. Values worked out by hand."""
 
-import math
-
 import pytest
 import torch
 
@@ -79,19 +77,29 @@ def test_gae_rewards_keep_each_turns_reward_at_its_position():
         ("rloo", lambda totals: leave_one_out_scores(totals, 2)),
     ],
 )
-def test_a_group_baseline_is_over_whole_episodes(estimator, baseline):
+def test_a_group_baseline_compares_whole_episodes(estimator, baseline):
     scores, turns, mask, logp, ref = episodes()
     totals = scores + turns.sum(1)  # 3.5 and 2.0
     rewards, _ = estimator_rewards(
         scores, logp, ref, mask, 0.0, estimator, 2, rloo_baseline="score", turn_rewards=turns
     )
-    # with gamma = 1, the first token's return is the baselined total, as for a single response
-    first = discounted_returns(rewards, mask)[:, 0]
-    torch.testing.assert_close(first, baseline(totals), rtol=0, atol=1e-6)
-    # and the turn rewards are where they were given: GRPO's scale 1 / (std + 1e-4) divides them too
-    scale = 1 / (math.sqrt(((3.5 - 2.75) ** 2 + (2.0 - 2.75) ** 2) / 1) + 1e-4) if estimator == "grpo" else 1
-    assert rewards[0, 1].item() == pytest.approx(1.0 * scale, rel=1e-6)
-    assert rewards[1, 1].item() == pytest.approx(3.0 * scale, rel=1e-6)
+    # the episode's baselined total on its last policy token (5), as a single response's score; nothing else
+    expected = torch.zeros(2, 7)
+    expected[:, 5] = baseline(totals)
+    torch.testing.assert_close(rewards, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "rloo"])
+@pytest.mark.parametrize("rloo_baseline", ["score", "sequence_reward"])
+def test_a_group_of_equal_totals_gives_exactly_zero_everywhere(estimator, rloo_baseline):
+    # a step cost of -0.1 a turn and the same score: no signal, whatever the turns' rewards
+    turns = torch.zeros(2, 7)
+    turns[:, 1] = turns[:, 5] = -0.1
+    rewards, _ = estimator_rewards(
+        torch.zeros(2), torch.zeros(2, 7), torch.zeros(2, 7), MASK.expand(2, -1), 0.1, estimator, 2,
+        rloo_baseline=rloo_baseline, turn_rewards=turns,
+    )  # fmt: skip
+    assert torch.equal(discounted_returns(rewards, MASK.expand(2, -1)), torch.zeros(2, 7))
 
 
 def test_rloo_sequence_reward_subtracts_the_kl_from_the_episodes_total():

@@ -109,7 +109,9 @@ def test_text_mode_context_is_the_prompt_then_each_turn_as_sampled_then_each_ans
     assert rollout.prompt_ids[0].tolist() == prompt
     assert ENDINGS[int(rollout.ended[0])] == "environment" and int(rollout.turns[0]) == 3
     assert bool(rollout.stopped[0])
-    assert [t["role"] for t in episode_turns(tok, rollout, 0)] == ["policy", "environment"] * 2 + ["policy"]
+    turns_shown = episode_turns(tok, rollout, 0, {eos})
+    assert [t["role"] for t in turns_shown] == ["policy", "environment"] * 2 + ["policy"]
+    assert turns_shown[1]["text"] == tok.decode(answers[0])
 
 
 def test_a_stop_string_stays_in_the_context_and_leaves_the_text(tiny_tokenizer):
@@ -197,6 +199,35 @@ def test_episodes_of_different_lengths_pad_apart(tiny_tokenizer):
     assert [len(call) for call in episodes.engine.calls] == [2, 1, 1]
 
 
+def test_an_empty_answer_keeps_the_turns_apart(tiny_tokenizer):
+    tok = tiny_tokenizer
+    eos = tok.eos_token_id
+    turns = [ids(tok, " great") + [eos], ids(tok, " bad") + [eos]]
+    envs.LOG.clear()
+    rollout = run(
+        runner(tok, turns, env="envs:Quiet"), [prompt_ids(tok, "a")], [{"turns": 2}], [{"prompt": "a"}]
+    )
+    assert region(rollout)[0] == turns[0] + turns[1]
+    assert [r for _, r in envs.LOG] == [" great", " bad"]  # the second turn alone, not both
+    assert [t["text"] for t in episode_turns(tok, rollout, 0, {eos})] == [tok.decode(t) for t in turns]
+
+
+class CompiledEngine(ScriptedEngine):
+    decoder = object()  # not the eager decoder: a static cache or a compiled graph keeps one batch size
+
+
+def test_a_compiled_decoder_samples_every_turn_at_the_batchs_size(tiny_tokenizer):
+    tok = tiny_tokenizer
+    turns = [ids(tok, " good") + [tok.eos_token_id]] * 3
+    episodes = runner(tok, turns)
+    episodes.engine = CompiledEngine(turns, [tok.eos_token_id], tok.pad_token_id)
+    rows = [{"turns": 1}, {"turns": 3}, {"turns": 1}]
+    prompts = [prompt_ids(tok, "a")] * 3
+    rollout = run(episodes, prompts, rows, [{"prompt": "a"}] * 3)
+    assert [len(call) for call in episodes.engine.calls] == [3, 3, 3]  # the live episode, filled to 3
+    assert rollout.turns.tolist() == [1, 3, 1]
+
+
 def test_an_async_environment_is_awaited(tiny_tokenizer):
     tok = tiny_tokenizer
     turns = [ids(tok, " good") + [tok.eos_token_id]] * 2
@@ -259,6 +290,36 @@ def test_a_template_that_rewrites_earlier_turns_is_refused_at_start_up(chat_toke
     with pytest.raises(UsageError, match="rewrites earlier turns"):
         check_environment(load_environment("envs:Chat"), row, row, tok)
     check_environment(load_environment("envs:Chat"), row, row, chat_tokenizer)  # ChatML extends turn by turn
+
+
+def test_a_template_that_refuses_a_role_is_one_line_at_start_up_and_a_step_failure_later(chat_tokenizer):
+    import copy
+
+    tok = copy.deepcopy(chat_tokenizer)
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'tool' %}{{ raise_exception('unknown role tool') }}"
+        "{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    row = {"messages": [{"role": "user", "content": "the film was"}]}
+    with pytest.raises(UsageError, match="cannot render the environment's messages .*unknown role tool"):
+        check_environment(load_environment("envs:Tool"), row, row, tok)
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    episodes = runner(tok, [ids(tok, "great") + [end]] * 2, env="envs:Tool", stops=[end])
+    with pytest.raises(StepFailed, match="unknown role tool"):
+        run(episodes, [prompt_ids(tok, row["messages"])], [{}], [row])
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"), [("envs:ChatOpening", "cannot be encoded"), ("envs:EmptyOpening", "empty opening")]
+)
+def test_an_opening_that_cannot_start_an_episode_is_refused_at_start_up(tiny_tokenizer, spec, message):
+    import copy
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = None  # a conversation cannot be rendered
+    with pytest.raises(UsageError, match=message):
+        check_environment(load_environment(spec), {}, {"prompt": "a"}, tok)
 
 
 def test_messages_after_a_text_opening_are_refused_at_start_up(chat_tokenizer):

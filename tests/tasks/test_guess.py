@@ -147,3 +147,17 @@ def test_a_demonstration_prompt_is_token_for_token_the_text_mode_context():
         context += ids(g) + [tokenizer.eos_token_id] + ids(answer)
         text += f"{g}</s>{answer}"
         assert ids(text, special=True) == context
+
+
+def test_ppo_on_a_bad_game_row_stops_at_start_up_with_one_line_and_writes_nothing(tiny_dir, tmp_path, capsys):
+    from helpers import write_jsonl
+    from rlhfkit.cli import main
+
+    prompts = write_jsonl(tmp_path / "games.jsonl", [{**ROW, "secret": 12}] * 16)
+    out = tmp_path / "ppo"
+    environment = "environment=rlhfkit.tasks.guess:GuessingGame"
+    argv = ["ppo", "--policy", tiny_dir, "--prompts", str(prompts), "--out", str(out), environment]
+    assert main([*argv, "batch_size=4", "mini_batch_size=4", "max_episode_length=512"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "'secret' must be in 1..8, got 12" in errors[0]
+    assert not out.exists()

@@ -44,7 +44,9 @@ class PPOConfig:
         "weight of each reward component, the reward model first when given, then `reward_functions` in "
         "order; () = 1 each. The score is their weighted sum",
     )
-    reward_concurrency: int = option(16, "calls of an async reward function in flight at once")
+    reward_concurrency: int = option(
+        16, "calls of an async reward function (and an async environment's `step`) in flight at once"
+    )
     environment: str | None = option(
         None,
         "multi-turn episodes: `module:Class`, one object per episode made from the prompt's data row, with "
@@ -137,7 +139,7 @@ class PPOConfig:
         "whole batch)",
     )
     ppo_epochs: int = option(4, "passes over each batch of experience")
-    response_length: int = option(32, "maximum new tokens per response")
+    response_length: int = option(32, "maximum new tokens per response (per turn with an `environment`)")
     temperature: float = option(
         0.7, "sampling temperature; logits are divided by it wherever log-probs are taken"
     )

@@ -116,13 +116,6 @@ def baselined_scores(
     return scores
 
 
-def group_std_scale(scores: torch.Tensor, group: int) -> torch.Tensor:
-    """(B,) -> (B,) the factor GRPO's baseline divides each score's distance to its group mean by:
-    `1 / (std + 1e-4)` of its group (unbiased, as `group_normalised_scores`)."""
-    std = _grouped_from_first(scores, group).std(dim=1, keepdim=True)  # (B / group, 1)
-    return (1 / (std + 1e-4)).expand(-1, group).reshape(-1)  # (B,)
-
-
 def estimator_rewards(
     scores: torch.Tensor,
     logp: torch.Tensor,
@@ -147,32 +140,29 @@ def estimator_rewards(
       `R = score - kl_coef * sum_t kl_t`, less the mean R of the other samples of its prompt, on the last
       token; no per-token KL, so with `gamma = 1` (the default of `estimator_advantages`, which discounts the
       rewards-to-go) every token's return is the same baselined R.
-    `turn_rewards` (B, T), a multi-turn episode's rewards from its environment, each on its turn's last token,
-    stay at their positions. A group baseline is over whole episodes: it is computed on each episode's total
-    (score + its turn rewards) and taken off the last token, GRPO's scale dividing the turn rewards too, so
-    with `gamma = 1` the first token's return is exactly the baselined total of the single-response case.
+    `turn_rewards` (B, T), a multi-turn episode's rewards from its environment, each on its turn's last token:
+    GAE and REINFORCE++ keep them at their positions (the critic, or the rewards-to-go, credit each turn);
+    GRPO and RLOO compare whole episodes: each episode's total (score + its turn rewards) is baselined by its
+    group and placed on its last token, as a single response's score is, so a group of equal totals gives
+    exactly 0 everywhere (docs/ppo-details.md #26).
     An unknown estimator or rloo_baseline is a ValueError.
     """
     _check("estimator", estimator, get_args(Estimator))
     _check("rloo_baseline", rloo_baseline, get_args(RLOOBaseline))
-    turns = torch.zeros_like(logp) if turn_rewards is None else zero_masked(turn_rewards, mask)  # (B, T)
-    in_turns = turns.sum(-1)  # (B,)
-    totals = scores + in_turns  # (B,)
-    factor = torch.ones_like(scores)  # (B,) GRPO's 1 / std scales the turn rewards with the total
-    if estimator == "grpo" and scale:
-        factor = group_std_scale(totals, group)
-    if estimator in ("gae", "reinforce_pp"):  # no group baseline: the score alone on the last token
-        rewards, kl = kl_shaped_rewards(scores, logp, ref_logp, mask, kl_coef, kind)  # (B, T), (B, T)
-    elif estimator == "grpo" or rloo_baseline == "score":
-        last = baselined_scores(totals, estimator, group, scale) - factor * in_turns  # (B,)
-        rewards, kl = kl_shaped_rewards(last, logp, ref_logp, mask, kl_coef, kind)  # (B, T), (B, T)
+    turns = None if turn_rewards is None else zero_masked(turn_rewards, mask)  # (B, T)
+    if turns is not None and estimator in ("grpo", "rloo"):
+        scores = scores + turns.sum(-1)  # (B,) the episode's total, baselined below as one score
+    if estimator != "rloo" or rloo_baseline == "score":
+        rewards, kl = kl_shaped_rewards(
+            baselined_scores(scores, estimator, group, scale), logp, ref_logp, mask, kl_coef, kind
+        )  # (B, T), (B, T)
     else:
-        sequence_rewards = totals - kl_coef * sequence_kl(logp, ref_logp, mask, kind)  # (B,)
-        last = leave_one_out_scores(sequence_rewards, group) - in_turns  # (B,)
-        rewards, kl = kl_shaped_rewards(last, logp, ref_logp, mask, 0.0, kind)  # no per-token KL
-    if turn_rewards is None:  # bit for bit the single-response rewards
-        return rewards, kl
-    return rewards + factor[:, None] * turns, kl
+        sequence_rewards = scores - kl_coef * sequence_kl(logp, ref_logp, mask, kind)  # (B,)
+        baselined = leave_one_out_scores(sequence_rewards, group)  # (B,)
+        rewards, kl = kl_shaped_rewards(baselined, logp, ref_logp, mask, 0.0, kind)  # no per-token KL
+    if turns is not None and estimator in ("gae", "reinforce_pp"):
+        rewards = rewards + turns  # (B, T) each turn's reward at its last token
+    return rewards, kl
 
 
 def estimator_advantages(

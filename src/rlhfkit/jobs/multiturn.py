@@ -6,8 +6,9 @@ player's turns  3. the SFT model plays the held-out games  4. PPO with `environm
 model  5. the trained actor plays the same games  6. summary.json (success rate, environment reward, turns
 per episode and KL to the SFT model, before and after)
 
-The evaluation plays whole episodes the way PPO's rollout builds them in text mode: the prompt's ids, each
-turn as sampled (its stop token included), then the observation's ids (`add_special_tokens=False`).
+The evaluations play whole episodes through PPO's own episode runner (`rlhfkit.rollout.environments`), so
+the games are built exactly as PPO's rollout builds them; every game is written to `eval_sft.jsonl` and
+`eval_ppo.jsonl`.
 """
 
 from __future__ import annotations
@@ -146,6 +147,21 @@ def evaluate_games(
     return measure(games, rollout, kl), samples
 
 
+def evaluated(
+    name: str, model_dir: str, sft_dir: str, rows: list[dict], config: MultiturnConfig
+) -> dict[str, Any]:
+    """`evaluate_games` of the model `name`, its games written to `eval_<name>.jsonl` and its success
+    printed."""
+    metrics, samples = evaluate_games(model_dir, sft_dir, rows, config)
+    write_jsonl(Path(config.out) / f"eval_{name}.jsonl", samples)
+    print(
+        f"      {name.upper()}: success {metrics['success']:.1%}, {metrics['turns']:.2f} turns and "
+        f"{metrics['ruled_out']:.2f} ruled-out guesses per game",
+        flush=True,
+    )
+    return metrics
+
+
 def base_model(config: MultiturnConfig, texts: list[str], folder: Path) -> str:
     """Step 1: a tokenizer trained on the game's text and a tiny Llama."""
     from rlhfkit.models import tiny_llama, train_tokenizer
@@ -193,11 +209,9 @@ def demo_multiturn(config: MultiturnConfig) -> Path:
     sft_config = replace(config.sft, model=base, data=sft_data, out=str(out / "sft"), **common)
     sft_dir = str(sft(sft_config))
 
-    held_out = [json.loads(line) for line in Path(eval_prompts).read_text().splitlines()]
+    held_out = [json.loads(line) for line in Path(eval_prompts).read_text().splitlines()]  # as PPO reads them
     say(3, f"the SFT model plays {len(held_out)} held-out games")
-    before, samples = evaluate_games(sft_dir, sft_dir, held_out, config)
-    write_jsonl(out / "eval_sft.jsonl", samples)
-    say(3, f"success {before['success']:.1%}, {before['turns']:.2f} turns per game")
+    before = evaluated("sft", sft_dir, sft_dir, held_out, config)
 
     say(4, "PPO against the environment (no reward model)")
     ppo_config = replace(
@@ -214,8 +228,7 @@ def demo_multiturn(config: MultiturnConfig) -> Path:
     ppo_seconds = time.perf_counter() - tick
 
     say(5, "the trained actor plays the same games")
-    after, samples = evaluate_games(actor, sft_dir, held_out, config)
-    write_jsonl(out / "eval_ppo.jsonl", samples)
+    after = evaluated("ppo", actor, sft_dir, held_out, config)
 
     say(6, "summary.json")
     summary = summarise(before, after, read_metrics(out / "ppo" / "metrics.jsonl"), ppo_seconds)

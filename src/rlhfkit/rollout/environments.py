@@ -31,6 +31,7 @@ from rlhfkit.data import pad
 from rlhfkit.data.encode import end_of_turn, prompt_ids, render_conversation, special_ids
 from rlhfkit.errors import StepFailed, UsageError, first_line
 from rlhfkit.rollout.completions import response_text
+from rlhfkit.rollout.decoding import EagerDecoder
 from rlhfkit.rollout.engine import RolloutEngine
 from rlhfkit.rollout.sampling import Rollout, SamplingSettings
 from rlhfkit.runtime.distributed import all_max
@@ -96,6 +97,7 @@ class Environment:
         """`env.step(response)` checked: (text, messages or None; a finite reward)."""
         try:
             result = env.step(response)
+            result = run_coroutine(result) if inspect.isawaitable(result) else result
         except Exception as exc:
             raise self.failed("step()", exc) from None
         return self.checked(result, response)
@@ -146,6 +148,22 @@ def load_environment(spec: str) -> Environment:
     return Environment(spec, cls)
 
 
+def opening_ids(environment: Environment, tokenizer: Any, opening: str | list[dict]) -> list[int]:
+    """`reset()`'s opening as the ids generation starts from (as a prompt's: text with the tokenizer's special
+    tokens, a conversation with its generation prompt); an EnvironmentFailure when it cannot be rendered or
+    is empty (nothing for the policy to follow)."""
+    try:
+        ids = prompt_ids(tokenizer, opening)
+    except Exception as exc:
+        raise EnvironmentFailure(
+            f"environment {environment.spec}: reset()'s opening {_shown(opening)} cannot be encoded: "
+            f"{first_line(exc)}"
+        ) from None
+    if not ids:
+        raise EnvironmentFailure(f"environment {environment.spec}: reset() gave an empty opening")
+    return list(ids)
+
+
 @dataclass(frozen=True)
 class TemplateDelta:
     """The tokens a chat template puts after a policy turn for the environment's new messages: the rest of
@@ -161,8 +179,14 @@ class TemplateDelta:
         A template that renders the earlier turns differently once `new` follows them is an
         EnvironmentFailure (nothing kept could be trusted)."""
         turn = [*opening, {"role": "assistant", "content": SENTINEL}]
-        before = render_conversation(self.tokenizer, turn)
-        after = render_conversation(self.tokenizer, turn + list(new), generation_prompt=True)
+        try:
+            before = render_conversation(self.tokenizer, turn)
+            after = render_conversation(self.tokenizer, turn + list(new), generation_prompt=True)
+        except Exception as exc:  # a template's own rules (`raise_exception` on a role it does not know)
+            raise EnvironmentFailure(
+                f"the chat template cannot render the environment's messages {_shown(new)}: "
+                f"{type(exc).__name__} ({first_line(exc)})"
+            ) from None
         if SENTINEL not in before or not after.startswith(before):
             raise EnvironmentFailure(
                 "the chat template renders the earlier turns differently once the environment's messages "
@@ -187,15 +211,19 @@ def check_template(tokenizer: Any, opening: list[dict], new: list[dict], end: in
         delta = TemplateDelta(tokenizer).text(opening, new, end_text)
     except EnvironmentFailure as exc:
         raise UsageError(str(exc)) from None
-    kept = render_conversation(tokenizer, opening, generation_prompt=True) + probe + end_text + delta
-    whole = render_conversation(
-        tokenizer, [*opening, {"role": "assistant", "content": probe}, *new], generation_prompt=True
-    )
+    try:
+        kept = render_conversation(tokenizer, opening, generation_prompt=True) + probe + end_text + delta
+        whole = render_conversation(
+            tokenizer, [*opening, {"role": "assistant", "content": probe}, *new], generation_prompt=True
+        )
+    except Exception as exc:
+        raise UsageError(f"the chat template cannot render the conversation: {first_line(exc)}") from None
     if not whole.startswith(kept):
         raise UsageError(
             "the chat template cannot be extended turn by turn: the whole conversation renders as "
             f"{_shown(whole)}, not starting with what the turns kept, {_shown(kept)} (it rewrites earlier "
-            "turns); give the environment's answers as text instead"
+            f"turns, or does not close an assistant turn with the token the policy stops on, {end_text!r}); "
+            "give the environment's answers as text instead"
         )
 
 
@@ -211,6 +239,7 @@ class Episode:
     logprobs: list[float] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)  # per region token: a turn's reward on its last
     turns: int = 0
+    turn_start: int = 0  # where the policy's last turn starts in `region`
     ended: int | None = None  # an index into ENDINGS
     stopped: bool = False  # the last policy turn ended with a stop token
 
@@ -252,7 +281,7 @@ class EpisodeRunner:
             messages = record.get("messages") if opening is None else None
             if opening is not None:
                 messages = opening if isinstance(opening, list) else None
-                ids = prompt_ids(self.tokenizer, opening)[-self.max_prompt_length :]
+                ids = opening_ids(self.environment, self.tokenizer, opening)[-self.max_prompt_length :]
             episodes.append(Episode(env, list(ids), messages))
         return episodes
 
@@ -279,7 +308,8 @@ class EpisodeRunner:
                 break
             if live:
                 turn_noise = None if noise is None else noise[turn][:, live]  # (T, live)
-                self.sample_turn([episodes[i] for i in live], settings, turn_noise, width, generator)
+                rows = len(episodes) if self.fixed_rows else len(live)
+                self.sample_turn([episodes[i] for i in live], settings, turn_noise, width, generator, rows)
             answering = [episodes[i] for i in live]
             self.agree(lambda: self.answer(answering), everywhere)  # noqa: B023 (called at once)
         return self.assemble(episodes)
@@ -291,20 +321,25 @@ class EpisodeRunner:
         noise: torch.Tensor | None,
         width: int,
         generator: torch.Generator | None,
+        rows: int,
     ) -> None:
-        """Each live episode's next policy turn, sampled in one batch (left-padded to `width`), cut to the
-        room its episode has left."""
+        """Each live episode's next policy turn, sampled in one batch (left-padded to `width`) of `rows` rows
+        (copies of the first fill it: a compiled decoder keeps one graph for one batch size), cut to the room
+        its episode has left."""
         room = [min(settings.max_new_tokens, self.max_length - e.length) for e in episodes]
         turn = dataclasses.replace(settings, max_new_tokens=max(room))
-        noise = None if noise is None else noise[: max(room)]  # (max(room), b)
-        rollout = self.engine.generate(
-            [e.opening + e.region for e in episodes], turn, generator, noise, width
-        )
+        contexts = [e.opening + e.region for e in episodes]
+        filler = rows - len(contexts)
+        if noise is not None:
+            noise = noise[: max(room)]  # (max(room), live)
+            noise = torch.cat([noise, noise[:, :1].expand(-1, filler)], dim=1)  # (max(room), rows)
+        rollout = self.engine.generate(contexts + contexts[:1] * filler, turn, generator, noise, width)
         for row, (episode, limit) in enumerate(zip(episodes, room, strict=True)):
             mask = rollout.response_mask[row]  # (T,)
             ids = rollout.response_ids[row][mask][:limit].tolist()
             logprobs = rollout.logprobs[row][mask][:limit].tolist()
             episode.stopped = bool(rollout.stopped[row]) and int(mask.sum()) <= limit
+            episode.turn_start = len(episode.region)
             episode.add(ids, policy=True, logprobs=logprobs)
             episode.turns += 1
 
@@ -344,10 +379,7 @@ class EpisodeRunner:
 
     def last_turn_text(self, episode: Episode) -> str:
         """The policy's last turn as the environment reads it: decoded without its stop token."""
-        start = len(episode.region)
-        while start > 0 and episode.policy[start - 1]:
-            start -= 1
-        ids = torch.tensor(episode.region[start:])  # (n,)
+        ids = torch.tensor(episode.region[episode.turn_start :])  # (n,)
         return response_text(self.tokenizer, ids, torch.ones_like(ids, dtype=torch.bool), episode.stopped)
 
     def answer_ids(self, episode: Episode, answer: str | list[dict]) -> list[int]:
@@ -362,6 +394,13 @@ class EpisodeRunner:
         last = episode.region[-1]
         end_text = self.tokenizer.decode([last]) if last in self.special else ""
         return TemplateDelta(self.tokenizer).ids(episode.messages, answer, end_text)
+
+    @cached_property
+    def fixed_rows(self) -> bool:
+        """Whether every turn samples as many rows as the batch has (not only the live episodes'): yes for a
+        static or compiled decoder, whose cache and graph would be rebuilt for every new batch size."""
+        decoder = getattr(self.engine, "decoder", None)
+        return decoder is not None and not isinstance(decoder, EagerDecoder)
 
     @cached_property
     def special(self) -> set[int]:
@@ -405,15 +444,17 @@ class EpisodeRunner:
         )
 
 
-def episode_turns(tokenizer: Any, rollout: Rollout, row: int) -> list[dict[str, str]]:
+def episode_turns(tokenizer: Any, rollout: Rollout, row: int, stop_ids: set[int]) -> list[dict[str, str]]:
     """Row `row`'s episode after its opening as the turns it was made of, each `{"role": "policy" or
-    "environment", "text": ...}` (decoded with special tokens, so stop tokens and template markers show)."""
+    "environment", "text": ...}` (decoded with special tokens, so stop tokens and template markers show). A
+    policy turn ends at a stop token (`stop_ids`): two turns with an empty answer between them stay two."""
     ids = rollout.response_ids[row][rollout.response_mask[row]].tolist()
     policy = rollout.policy_mask[row][rollout.response_mask[row]].tolist()
     turns: list[dict[str, str]] = []
     start = 0
     for end in range(1, len(ids) + 1):
-        if end == len(ids) or policy[end] != policy[start]:
+        turn_over = policy[end - 1] and ids[end - 1] in stop_ids
+        if end == len(ids) or policy[end] != policy[start] or turn_over:
             role = "policy" if policy[start] else "environment"
             turns.append({"role": role, "text": tokenizer.decode(ids[start:end], skip_special_tokens=False)})
             start = end
@@ -442,6 +483,8 @@ def check_environment(environment: Environment, row: dict, record: dict, tokeniz
     try:
         env = environment.make(row)
         opening = environment.opening(env)
+        if opening is not None:
+            opening_ids(environment, tokenizer, opening)
         answer, _ = environment.step(env, "")
     except EnvironmentFailure as exc:
         raise UsageError(f"{exc} (checked at start-up on the first prompt with an empty response)") from None

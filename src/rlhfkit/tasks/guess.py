@@ -18,8 +18,10 @@ success rate.
 
 Play without the feedback (a uniform guess every turn) finds the number within 4 turns 41 % of the time
 (1 - (7/8)^4); uniform among the numbers the feedback still allows, 84 %; halving the interval, always. The
-demonstrations (`demonstrations`) are games of a weak player that uses the feedback on a fraction `skill`
-of its turns; PPO has to learn to use it on every turn.
+demonstrations (`demonstrations`) are games of a weak player that names a number the answers still allow on
+a fraction `skill` of its turns (any number on the others) and picks among them uniformly, never halving.
+A tiny model imitates it imperfectly (~60 % success at skill 1); PPO has to learn to use the feedback on
+every turn.
 
 Nothing here imports torch: the environment and the data generation are plain Python.
 """
@@ -141,7 +143,7 @@ def play_weakly(
 
 
 def demonstrations(
-    episodes: int, seed: int, skill: float = 0.3, eos: str = "</s>", high: int = HIGH
+    episodes: int, seed: int, skill: float = 1.0, eos: str = "</s>", high: int = HIGH
 ) -> list[dict]:
     """SFT rows from `episodes` games of the weak player (`play_weakly`), secrets balanced (`game_rows`)."""
     if not 0.0 <= skill <= 1.0:

@@ -114,7 +114,7 @@ def evaluate_policy(
                 "response": responses[row],
                 "score": batch_scores[row].item(),
                 **{name: v[row] for name, v in values.items()},
-                **({} if episodes is None else episode_sample(roles.tokenizer, rollout, row)),
+                **({} if episodes is None else episode_sample(episodes, rollout, row)),
             }
             for row in range(ids.shape[0])
         ]
@@ -128,11 +128,12 @@ def evaluate_policy(
     return metrics, samples
 
 
-def episode_sample(tokenizer: Any, rollout: Episodes, row: int) -> dict[str, Any]:
+def episode_sample(episodes: EpisodeRunner, rollout: Episodes, row: int) -> dict[str, Any]:
     """What samples.jsonl shows of a multi-turn episode besides its text: its turns (the environment's
     marked), its reward from the environment, and how it ended."""
+    stops = set(episodes.stop_ids.tolist())
     return {
-        "turns": episode_turns(tokenizer, rollout, row),
+        "turns": episode_turns(episodes.tokenizer, rollout, row, stops),
         "env_reward": rollout.turn_rewards[row].sum().item(),
         "ended": ENDINGS[int(rollout.ended[row])],
     }
