@@ -26,7 +26,12 @@ from rlhfkit.core.kl import (
     last_valid_index,
     sequence_kl,
 )
-from rlhfkit.core.logprobs import entropy_from_logits, logprobs_from_logits
+from rlhfkit.core.logprobs import (
+    entropy_from_hidden,
+    entropy_from_logits,
+    logprobs_from_hidden,
+    logprobs_from_logits,
+)
 from rlhfkit.core.losses import (
     Aggregation,
     RatioLevel,
@@ -54,6 +59,7 @@ __all__ = [
     "best_of_n_kl",
     "discounted_returns",
     "dpo_loss",
+    "entropy_from_hidden",
     "entropy_from_logits",
     "estimator_advantages",
     "estimator_rewards",
@@ -65,6 +71,7 @@ __all__ = [
     "kl_shaped_rewards",
     "last_valid_index",
     "leave_one_out_scores",
+    "logprobs_from_hidden",
     "logprobs_from_logits",
     "loss_count",
     "masked_aggregate",

@@ -96,3 +96,107 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
         logp = torch.log_softmax(logits[b, ts].to(dtype) / temperature, dim=-1)  # (n, V)
         out[b, ts] = -(logp.exp() * logp).sum(-1)
     return out
+
+
+# Rows of hidden states whose logits exist at once in `logprobs_from_hidden`: 2^24 floats of (rows, V).
+def _hidden_chunk(vocab: int) -> int:
+    return max(1, _CHUNK_ELEMENTS // max(vocab, 1))
+
+
+class _HeadTokenLogprob(torch.autograd.Function):
+    """log_softmax((h W^T + b) / T)[token] for (N, H) hidden states, chunk by chunk of rows; the backward
+    recomputes each chunk's logits, so no (N, V) tensor ever exists (Liger's fused linear cross-entropy and
+    Cut Cross-Entropy work this way).
+
+    With z = h W^T + b and g = (onehot(token) - softmax(z / T)) * upstream / T, the (n, V) gradient of a
+    chunk's logits: dh = g W, dW += g^T h, db += sum_rows g."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, tokens, temperature):
+        dtype = _compute_dtype(hidden.dtype)
+        out = torch.empty(tokens.shape, dtype=dtype, device=hidden.device)  # (N,)
+        lse = torch.empty_like(out)  # (N,)
+        step = _hidden_chunk(weight.shape[0])
+        for start in range(0, hidden.shape[0], step):
+            rows = slice(start, start + step)
+            scaled = _head(hidden[rows], weight, bias, dtype) / temperature  # (n, V), freed after the chunk
+            lse[rows] = torch.logsumexp(scaled, dim=-1)
+            out[rows] = scaled.gather(-1, tokens[rows, None]).squeeze(-1) - lse[rows]
+        ctx.save_for_backward(hidden, weight, bias, tokens, lse)
+        ctx.temperature = temperature
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        hidden, weight, bias, tokens, lse = ctx.saved_tensors
+        dtype, temperature = lse.dtype, ctx.temperature
+        upstream = grad_out.to(dtype)  # (N,)
+        grad_hidden = torch.empty(hidden.shape, dtype=dtype, device=hidden.device)  # (N, H)
+        grad_weight = torch.zeros(weight.shape, dtype=dtype, device=weight.device)  # (V, H)
+        grad_bias = None if bias is None else torch.zeros(bias.shape, dtype=dtype, device=bias.device)  # (V,)
+        step = _hidden_chunk(weight.shape[0])
+        for start in range(0, hidden.shape[0], step):
+            rows = slice(start, start + step)
+            h = hidden[rows].to(dtype)  # (n, H)
+            probs = torch.exp(_head(h, weight, bias, dtype) / temperature - lse[rows, None])  # (n, V)
+            g = probs.mul_(-upstream[rows, None])  # (n, V)
+            g.scatter_add_(-1, tokens[rows, None], upstream[rows, None]).div_(temperature)
+            grad_hidden[rows] = g @ weight.to(dtype)  # (n, H)
+            grad_weight.addmm_(g.T, h)  # (V, H)
+            if grad_bias is not None:
+                grad_bias += g.sum(0)
+        as_input = (
+            grad_hidden.to(hidden.dtype),
+            grad_weight.to(weight.dtype),
+            None if bias is None else grad_bias.to(bias.dtype),
+        )
+        return (*as_input, None, None)
+
+
+def _head(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
+    """(n, H) hidden states -> (n, V) logits of the LM head, computed in `dtype`."""
+    logits = hidden.to(dtype) @ weight.to(dtype).T  # (n, V)
+    return logits if bias is None else logits + bias.to(dtype)
+
+
+def logprobs_from_hidden(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    tokens: torch.Tensor,
+    temperature: float = 1.0,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`logprobs_from_logits(hidden @ weight.T + bias, tokens, temperature)` without the logits: the LM head
+    applied chunk by chunk of positions, and again in the backward, so no (B, T, V) tensor exists — at a
+    128k vocabulary that tensor is the largest of a PPO or DPO step.
+
+    hidden: (B, T, H) the states the head reads (after the model's final norm); weight: (V, H) the head's (an
+    embedding matrix tied to it is the same tensor: its gradient arrives there); bias: (V,) or None; tokens:
+    (B, T). Returns (B, T) in fp32 (fp64 for fp64 states), differentiable with respect to hidden, weight and
+    bias; computed in fp32 whatever the states' dtype."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if hidden.dim() != 3 or hidden.shape[:-1] != tokens.shape or weight.shape[-1] != hidden.shape[-1]:
+        raise ValueError(
+            f"expected hidden (B, T, H), weight (V, H) and tokens (B, T), got {tuple(hidden.shape)}, "
+            f"{tuple(weight.shape)} and {tuple(tokens.shape)}"
+        )
+    flat = hidden.reshape(-1, hidden.shape[-1])  # (B*T, H)
+    out = _HeadTokenLogprob.apply(flat, weight, bias, tokens.reshape(-1).long(), float(temperature))  # (B*T,)
+    return out.view(tokens.shape)  # (B, T)
+
+
+@torch.no_grad()
+def entropy_from_hidden(
+    hidden: torch.Tensor, weight: torch.Tensor, temperature: float = 1.0, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`entropy_from_logits` of the head's logits, chunk by chunk of positions: (B, T, H) -> (B, T)."""
+    dtype = _compute_dtype(hidden.dtype)
+    flat = hidden.reshape(-1, hidden.shape[-1])  # (B*T, H)
+    out = torch.empty(flat.shape[0], dtype=dtype, device=hidden.device)  # (B*T,)
+    step = _hidden_chunk(weight.shape[0])
+    for start in range(0, flat.shape[0], step):
+        logp = torch.log_softmax(_head(flat[start : start + step], weight, bias, dtype) / temperature, -1)
+        out[start : start + step] = -(logp.exp() * logp).sum(-1)
+    return out.view(hidden.shape[:-1])  # (B, T)

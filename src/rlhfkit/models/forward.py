@@ -13,7 +13,12 @@ from typing import Any
 
 import torch
 
-from rlhfkit.core import entropy_from_logits, logprobs_from_logits
+from rlhfkit.core import (
+    entropy_from_hidden,
+    entropy_from_logits,
+    logprobs_from_hidden,
+    logprobs_from_logits,
+)
 from rlhfkit.models.scalar import position_ids, scalar_values
 
 
@@ -42,6 +47,38 @@ def response_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.T
     return logits[:, -response - 1 : -1]  # (B, T, V), a view
 
 
+# From this vocabulary on the log-probs are computed from the head's input chunk by chunk (no (B, T, V)
+# logits: at 128k entries they are the largest tensor of a step); below it the whole logits are cheap.
+CHUNKED_VOCAB = 65_536
+
+
+def head_parts(model: Any) -> tuple[Any, torch.Tensor, torch.Tensor | None] | None:
+    """(the model's body, its LM head's weight, bias) when its logits are exactly `body(...)[0] @ W.T + b`: a
+    plain linear head (with LoRA on it, peft wraps it: not plain), no logit scaling or soft-capping, weights
+    not sharded (FSDP gathers them in the whole model's forward, which this path goes around); else None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    body = getattr(base, getattr(base, "base_model_prefix", ""), None)
+    config = getattr(base, "config", None)
+    scaled = any(getattr(config, name, None) for name in ("final_logit_softcapping", "logit_scale"))
+    if type(head) is not torch.nn.Linear or body is None or scaled:
+        return None
+    if any(type(p).__name__ == "DTensor" for p in head.parameters()):
+        return None
+    return body, head.weight, head.bias
+
+
+def chunked_head(model: Any, chunked: bool | None) -> tuple[Any, torch.Tensor, torch.Tensor | None] | None:
+    """`head_parts` when the log-probs go by chunks of the head's input: asked (`chunked=True`), or by default
+    from `CHUNKED_VOCAB` entries on; None for the whole logits."""
+    if chunked is False:
+        return None
+    parts = head_parts(model)
+    if parts is None or (chunked is None and parts[1].shape[0] < CHUNKED_VOCAB):
+        return None
+    return parts
+
+
 def response_logprobs(
     model: Any,
     input_ids: torch.Tensor,
@@ -49,10 +86,22 @@ def response_logprobs(
     context: int,
     temperature: float,
     with_entropy: bool = False,
+    chunked: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(B, T) log-probs of the response tokens under `model` at `temperature`; optionally (B, T) entropies."""
-    logits = response_logits(model, input_ids, attention_mask, context)  # (B, T, V)
+    """(B, T) log-probs of the response tokens under `model` at `temperature`; optionally (B, T) entropies.
+    `chunked`: from the head's input chunk by chunk (`core.logprobs_from_hidden`: no (B, T, V) logits, equal
+    to the whole logits' to float rounding); None = from `CHUNKED_VOCAB` entries on, where the model allows it
+    (`head_parts`)."""
     responses = input_ids[:, context:]  # (B, T)
+    parts = chunked_head(model, chunked)
+    if parts is not None:
+        body, weight, bias = parts
+        hidden = body(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
+        )[0][:, context - 1 : -1]  # (B, T, H) the states that predict the response tokens
+        entropy = entropy_from_hidden(hidden, weight, temperature, bias) if with_entropy else None  # (B, T)
+        return logprobs_from_hidden(hidden, weight, responses, temperature, bias), entropy
+    logits = response_logits(model, input_ids, attention_mask, context)  # (B, T, V)
     entropy = entropy_from_logits(logits, temperature) if with_entropy else None  # (B, T)
     return logprobs_from_logits(logits, responses, temperature), entropy
 

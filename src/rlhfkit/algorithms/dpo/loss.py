@@ -8,8 +8,9 @@ from typing import Any
 import torch
 
 from rlhfkit.config.dpo import DPOConfig
-from rlhfkit.core import dpo_loss, logprobs_from_logits
+from rlhfkit.core import dpo_loss, logprobs_from_hidden, logprobs_from_logits
 from rlhfkit.data import pad
+from rlhfkit.models.forward import chunked_head
 
 # metrics of a batch of pairs, each a mean over its pairs (TRL's names, so dashboards carry over)
 PAIR_METRICS = (
@@ -32,8 +33,14 @@ def response_logprobs_sum(
     including its end token) under `model`, at temperature 1, and (N,) how many tokens that is."""
     ids, mask = (t.to(device) for t in pad(sequences, pad_id))  # (N, L), (N, L)
     # no KV cache: nothing is generated (in eval mode transformers would build and fill one)
-    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]  # (N, L-1, V)
-    logp = logprobs_from_logits(logits, ids[:, 1:])  # (N, L-1)
+    head = chunked_head(model, None)  # a large vocabulary: from the head's input by chunks, no (N, L, V)
+    if head is not None:
+        body, weight, bias = head
+        hidden = body(input_ids=ids, attention_mask=mask, use_cache=False)[0][:, :-1]  # (N, L-1, H)
+        logp = logprobs_from_hidden(hidden, weight, ids[:, 1:], 1.0, bias)  # (N, L-1)
+    else:
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]  # (N, L-1, V)
+        logp = logprobs_from_logits(logits, ids[:, 1:])  # (N, L-1)
     positions = torch.arange(ids.shape[1] - 1, device=device)  # (L-1,)
     first = (
         torch.tensor(starts, device=device) - 1
