@@ -85,3 +85,16 @@ def test_bad_shapes_and_temperature_are_refused():
         logprobs_from_hidden(torch.zeros(1, 2, 3), torch.zeros(5, 3), torch.zeros(1, 2, dtype=torch.long), 0)
     with pytest.raises(ValueError, match="expected hidden"):
         logprobs_from_hidden(torch.zeros(1, 2, 3), torch.zeros(5, 4), torch.zeros(1, 2, dtype=torch.long))
+
+
+def test_under_bf16_autocast_the_head_is_still_computed_in_fp32():
+    torch.manual_seed(4)
+    hidden, weight = torch.randn(1, 4, 8, requires_grad=True), torch.randn(37, 8)
+    tokens = torch.randint(37, (1, 4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = logprobs_from_hidden(hidden, weight, tokens)
+        (grad,) = torch.autograd.grad(got.sum(), hidden)
+    want = plain(hidden, weight, tokens, 1.0)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5)  # bf16 products would miss by ~1e-2
+    (expected,) = torch.autograd.grad(want.sum(), hidden)
+    torch.testing.assert_close(grad.double(), expected.double(), rtol=1e-5, atol=1e-5)

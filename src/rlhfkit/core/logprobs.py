@@ -113,6 +113,11 @@ class _HeadTokenLogprob(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, tokens, temperature):
+        with torch.autocast(hidden.device.type, enabled=False):  # fp32 products, even under bf16 autocast
+            return _HeadTokenLogprob._forward(ctx, hidden, weight, bias, tokens, temperature)
+
+    @staticmethod
+    def _forward(ctx, hidden, weight, bias, tokens, temperature):
         dtype = _compute_dtype(hidden.dtype)
         out = torch.empty(tokens.shape, dtype=dtype, device=hidden.device)  # (N,)
         lse = torch.empty_like(out)  # (N,)
@@ -129,6 +134,11 @@ class _HeadTokenLogprob(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return _HeadTokenLogprob._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         hidden, weight, bias, tokens, lse = ctx.saved_tensors
         dtype, temperature = lse.dtype, ctx.temperature
         upstream = grad_out.to(dtype)  # (N,)
@@ -192,6 +202,13 @@ def entropy_from_hidden(
     hidden: torch.Tensor, weight: torch.Tensor, temperature: float = 1.0, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """`entropy_from_logits` of the head's logits, chunk by chunk of positions: (B, T, H) -> (B, T)."""
+    with torch.autocast(hidden.device.type, enabled=False):  # fp32 products, as `logprobs_from_hidden`
+        return _entropy_from_hidden(hidden, weight, temperature, bias)
+
+
+def _entropy_from_hidden(
+    hidden: torch.Tensor, weight: torch.Tensor, temperature: float, bias: torch.Tensor | None
+) -> torch.Tensor:
     dtype = _compute_dtype(hidden.dtype)
     flat = hidden.reshape(-1, hidden.shape[-1])  # (B*T, H)
     out = torch.empty(flat.shape[0], dtype=dtype, device=hidden.device)  # (B*T,)
