@@ -120,3 +120,43 @@ def test_an_environment_failing_mid_run_checkpoints_and_resumes(rlhf_stack, tmp_
     monkeypatch.setattr(envs.FailsLater, "FAIL_AFTER", 1_000_000)
     assert main([*args, "--resume"]) == 0
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+# --- rlhfkit eval --environment ------------------------------------------------------------------------
+
+
+def test_eval_plays_episodes_against_the_environment(rlhf_stack, tmp_path):
+    import json
+
+    sft, _, prompts = rlhf_stack
+    out = tmp_path / "eval"
+    args = ["eval", "--model", sft, "--prompts", prompts, "--environment", "envs:Scripted",
+            "--reference", sft, "--out", str(out), "max_turns=3", "response_length=8",
+            "batch_size=16"]  # fmt: skip
+    assert main(args) == 0
+    metrics = json.loads((out / "eval.json").read_text())
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 200
+    for s in samples:  # Scripted rewards turn t with t: an episode of n turns earns 1 + ... + n
+        n = s["policy_turns"]
+        assert s["env_reward"] == n * (n + 1) / 2 and [t["role"] for t in s["turns"]].count("policy") == n
+    assert metrics["env_reward"] == pytest.approx(sum(s["env_reward"] for s in samples) / 200)
+    assert metrics["turns"] == pytest.approx(sum(s["policy_turns"] for s in samples) / 200)
+    assert metrics["kl"] == 0.0  # the model is its own reference
+    shares = [metrics[f"ended_{how}"] for how in ("environment", "max_turns", "length")]
+    assert sum(shares) == pytest.approx(1.0) and metrics["ended_environment"] > 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--best-of", "2", "--reward-function", "helpers:great_reward"], "does not apply to an environment"),
+     (["--environment", "envs:Raises"], "step() raised RuntimeError")],
+)  # fmt: skip
+def test_eval_refuses_a_bad_environment_in_one_line(rlhf_stack, tmp_path, capsys, extra, message):
+    sft, _, prompts = rlhf_stack
+    args = ["eval", "--model", sft, "--prompts", prompts, "--out", str(tmp_path / "e"), "--environment",
+            "envs:Scripted", *extra]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "e").exists()

@@ -240,6 +240,13 @@ class EvalConfig:
         "of the kept responses. N > 1 needs a reward model or reward functions: gold only measures",
     )
     reference: str | None = option(None, "reference model for the KL (usually the SFT model)")
+    environment: str | None = option(
+        None,
+        "multi-turn episodes, as `ppo`'s `environment` (`module:Class`): the model plays each prompt's "
+        "episode; its rewards are reported as `env_reward` (docs/multiturn.md)",
+    )
+    max_turns: int = option(4, "policy turns per episode at most (with `environment`)")
+    max_episode_length: int = option(2048, "tokens of a whole episode at most (with `environment`)")
     out: str | None = option(None, "write eval.json and samples.jsonl to this folder")
     response_length: int = option(32, "maximum new tokens per response")
     temperature: float = option(0.7, "sampling temperature (log-probs for the KL are taken at it too)")
@@ -260,6 +267,14 @@ class EvalConfig:
             "reward_concurrency",
         )
         components = reward_components(self)  # checks the functions and weights
+        positive(self, "max_turns")
+        if self.environment and self.best_of > 1:
+            raise ConfigError("best_of > 1 picks among single responses; it does not apply to an environment")
+        if self.environment and self.max_episode_length <= self.max_prompt_length:
+            raise ConfigError(
+                f"max_episode_length ({self.max_episode_length}) must be more than max_prompt_length "
+                f"({self.max_prompt_length}): an episode needs room for the policy's turns"
+            )
         if self.best_of > 1 and not components:
             # selecting by gold would optimise the measure itself: no over-optimisation left to see
             raise ConfigError(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +19,24 @@ from rlhfkit.algorithms.ppo.rewards.scale import RM
 from rlhfkit.config import EvalConfig
 from rlhfkit.core import best_of_n_kl, sequence_kl
 from rlhfkit.data import read_rows
-from rlhfkit.errors import UsageError
+from rlhfkit.errors import StepFailed, UsageError
 from rlhfkit.models import load_causal_lm, load_scalar_model, load_tokenizer, sequence_scores
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.rollout import LocalSampler, SamplingSettings, stop_token_ids
-from rlhfkit.rollout.completions import Completions, ReadingPoints, load_prompts, sample_completions
+from rlhfkit.rollout.completions import (
+    Completions,
+    ReadingPoints,
+    load_prompts,
+    response_texts,
+    sample_completions,
+)
+from rlhfkit.rollout.environments import (
+    ENDINGS,
+    EpisodeRunner,
+    check_environment,
+    episode_turns,
+    load_environment,
+)
 from rlhfkit.runtime.metrics import progress
 from rlhfkit.runtime.process import quiet_transformers
 from rlhfkit.tasks.rewards import (
@@ -108,7 +121,7 @@ def kept_kl(
     ids, mask = rollout.input_ids[kept], rollout.attention_mask[kept]  # (k, P + T)
     logp, _ = response_logprobs(model, ids, mask, context, temperature)  # (k, T)
     ref, _ = response_logprobs(reference, ids, mask, context, temperature)  # (k, T)
-    return sequence_kl(logp, ref, rollout.response_mask[kept]).tolist()
+    return sequence_kl(logp, ref, rollout.loss_mask[kept]).tolist()  # the policy's tokens
 
 
 @dataclass
@@ -151,9 +164,13 @@ def batch_samples(
     total = proxy.total(components) if proxy else []
     kept = best_rows(total, n) if n > 1 else list(range(len(done.responses)))
     columns: dict[str, list] = {
-        "length": rollout.response_mask[kept].sum(1).tolist(),
+        "length": rollout.loss_mask[kept].sum(1).tolist(),  # the policy's tokens
         "stopped": rollout.stopped[kept].tolist(),
     }
+    if rollout.turn_rewards is not None:  # a multi-turn episode: the environment's reward, its turns
+        columns["env_reward"] = rollout.turn_rewards[kept].sum(1).tolist()
+        columns["policy_turns"] = rollout.turns[kept].tolist()
+        columns["ended"] = [ENDINGS[int(e)] for e in rollout.ended[kept]]
     if proxy is not None:
         columns["reward"] = [total[k] for k in kept]
         if len(components) > 1:  # one component is `reward` itself
@@ -166,6 +183,8 @@ def batch_samples(
     for i, k in enumerate(kept):
         sample = {"prompt": done.prompts[k], "response": done.responses[k]}
         sample |= {name: values[i] for name, values in columns.items()}
+        if done.turns is not None:  # the episode turn by turn, the environment's marked
+            sample["turns"] = done.turns[k]
         if n > 1:  # the prompt's candidates and their proxy rewards, the kept one among them
             group = range(k - (k % n), k - (k % n) + n)
             sample["candidates"] = [{"response": done.responses[j], "reward": total[j]} for j in group]
@@ -173,15 +192,47 @@ def batch_samples(
     return samples
 
 
+def episode_runner(config: EvalConfig, engine: LocalSampler, tokenizer: Any, row: dict, record: dict) -> Any:
+    """PPO's episode runner around `engine` for `config.environment`, checked on the first prompt (`row`,
+    `record`) before anything is sampled or written: a bad environment is a UsageError."""
+    environment = load_environment(config.environment)
+    check_environment(environment, row, record, tokenizer)
+    return EpisodeRunner(
+        engine, tokenizer, environment, engine.stop_ids, config.max_turns, config.max_episode_length,
+        config.max_prompt_length, config.reward_concurrency,
+    )  # fmt: skip
+
+
+def episode_completions(
+    runner: EpisodeRunner, prompts: tuple, settings: SamplingSettings, batch: int, generator: torch.Generator
+) -> Iterator[Completions]:
+    """Batches of whole episodes played by the model (the same context, endings and rewards as PPO's), as
+    completions whose response is the episode after its opening. `prompts`: (texts, ids, records, data
+    rows). An environment failing mid-way is a UsageError."""
+    texts, ids, records, rows = prompts
+    stops = set(runner.stop_ids.tolist())
+    for start in range(0, len(ids), batch):
+        part = slice(start, start + batch)
+        try:
+            rollout = runner.run(ids[part], rows[part], records[part], settings, None, False, generator)
+        except StepFailed as exc:
+            raise UsageError(str(exc)) from None
+        turns = [episode_turns(runner.tokenizer, rollout, row, stops) for row in range(len(rollout.stopped))]
+        yield Completions(texts[part], response_texts(runner.tokenizer, rollout), rollout, turns)
+
+
 def summary(samples: list[dict[str, Any]], n: int) -> dict[str, Any]:
     """Means over the kept samples; with n > 1, `best_of` and the analytic `kl_best_of_n` too."""
     names = [k for k in samples[0] if k.startswith("reward/")]
     metrics: dict[str, Any] = {
         k: sum(float(s[k]) for s in samples) / len(samples)
-        for k in ("reward", *names, "gold", "kl", "length", "stopped")
+        for k in ("reward", *names, "gold", "kl", "length", "stopped", "env_reward", "policy_turns")
         if k in samples[0]
     }
     metrics["stop_rate"] = metrics.pop("stopped")
+    if "policy_turns" in metrics:  # multi-turn: turns per episode, and how the episodes ended
+        metrics["turns"] = metrics.pop("policy_turns")
+        metrics |= {f"ended_{how}": sum(s["ended"] == how for s in samples) / len(samples) for how in ENDINGS}
     if n > 1:  # `best_of` 1 writes exactly what eval always wrote
         metrics |= {"best_of": n, "kl_best_of_n": best_of_n_kl(n)}
     return metrics
@@ -198,8 +249,9 @@ def evaluate(config: EvalConfig, gold: Gold | Scorer | None = None) -> dict[str,
     log pi_ref(y_t), at the sampling temperature), `length`, `stop_rate`; with best_of > 1, `best_of` and
     `kl_best_of_n` (log N - (N - 1)/N).
     """
-    if config.reward_model is None and not config.reward_functions and config.gold is None and gold is None:
-        raise UsageError("eval needs --reward-model, --reward-function or --gold")
+    measures = (config.reward_model, config.reward_functions, config.gold, gold, config.environment)
+    if not any(m for m in measures if m is not None):
+        raise UsageError("eval needs --reward-model, --reward-function, --gold or --environment")
     if gold is not None and not isinstance(gold, Scorer):
         gold = callable_scorer(gold)
     gold = gold or (load_scorer(config.gold, "gold", config.reward_concurrency) if config.gold else None)
@@ -209,7 +261,8 @@ def evaluate(config: EvalConfig, gold: Gold | Scorer | None = None) -> dict[str,
         config.prompts, tokenizer, config.max_prompt_length, config.columns
     )
     # the rows as the data has them: the columns reward functions may read
-    rows = [dict(r.data) for r in read_rows(config.prompts)] if config.reward_functions else []
+    needs_rows = config.reward_functions or config.environment
+    rows = [dict(r.data) for r in read_rows(config.prompts)] if needs_rows else []
     rows = rows or [{}] * len(texts)
     proxy = load_proxy(config, tokenizer, rows)
     model = load_causal_lm(config.model, tokenizer).eval()
@@ -223,8 +276,17 @@ def evaluate(config: EvalConfig, gold: Gold | Scorer | None = None) -> dict[str,
     texts, prompt_ids = repeated(texts, n), repeated(prompt_ids, n)
     messages, rows = repeated(messages, n), repeated(rows, n)
     batch, samples = config.batch_size * n, []
+    if config.environment:  # best_of is 1 (checked): every prompt once
+        records = [
+            {"prompt": t} if m is None else {"messages": m} for t, m in zip(texts, messages, strict=True)
+        ]
+        runner = episode_runner(config, engine, tokenizer, rows[0], records[0])
+        prompts = (texts, prompt_ids, records, rows)
+        batches = episode_completions(runner, prompts, settings, batch, generator)
+    else:
+        batches = sample_completions(engine, tokenizer, texts, prompt_ids, settings, batch, generator)
     with progress(math.ceil(len(prompt_ids) / batch), "eval") as bar:
-        for done in sample_completions(engine, tokenizer, texts, prompt_ids, settings, batch, generator):
+        for done in batches:
             first = len(samples) * n
             part = slice(first, first + len(done.responses))
             samples += batch_samples(done, n, scorers, messages[part], rows[part])

@@ -22,6 +22,7 @@ class Completions:
     prompts: list[str]
     responses: list[str]
     rollout: Rollout
+    turns: list[list[dict]] | None = None  # multi-turn: each episode's turns (`environments.episode_turns`)
 
 
 def load_prompts(
