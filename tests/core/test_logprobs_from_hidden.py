@@ -98,3 +98,14 @@ def test_under_bf16_autocast_the_head_is_still_computed_in_fp32():
     torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5)  # bf16 products would miss by ~1e-2
     (expected,) = torch.autograd.grad(want.sum(), hidden)
     torch.testing.assert_close(grad.double(), expected.double(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_frozen_head_gets_no_gradient_and_the_states_the_same_one(small_chunks):
+    torch.manual_seed(5)
+    hidden = torch.randn(2, 5, 8, requires_grad=True)
+    weight = torch.randn(37, 8)  # frozen, as a LoRA model's head
+    tokens = torch.randint(37, (2, 5))
+    (grad,) = torch.autograd.grad(logprobs_from_hidden(hidden, weight, tokens).sum(), hidden)
+    (expected,) = torch.autograd.grad(plain(hidden, weight, tokens, 1.0).sum(), hidden)
+    torch.testing.assert_close(grad.double(), expected.double(), rtol=1e-5, atol=1e-5)
+    assert weight.grad is None

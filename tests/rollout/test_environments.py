@@ -364,3 +364,39 @@ def test_an_environment_failing_mid_episode_is_a_step_failure(tiny_tokenizer, mo
     prompts, rows, records = [prompt_ids(tok, "a")] * 2, [{}] * 2, [{"prompt": "a"}] * 2
     with pytest.raises(StepFailed, match="raised ConnectionError"):  # the second episode's environment
         run(runner(tok, turns, env="envs:FailsLater"), prompts, rows, records)
+
+
+def test_filling_the_batch_leaves_every_episodes_draws_as_they_were(tiny_dir):
+    """A static or compiled decoder samples turns at the batch's size (filler rows); with the draws from a
+    generator (PPO's evaluation), each live episode must still read the uniforms it reads without them."""
+    from rlhfkit.models import load_causal_lm, load_tokenizer
+    from rlhfkit.rollout import LocalSampler, stop_token_ids
+
+    class NotEager:  # decodes eagerly, but is not the eager decoder: the runner fills the batch for it
+        def __init__(self, inner):
+            self.inner = inner
+
+        def start(self, *args):
+            return self.inner.start(*args)
+
+        def step(self, *args):
+            return self.inner.step(*args)
+
+    tok = load_tokenizer(tiny_dir)
+    model = load_causal_lm(tiny_dir, tok).eval()
+    rows = [{"turns": 1}, {"turns": 3}, {"turns": 2}, {"turns": 3}]
+    prompts = [prompt_ids(tok, p) for p in ("the film was", "a", "the hotel was", "it")]
+    records = [{"prompt": "x"}] * 4
+    played = []
+    for fill in (False, True):
+        sampler = LocalSampler(model, tok, stop_token_ids(tok))
+        if fill:
+            sampler.decoder = NotEager(sampler.decoder)
+        episodes = EpisodeRunner(
+            sampler, tok, load_environment("envs:Scripted"), sampler.stop_ids, 3, 256, 64
+        )
+        assert episodes.fixed_rows == fill
+        generator = torch.Generator().manual_seed(0)
+        rollout = episodes.run(prompts, rows, records, SamplingSettings(8, 1.0), None, False, generator)
+        played.append([region(rollout, row)[0] for row in range(4)])
+    assert played[0] == played[1]

@@ -122,9 +122,11 @@ class _HeadTokenLogprob(torch.autograd.Function):
         out = torch.empty(tokens.shape, dtype=dtype, device=hidden.device)  # (N,)
         lse = torch.empty_like(out)  # (N,)
         step = _hidden_chunk(weight.shape[0])
+        w = weight.to(dtype)  # (V, H) cast once, not per chunk
+        b = None if bias is None else bias.to(dtype)  # (V,)
         for start in range(0, hidden.shape[0], step):
             rows = slice(start, start + step)
-            scaled = _head(hidden[rows], weight, bias, dtype) / temperature  # (n, V), freed after the chunk
+            scaled = _head(hidden[rows], w, b, dtype) / temperature  # (n, V), freed after the chunk
             lse[rows] = torch.logsumexp(scaled, dim=-1)
             out[rows] = scaled.gather(-1, tokens[rows, None]).squeeze(-1) - lse[rows]
         ctx.save_for_backward(hidden, weight, bias, tokens, lse)
@@ -142,26 +144,33 @@ class _HeadTokenLogprob(torch.autograd.Function):
         hidden, weight, bias, tokens, lse = ctx.saved_tensors
         dtype, temperature = lse.dtype, ctx.temperature
         upstream = grad_out.to(dtype)  # (N,)
-        grad_hidden = torch.empty(hidden.shape, dtype=dtype, device=hidden.device)  # (N, H)
-        grad_weight = torch.zeros(weight.shape, dtype=dtype, device=weight.device)  # (V, H)
-        grad_bias = None if bias is None else torch.zeros(bias.shape, dtype=dtype, device=bias.device)  # (V,)
+        # only the gradients autograd asks for: a frozen head (LoRA) needs no (V, H) accumulation
+        wants_hidden, wants_weight, wants_bias = ctx.needs_input_grad[:3]
+        grad_hidden = torch.empty(hidden.shape, dtype=dtype, device=hidden.device) if wants_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if wants_weight else None
+        grad_bias = torch.zeros(bias.shape, dtype=dtype, device=bias.device) if wants_bias else None
+        w = weight.to(dtype)  # (V, H) cast once, not per chunk
+        b = None if bias is None else bias.to(dtype)  # (V,)
         step = _hidden_chunk(weight.shape[0])
         for start in range(0, hidden.shape[0], step):
             rows = slice(start, start + step)
             h = hidden[rows].to(dtype)  # (n, H)
-            probs = torch.exp(_head(h, weight, bias, dtype) / temperature - lse[rows, None])  # (n, V)
+            probs = torch.exp(_head(h, w, b, dtype) / temperature - lse[rows, None])  # (n, V)
             g = probs.mul_(-upstream[rows, None])  # (n, V)
             g.scatter_add_(-1, tokens[rows, None], upstream[rows, None]).div_(temperature)
-            grad_hidden[rows] = g @ weight.to(dtype)  # (n, H)
-            grad_weight.addmm_(g.T, h)  # (V, H)
-            if grad_bias is not None:
+            if wants_hidden:
+                grad_hidden[rows] = g @ w  # (n, H)
+            if wants_weight:
+                grad_weight.addmm_(g.T, h)  # (V, H)
+            if wants_bias:
                 grad_bias += g.sum(0)
-        as_input = (
-            grad_hidden.to(hidden.dtype),
-            grad_weight.to(weight.dtype),
-            None if bias is None else grad_bias.to(bias.dtype),
+        return (
+            None if grad_hidden is None else grad_hidden.to(hidden.dtype),
+            None if grad_weight is None else grad_weight.to(weight.dtype),
+            None if grad_bias is None else grad_bias.to(bias.dtype),
+            None,
+            None,
         )
-        return (*as_input, None, None)
 
 
 def _head(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
@@ -213,7 +222,8 @@ def _entropy_from_hidden(
     flat = hidden.reshape(-1, hidden.shape[-1])  # (B*T, H)
     out = torch.empty(flat.shape[0], dtype=dtype, device=hidden.device)  # (B*T,)
     step = _hidden_chunk(weight.shape[0])
+    w, b = weight.to(dtype), None if bias is None else bias.to(dtype)  # cast once
     for start in range(0, flat.shape[0], step):
-        logp = torch.log_softmax(_head(flat[start : start + step], weight, bias, dtype) / temperature, -1)
+        logp = torch.log_softmax(_head(flat[start : start + step], w, b, dtype) / temperature, -1)
         out[start : start + step] = -(logp.exp() * logp).sum(-1)
     return out.view(hidden.shape[:-1])  # (B, T)

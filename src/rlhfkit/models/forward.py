@@ -47,15 +47,18 @@ def response_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.T
     return logits[:, -response - 1 : -1]  # (B, T, V), a view
 
 
-# From this vocabulary on the log-probs are computed from the head's input chunk by chunk (no (B, T, V)
-# logits: at 128k entries they are the largest tensor of a step); below it the whole logits are cheap.
-CHUNKED_VOCAB = 65_536
+# From this vocabulary on the log-probs would be computed from the head's input by chunks by default (no
+# (B, T, V) logits). None for now: the default stays the whole logits until models that scale their logits
+# under other names (Granite's `logits_scaling`, ...), DDP-wrapped DPO models and frozen bf16 heads are
+# handled (docs/performance.md); `chunked=True` asks for it.
+CHUNKED_VOCAB: int | None = None
 
 
 def head_parts(model: Any) -> tuple[Any, torch.Tensor, torch.Tensor | None] | None:
     """(the model's body, its LM head's weight, bias) when its logits are exactly `body(...)[0] @ W.T + b`: a
-    plain linear head (with LoRA on it, peft wraps it: not plain), no logit scaling or soft-capping, weights
-    not sharded (FSDP gathers them in the whole model's forward, which this path goes around); else None."""
+    plain linear head (with LoRA on it, peft wraps it: not plain), no logit scaling or soft-capping (under
+    the names checked here), weights not sharded (DTensors seen outside the wrapped model's forward); else
+    None."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     body = getattr(base, getattr(base, "base_model_prefix", ""), None)
@@ -70,8 +73,10 @@ def head_parts(model: Any) -> tuple[Any, torch.Tensor, torch.Tensor | None] | No
 
 def chunked_head(model: Any, chunked: bool | None) -> tuple[Any, torch.Tensor, torch.Tensor | None] | None:
     """`head_parts` when the log-probs go by chunks of the head's input: asked (`chunked=True`), or by default
-    from `CHUNKED_VOCAB` entries on; None for the whole logits."""
+    from `CHUNKED_VOCAB` entries on (when set); None for the whole logits."""
     if chunked is False:
+        return None
+    if chunked is None and CHUNKED_VOCAB is None:
         return None
     parts = head_parts(model)
     if parts is None or (chunked is None and parts[1].shape[0] < CHUNKED_VOCAB):
@@ -90,14 +95,17 @@ def response_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B, T) log-probs of the response tokens under `model` at `temperature`; optionally (B, T) entropies.
     `chunked`: from the head's input chunk by chunk (`core.logprobs_from_hidden`: no (B, T, V) logits, equal
-    to the whole logits' to float rounding); None = from `CHUNKED_VOCAB` entries on, where the model allows it
-    (`head_parts`)."""
+    to the whole logits' to float rounding), where the model allows it (`head_parts`); None = from
+    `CHUNKED_VOCAB` entries on (off while it is None)."""
     responses = input_ids[:, context:]  # (B, T)
     parts = chunked_head(model, chunked)
     if parts is not None:
         body, weight, bias = parts
         hidden = body(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids(attention_mask),
+            use_cache=False,  # nothing is generated: no KV cache to build
         )[0][:, context - 1 : -1]  # (B, T, H) the states that predict the response tokens
         entropy = entropy_from_hidden(hidden, weight, temperature, bias) if with_entropy else None  # (B, T)
         return logprobs_from_hidden(hidden, weight, responses, temperature, bias), entropy

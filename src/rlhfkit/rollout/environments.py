@@ -330,6 +330,8 @@ class EpisodeRunner:
         turn = dataclasses.replace(settings, max_new_tokens=max(room))
         contexts = [e.opening + e.region for e in episodes]
         filler = rows - len(contexts)
+        if noise is None and filler and not settings.greedy:  # the live rows' draws as without the filler
+            noise = torch.rand(max(room), len(contexts), generator=generator, device=self.stop_ids.device)
         if noise is not None:
             noise = noise[: max(room)]  # (max(room), live)
             noise = torch.cat([noise, noise[:, :1].expand(-1, filler)], dim=1)  # (max(room), rows)

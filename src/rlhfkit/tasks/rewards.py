@@ -209,6 +209,8 @@ def call_reward_function(
 def run_coroutine(coroutine: Any) -> Any:
     """Run a coroutine to its end, also from code that is itself inside an event loop (a notebook): there,
     in a thread of its own."""
+    if not inspect.iscoroutine(coroutine):  # a Future, or any object with __await__
+        coroutine = _awaited(coroutine)
     try:
         asyncio.get_running_loop()
     except RuntimeError:

@@ -17,7 +17,6 @@ from rlhfkit.core import (
     masked_whiten,
     uniform_groups,
 )
-from rlhfkit.models.forward import chunked_head
 from rlhfkit.rollout.environments import episode_stats
 from rlhfkit.runtime.distributed import all_rows, local_rows
 from rlhfkit.runtime.process import autocast
@@ -69,12 +68,8 @@ def row_slices(rows: int, chunk: int) -> list[slice]:
 
 
 def vocab_size(roles: Roles) -> int:
-    """What a no-grad pass holds per position: the policy's vocabulary (its logits' last dimension), or its
-    hidden size when its log-probs go by chunks of the head's input (`models.forward.chunked_head`: no logits
-    of the whole pass exist)."""
-    head = chunked_head(roles.trainable.policy, None)
-    weight = roles.trainable.policy.get_output_embeddings().weight if head is None else head[1]
-    return weight.shape[0] if head is None else weight.shape[1]
+    """The policy's vocabulary (its logits' last dimension)."""
+    return roles.trainable.policy.get_output_embeddings().weight.shape[0]
 
 
 def step_rewards(
