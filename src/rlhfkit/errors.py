@@ -33,3 +33,8 @@ class Diverged(Exception):
 class StepFailed(Exception):
     """User code failed inside a step (a reward function): the run loop checkpoints the last good state and
     stops with status 1 (as `Diverged`)."""
+
+
+class EnvironmentFailure(Exception):
+    """A multi-turn environment failed on an episode (one line: the environment, the call, what went
+    wrong); a StepFailed during training, a UsageError at start-up (`rlhfkit.rollout.environments`)."""

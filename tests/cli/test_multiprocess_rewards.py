@@ -4,6 +4,7 @@ metrics of one process with the same global batch; a function that fails on one 
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -70,12 +71,19 @@ def test_reward_functions_and_grpo_on_two_processes_match_one(rlhf_stack, answer
     """The RM, a function reading its row's column and a plain one, GRPO's group baseline: each process
     scores its rows, they gather the batch, and every statistic is the one-process one."""
     stack = (rlhf_stack[0], rlhf_stack[1], answer_prompts)
+    one = one_and_two_processes_agree(lambda out: ppo_args(stack, out, *GRPO), tmp_path)
+    assert all("reward/answer_reward" in r and "reward/great_reward" in r for r in one)
+
+
+def one_and_two_processes_agree(args: Callable[[Path], list[str]], tmp_path: Path) -> list[dict]:
+    """Run the `rlhfkit` command `args(out)` on one process into `tmp_path / "one"` and on two into
+    `tmp_path / "two"`; assert their 2 iterations' metrics agree and their samples are equal; return the
+    one-process metrics."""
     for name, processes in (("one", 1), ("two", 2)):
-        done = run(ppo_args(stack, tmp_path / name, *GRPO), processes)
+        done = run(args(tmp_path / name), processes)
         assert done.returncode == 0, done.stderr[-3000:]
     one, two = (metric_records(tmp_path / name / "metrics.jsonl") for name in ("one", "two"))
     assert len(one) == len(two) == 2
-    assert all("reward/answer_reward" in r and "reward/great_reward" in r for r in one)
     for a, b in zip(one, two, strict=True):
         assert set(a) == set(b)
         for key in a:
@@ -83,6 +91,7 @@ def test_reward_functions_and_grpo_on_two_processes_match_one(rlhf_stack, answer
             assert b[key] == pytest.approx(a[key], rel=rel, abs=rel), (a["step"], key)
     samples = [metric_records(tmp_path / name / "samples.jsonl") for name in ("one", "two")]
     assert samples[0] == samples[1]
+    return one
 
 
 def test_a_function_failing_on_one_process_stops_both(rlhf_stack, tmp_path):

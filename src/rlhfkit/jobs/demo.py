@@ -66,6 +66,16 @@ def gold_by_evaluation(samples_file: Path) -> dict[int, dict[str, float]]:
     }
 
 
+def demo_folders(out: str, overwrite: bool) -> tuple[Path, Path]:
+    """(the output folder, its `data` folder) of a demo, checked and begun (a finished run is replaced only
+    with `overwrite`): every demo writes its stages into one folder."""
+    folder = Path(out)
+    check_output(folder, overwrite)
+    begin(folder, None)
+    (folder / "data").mkdir(exist_ok=True)
+    return folder, folder / "data"
+
+
 def demo(config: DemoConfig) -> Path:
     """Run every stage into `config.out`; returns the folder holding summary.json and report.html."""
     from rlhfkit.algorithms.dpo import dpo
@@ -76,12 +86,8 @@ def demo(config: DemoConfig) -> Path:
     from rlhfkit.jobs.label import label
     from rlhfkit.report import write_report
 
-    out = Path(config.out)
-    check_output(out, config.overwrite)
+    out, data = demo_folders(config.out, config.overwrite)
     started = time.perf_counter()
-    begin(out, None)
-    data = out / "data"
-    data.mkdir(exist_ok=True)
     task = sentiment_task(config.demonstrations, config.eval_prompts, config.seed)
     sft_data = write_jsonl(data / "sft.jsonl", task.demonstrations)
     prompts = write_jsonl(data / "prompts.jsonl", [{"prompt": p} for p in task.train_prompts])

@@ -23,9 +23,9 @@ import torch
 
 from rlhfkit.config import to_dict
 from rlhfkit.config.multiturn import MultiturnConfig
-from rlhfkit.jobs.demo import write_jsonl
+from rlhfkit.jobs.demo import demo_folders, write_jsonl
 from rlhfkit.runtime.metrics import read_metrics
-from rlhfkit.runtime.outputs import begin, check_output, write_run_file
+from rlhfkit.runtime.outputs import write_run_file
 from rlhfkit.tasks import guess
 
 ENVIRONMENT = "rlhfkit.tasks.guess:GuessingGame"
@@ -88,15 +88,14 @@ def policy_logprobs(
     model: Any, ids: list[list[int]], policy: list[list[bool]], pad_id: int, temperature: float
 ) -> torch.Tensor:
     """(E,) each episode's summed log-probability of its policy tokens under `model` at `temperature`
-    (right-padded, so positions count from each episode's first token)."""
-    from rlhfkit.core import logprobs_from_logits
+    (right-padded: every token after the first is a "response" token of `response_logprobs`)."""
     from rlhfkit.data import pad
+    from rlhfkit.models.forward import response_logprobs
 
     device = next(model.parameters()).device
     tokens, mask = (t.to(device) for t in pad(ids, pad_id, "right"))  # (E, L)
     sampled, _ = pad(policy, 0, "right")  # (E, L)
-    logits = model(input_ids=tokens, attention_mask=mask).logits[:, :-1]  # (E, L-1, V)
-    logp = logprobs_from_logits(logits.float(), tokens[:, 1:], temperature)  # (E, L-1)
+    logp, _ = response_logprobs(model, tokens, mask, 1, temperature)  # (E, L-1) tokens 1 .. L-1
     return (logp * sampled[:, 1:].to(device)).sum(dim=1)  # (E,)
 
 
@@ -193,12 +192,8 @@ def demo_multiturn(config: MultiturnConfig) -> Path:
     from rlhfkit.algorithms.ppo import ppo
     from rlhfkit.algorithms.sft import sft
 
-    out = Path(config.out)
-    check_output(out, config.overwrite)
+    out, data = demo_folders(config.out, config.overwrite)
     started = time.perf_counter()
-    begin(out, None)
-    data = out / "data"
-    data.mkdir(exist_ok=True)
     common: dict[str, Any] = dict(seed=config.seed, overwrite=True, bf16=config.bf16)
 
     say(1, "the game's data, a tokenizer and a tiny model")

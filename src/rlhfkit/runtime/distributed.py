@@ -7,7 +7,8 @@ each process takes its contiguous share of a batch's rows, and every mean is tak
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
@@ -90,3 +91,30 @@ def finish() -> None:
     """Leave the process group cleanly (some launches abort at exit otherwise)."""
     if _initialised():
         torch.distributed.destroy_process_group()
+
+
+Result = TypeVar("Result")
+
+
+def agreed_on_failure(
+    work: Callable[[], Result],
+    failures: type[Exception],
+    device: torch.device,
+    everywhere: bool,
+    elsewhere: str,
+) -> Result:
+    """`work()`, a call into the user's code (reward functions, an environment), with the processes agreeing
+    on its outcome: when it raises one of `failures` on any process, every process raises StepFailed
+    together (`elsewhere` on those where it did not fail), none left waiting in a later collective.
+    `everywhere=False`: this process alone runs (an evaluation)."""
+    from rlhfkit.errors import StepFailed
+
+    failure, result = None, None
+    try:
+        result = work()
+    except failures as exc:
+        failure = str(exc)
+    failed = all_max(torch.tensor(float(failure is not None), device=device)) if everywhere else failure
+    if failed:
+        raise StepFailed(failure or elsewhere)
+    return result

@@ -105,7 +105,8 @@ def load_reward_function(spec: str) -> RewardFunction:
     return RewardFunction(spec, load_gold(spec, what="reward function"))
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
+    """`repr(value)`, cut to 60 characters: what an error message shows of a wrong value."""
     text = repr(value)
     return text if len(text) <= 60 else text[:60] + "…"
 
@@ -124,7 +125,7 @@ def _number(function: RewardFunction, value: Any, prompt: str) -> float:
             number = float(value)
     if number is None:
         raise RewardFunctionError(
-            f"reward function {function.spec} returned {_shown(value)} for prompt "
+            f"reward function {function.spec} returned {shown(value)} for prompt "
             f"{_example(prompt)}; it must return a number"
         )
     if not math.isfinite(number):
@@ -189,7 +190,7 @@ def call_reward_function(
             raise _failed(function, exc, prompts[0]) from None
         values = values.tolist() if hasattr(values, "tolist") else values  # a NumPy array, a tensor
         if not isinstance(values, list | tuple) or len(values) != len(prompts):
-            count = len(values) if isinstance(values, list | tuple) else _shown(values)
+            count = len(values) if isinstance(values, list | tuple) else shown(values)
             raise RewardFunctionError(
                 f"reward function {function.spec} (batched) returned {count} values for {len(prompts)} "
                 f"examples (first prompt {_example(prompts[0])}); it must return one per example"

@@ -9,8 +9,7 @@ from collections.abc import Callable
 import torch
 
 from rlhfkit.algorithms.ppo.rewards.episodes import EpisodeTexts
-from rlhfkit.errors import StepFailed
-from rlhfkit.runtime.distributed import all_max, all_rows
+from rlhfkit.runtime.distributed import agreed_on_failure, all_rows
 from rlhfkit.tasks.rewards import RewardFunction, RewardFunctionError, call_reward_function
 
 Scores = dict[str, torch.Tensor]  # component name -> (b,) raw scores
@@ -28,18 +27,11 @@ def function_scores(functions: dict[str, RewardFunction], texts: EpisodeTexts, c
 
 
 def agreed(user: Callable[[], Scores], device: torch.device, everywhere: bool) -> Scores:
-    """`user()`, the calls into the user's code, with the processes agreeing on its outcome: when it fails
-    on any process (a RewardFunctionError), every process raises StepFailed together, none is left waiting
-    for the others in a later collective. `everywhere=False`: this process alone runs (evaluation)."""
-    failure, scores = None, {}
-    try:
-        scores = user()
-    except RewardFunctionError as exc:
-        failure = str(exc)
-    failed = all_max(torch.tensor(float(failure is not None), device=device)) if everywhere else failure
-    if failed:
-        raise StepFailed(failure or "a reward function failed on another process")
-    return scores
+    """`user()`, the calls into the user's reward functions, with the processes agreeing on its outcome
+    (`runtime.distributed.agreed_on_failure`): a RewardFunctionError on any process is a StepFailed on every
+    process together. `everywhere=False`: this process alone runs (evaluation)."""
+    message = "a reward function failed on another process"
+    return agreed_on_failure(user, RewardFunctionError, device, everywhere, message)
 
 
 def gathered(scores: Scores, device: torch.device, everywhere: bool) -> Scores:

@@ -1,26 +1,9 @@
-"""Multi-turn episodes: the user's environment run around the sampler (docs/multiturn.md).
-
-An environment is a class named `module:Class`, one object per episode:
-
-    Class(row)          the prompt's data row (every column)
-    reset()             optional: the opening, text or messages; absent or None = the row's prompt
-    step(response)      the policy's turn as text, its stop token stripped -> (what the environment says
-                        next: text, messages or None to end; this turn's reward). `async def` is awaited.
-
-The context is kept as tokens and only ever grows: the opening's ids, then each policy turn exactly as it was
-sampled (its stop token included), then the environment's answer — text as
-`tokenizer(text, add_special_tokens=False)`, messages as the chat template renders them after an assistant
-turn (`TemplateDelta`) — and so on. Text the policy sampled is never decoded and encoded again, so the
-tokens trained on are the tokens sampled (the tokenisation bugs of other frameworks' multi-turn training).
-The episode becomes a `Rollout` whose "response" is everything after the opening and whose `policy_mask`
-marks the policy's tokens: every loss, KL and advantage covers those alone.
-"""
+"""Episodes as they grow turn by turn around the sampler, as one `Rollout` once finished, and what is
+reported of them (their turns as text, their statistics)."""
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -28,203 +11,20 @@ from typing import Any
 import torch
 
 from rlhfkit.data import pad
-from rlhfkit.data.encode import end_of_turn, prompt_ids, render_conversation, special_ids
-from rlhfkit.errors import StepFailed, UsageError, first_line
+from rlhfkit.data.encode import special_ids
+from rlhfkit.errors import EnvironmentFailure
 from rlhfkit.rollout.completions import response_text
 from rlhfkit.rollout.decoding import EagerDecoder
 from rlhfkit.rollout.engine import RolloutEngine
+from rlhfkit.rollout.environments.chat import TemplateDelta
+from rlhfkit.rollout.environments.interface import Environment, opening_ids
 from rlhfkit.rollout.sampling import Rollout, SamplingSettings
-from rlhfkit.runtime.distributed import all_max
-from rlhfkit.tasks.base import load_gold
+from rlhfkit.runtime.distributed import agreed_on_failure, all_max
 from rlhfkit.tasks.rewards import run_coroutine
 
 # How an episode ended: `step` returned None; the policy had its `max_turns`; a turn ran out of tokens
 # (`response_length`, or the room `max_episode_length` left) or the environment's answer would not fit.
 ENDINGS = ("environment", "max_turns", "length")
-SENTINEL = "\u2063rlhfkit-turn\u2063"  # an assistant turn's text, found again in a rendered template
-SHOWN = 60  # characters of a wrong value an error shows
-
-
-class EnvironmentFailure(Exception):
-    """The user's environment failed on an episode (one line: the environment, the call, what went wrong)."""
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= SHOWN else text[:SHOWN] + "…"
-
-
-def is_messages(value: Any) -> bool:
-    """Whether `value` is a list of messages (dicts with a string `role` and `content`)."""
-    return isinstance(value, list) and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-        for m in value
-    )
-
-
-@dataclass(frozen=True)
-class Environment:
-    """The user's environment class and the checks around every call into it."""
-
-    spec: str  # module:Class, as the user wrote it
-    cls: Any
-
-    def make(self, row: dict) -> Any:
-        """One environment object for an episode on `row`."""
-        try:
-            return self.cls(dict(row))
-        except Exception as exc:
-            raise self.failed("its constructor", exc) from None
-
-    def opening(self, env: Any) -> str | list[dict] | None:
-        """`reset()`'s opening (None without a reset, or when it returns None: the row's prompt)."""
-        reset = getattr(env, "reset", None)
-        if reset is None:
-            return None
-        try:
-            value = reset()
-            value = run_coroutine(value) if inspect.isawaitable(value) else value
-        except Exception as exc:
-            raise self.failed("reset()", exc) from None
-        if value is not None and not isinstance(value, str) and not is_messages(value):
-            raise EnvironmentFailure(
-                f"environment {self.spec}: reset() returned {_shown(value)}; it must return text, a list of "
-                "messages ({'role', 'content'} dicts) or None"
-            )
-        return value
-
-    def step(self, env: Any, response: str) -> tuple[str | list[dict] | None, float]:
-        """`env.step(response)` checked: (text, messages or None; a finite reward)."""
-        try:
-            result = env.step(response)
-            result = run_coroutine(result) if inspect.isawaitable(result) else result
-        except Exception as exc:
-            raise self.failed("step()", exc) from None
-        return self.checked(result, response)
-
-    async def step_async(self, env: Any, response: str) -> tuple[str | list[dict] | None, float]:
-        try:
-            result = await env.step(response)
-        except Exception as exc:
-            raise self.failed("step()", exc) from None
-        return self.checked(result, response)
-
-    def checked(self, result: Any, response: str) -> tuple[str | list[dict] | None, float]:
-        """`step`'s return value, or an EnvironmentFailure saying what is wrong with it."""
-        ok = isinstance(result, tuple | list) and len(result) == 2
-        answer, reward = result if ok else (None, None)
-        number = None
-        if ok and not isinstance(reward, str | bytes | bool) and reward is not None:
-            try:
-                number = float(reward)
-            except (TypeError, ValueError):
-                number = None
-        if not ok or not (answer is None or isinstance(answer, str) or is_messages(answer)) or number is None:
-            raise EnvironmentFailure(
-                f"environment {self.spec}: step({_shown(response)}) returned {_shown(result)}; it must "
-                "return (text, a list of messages or None, a reward number)"
-            )
-        if not math.isfinite(number):
-            raise EnvironmentFailure(
-                f"environment {self.spec}: step({_shown(response)}) gave reward {number}"
-            )
-        return answer, number
-
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(getattr(self.cls, "step", None))
-
-    def failed(self, call: str, exc: BaseException) -> EnvironmentFailure:
-        return EnvironmentFailure(
-            f"environment {self.spec}: {call} raised {type(exc).__name__} ({first_line(exc)})"
-        )
-
-
-def load_environment(spec: str) -> Environment:
-    """`module:Class` -> the Environment; one that cannot be imported or has no `step` is a UsageError."""
-    cls = load_gold(spec, what="environment")
-    if not callable(getattr(cls, "step", None)):
-        raise UsageError(f"environment {spec!r} has no step(response) method")
-    return Environment(spec, cls)
-
-
-def opening_ids(environment: Environment, tokenizer: Any, opening: str | list[dict]) -> list[int]:
-    """`reset()`'s opening as the ids generation starts from (as a prompt's: text with the tokenizer's special
-    tokens, a conversation with its generation prompt); an EnvironmentFailure when it cannot be rendered or
-    is empty (nothing for the policy to follow)."""
-    try:
-        ids = prompt_ids(tokenizer, opening)
-    except Exception as exc:
-        raise EnvironmentFailure(
-            f"environment {environment.spec}: reset()'s opening {_shown(opening)} cannot be encoded: "
-            f"{first_line(exc)}"
-        ) from None
-    if not ids:
-        raise EnvironmentFailure(f"environment {environment.spec}: reset() gave an empty opening")
-    return list(ids)
-
-
-@dataclass(frozen=True)
-class TemplateDelta:
-    """The tokens a chat template puts after a policy turn for the environment's new messages: the rest of
-    the assistant turn (when the policy's stop token is not its end), the new messages, and the generation
-    prompt of the next assistant turn, rendered once from a conversation whose assistant turn is a sentinel,
-    so nothing the policy wrote is rendered or tokenised again."""
-
-    tokenizer: Any
-
-    def text(self, opening: list[dict], new: list[dict], sampled_end: str) -> str:
-        """The text after the policy's turn (which ended with `sampled_end`, the text of its stop token when
-        it is a special token, else "") for the messages `new`, in a conversation that opened with `opening`.
-        A template that renders the earlier turns differently once `new` follows them is an
-        EnvironmentFailure (nothing kept could be trusted)."""
-        turn = [*opening, {"role": "assistant", "content": SENTINEL}]
-        try:
-            before = render_conversation(self.tokenizer, turn)
-            after = render_conversation(self.tokenizer, turn + list(new), generation_prompt=True)
-        except Exception as exc:  # a template's own rules (`raise_exception` on a role it does not know)
-            raise EnvironmentFailure(
-                f"the chat template cannot render the environment's messages {_shown(new)}: "
-                f"{type(exc).__name__} ({first_line(exc)})"
-            ) from None
-        if SENTINEL not in before or not after.startswith(before):
-            raise EnvironmentFailure(
-                "the chat template renders the earlier turns differently once the environment's messages "
-                "follow them (it rewrites earlier turns): the kept tokens would not be the template's"
-            )
-        rest = after[before.index(SENTINEL) + len(SENTINEL) :]
-        return rest[len(sampled_end) :] if sampled_end and rest.startswith(sampled_end) else rest
-
-    def ids(self, opening: list[dict], new: list[dict], sampled_end: str) -> list[int]:
-        text = self.text(opening, new, sampled_end)
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def check_template(tokenizer: Any, opening: list[dict], new: list[dict], end: int) -> None:
-    """A UsageError when rendering a whole conversation (`opening`, an assistant turn, the environment's
-    `new` messages, the next generation prompt) does not start with the text kept turn by turn: the opening
-    with its generation prompt, the turn and its end of turn (`end`), the rendered delta. Templates that
-    rewrite earlier turns (drop a reasoning block, move a system message) fail here, at start-up."""
-    probe = "4"
-    end_text = tokenizer.decode([end])
-    try:
-        delta = TemplateDelta(tokenizer).text(opening, new, end_text)
-    except EnvironmentFailure as exc:
-        raise UsageError(str(exc)) from None
-    try:
-        kept = render_conversation(tokenizer, opening, generation_prompt=True) + probe + end_text + delta
-        whole = render_conversation(
-            tokenizer, [*opening, {"role": "assistant", "content": probe}, *new], generation_prompt=True
-        )
-    except Exception as exc:
-        raise UsageError(f"the chat template cannot render the conversation: {first_line(exc)}") from None
-    if not whole.startswith(kept):
-        raise UsageError(
-            "the chat template cannot be extended turn by turn: the whole conversation renders as "
-            f"{_shown(whole)}, not starting with what the turns kept, {_shown(kept)} (it rewrites earlier "
-            f"turns, or does not close an assistant turn with the token the policy stops on, {end_text!r}); "
-            "give the environment's answers as text instead"
-        )
 
 
 @dataclass
@@ -410,16 +210,9 @@ class EpisodeRunner:
 
     def agree(self, work: Any, everywhere: bool) -> None:
         """Run `work` (calls into the environment); an EnvironmentFailure on any process is a StepFailed on
-        every process together (none is left waiting in a later collective)."""
-        failure = None
-        try:
-            work()
-        except EnvironmentFailure as exc:
-            failure = str(exc)
-        flag = torch.tensor(float(failure is not None), device=self.stop_ids.device)
-        failed = bool(all_max(flag)) if everywhere else failure
-        if failed:
-            raise StepFailed(failure or "the environment failed on another process")
+        every process together (`runtime.distributed.agreed_on_failure`)."""
+        elsewhere = "the environment failed on another process"
+        agreed_on_failure(work, EnvironmentFailure, self.stop_ids.device, everywhere, elsewhere)
 
     def assemble(self, episodes: list[Episode]) -> Rollout:
         """The episodes as one rollout: openings left-padded, the regions after them right-padded."""
@@ -475,27 +268,3 @@ def episode_stats(rollout: Rollout, prefix: str = "episode/") -> dict[str, torch
     for index, how in enumerate(ENDINGS):
         stats[f"{prefix}ended_{how}"] = (rollout.ended == index).float().mean()
     return stats
-
-
-def check_environment(environment: Environment, row: dict, record: dict, tokenizer: Any) -> None:
-    """A UsageError, before anything is written, when the environment fails on the first prompt's row: its
-    constructor or `reset()` raises or returns the wrong type, `step("")` (an empty first turn) raises or
-    returns the wrong type, or it answers with messages that cannot follow the opening (a text opening; a
-    chat template that rewrites earlier turns)."""
-    try:
-        env = environment.make(row)
-        opening = environment.opening(env)
-        if opening is not None:
-            opening_ids(environment, tokenizer, opening)
-        answer, _ = environment.step(env, "")
-    except EnvironmentFailure as exc:
-        raise UsageError(f"{exc} (checked at start-up on the first prompt with an empty response)") from None
-    if not isinstance(answer, list):
-        return
-    messages = record.get("messages") if opening is None else opening
-    if not isinstance(messages, list):
-        raise UsageError(
-            f"environment {environment.spec} answers with messages, but the episode opens with text: give "
-            "the prompts as messages (or reset() a conversation), or answer with text"
-        )
-    check_template(tokenizer, messages, answer, end_of_turn(tokenizer))
