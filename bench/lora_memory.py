@@ -28,9 +28,9 @@ from ppo_iteration import write_prompts  # noqa: E402
 from ppo_vs_trl import RLHFKIT, build_models  # noqa: E402  (the same models and the same timed steps)
 
 SETUPS = {
-    "full": [],
+    "full": ["bf16=false"],
     "full-bf16": ["bf16=true"],
-    "lora": ["lora.r=16", "lora.alpha=32"],
+    "lora": ["lora.r=16", "lora.alpha=32", "bf16=false"],
     "lora-bf16": ["lora.r=16", "lora.alpha=32", "model_dtype=bfloat16", "bf16=true"],
 }
 

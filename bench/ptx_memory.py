@@ -66,7 +66,7 @@ def main() -> None:
                 f"out={folder / 'ppo'}", "overwrite=true", f"max_steps={args.iterations}", "batch_size=16",
                 "mini_batch_size=8",
                 "response_length=16", "eval_every=0", "eval_holdout=4", "normalize_reward=false",
-                "ptx_coef=0.5", f"ptx_data={corpus}",
+                "ptx_coef=0.5", f"ptx_data={corpus}", "bf16=false",
             )  # fmt: skip
             size = corpus.stat().st_size / 2**20
             print(

@@ -116,7 +116,9 @@ def fingerprint(out: Path) -> dict[str, Any]:
 def record(src: Path, work: Path, full_demo: bool) -> dict[str, Any]:
     """Run every command with the package in `src`; the fingerprint of their outputs."""
     # PYTHONPATH comes before the editable install on sys.path
+    # fp32 on every CPU (`bf16: auto` would pick bf16 where the CPU multiplies it natively)
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=str(src))
+    env["RLHFKIT_AUTO_BF16"] = "false"
     data, out = work / "data", work / "out"
     for name, args in commands(data, out, full_demo).items():
         done = subprocess.run(

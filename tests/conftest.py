@@ -3,6 +3,8 @@ import os
 # No network here: hub look-ups must fail at once instead of retrying for a minute.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# `bf16: auto` means fp32 in the tests whatever the CPU: their numbers must not depend on it
+os.environ.setdefault("RLHFKIT_AUTO_BF16", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -318,6 +318,9 @@ SUPERVISED = ["model=m", "data=d", "out=o"]
         (PPOConfig, "cliprange_value", "'value_clip'"),
         (PPOConfig, "max_new_tokens", "'response_length'"),
         (PPOConfig, "kl_coeff", "'kl_coef'"),
+        (PPOConfig, "use_remove_padding", "'padding_free'"),  # veRL's and OpenRLHF's packing names
+        (SFTConfig, "packing_samples", "'padding_free'"),
+        (PPOConfig, "ppo_max_token_len_per_gpu", "'max_tokens_per_micro_batch'"),
         # the first three of the sections that have it (sft, rm, dpo, online_dpo, ppo)
         (DemoConfig, "learning_rate", "'sft.optim.lr', 'rm.optim.lr' or 'dpo.optim.lr'"),
         (DemoConfig, "epochs", "'sft.epochs', 'rm.epochs' or 'dpo.epochs'"),

@@ -599,7 +599,7 @@ def test_an_error_that_is_not_the_users_propagates_with_its_type(rlhf_stack, tmp
     trainer = PPOTrainer.create(config(rlhf_stack, tmp_path / "bug"))
     rollout = trainer.rollout(trainer.prompt_batch(1))
 
-    def broken(ids, mask):
+    def broken(ids, mask, packed=False):
         raise RuntimeError("CUDA out of memory (pretend)")
 
     monkeypatch.setattr(trainer.roles, "scores", broken)

@@ -56,7 +56,8 @@ def test_demo_preset_values_sit_under_the_users(monkeypatch):
     assert main(["demo"]) == 0
     smollm2, tiny = seen
     assert smollm2.ppo_steps == 3  # the user's override wins
-    assert smollm2.demonstrations == 1000 and smollm2.bf16  # from src/rlhfkit/configs/demo-smollm2.yaml
+    # from src/rlhfkit/configs/demo-smollm2.yaml
+    assert smollm2.demonstrations == 1000 and smollm2.bf16 == "auto"
     assert tiny == DemoConfig()
 
 

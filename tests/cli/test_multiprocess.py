@@ -32,10 +32,10 @@ def torchrun(args: list[str], processes: int = 2) -> list[str]:
 CONFIGS = Path(__file__).parents[2] / "configs" / "accelerate"
 
 
-def fsdp(args: list[str]) -> list[str]:
-    """`rlhfkit ARGS` under the shipped FSDP config, on two CPU processes (see fsdp_on_cpu.py)."""
+def fsdp(args: list[str], config: Path = CONFIGS / "fsdp.yaml") -> list[str]:
+    """`rlhfkit ARGS` under the shipped FSDP config (or `config`), on two CPU processes (fsdp_on_cpu.py)."""
     return [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "fsdp.yaml"),
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
         "--main_process_port", str(next(PORTS)), str(Path(__file__).with_name("fsdp_on_cpu.py")), *args,
     ]  # fmt: skip
 
@@ -162,16 +162,6 @@ def test_ppo_with_lora_on_two_processes_matches_one(rlhf_stack, tmp_path):
     assert_close_records(one[1:], two[1:], rel=1e-3)
     for role in ("actor", "critic"):
         assert_same_weights(tmp_path / "one" / role, tmp_path / "two" / role)
-
-
-def test_lora_with_fsdp_is_refused_before_anything_is_written(rlhf_stack, tmp_path):
-    out = tmp_path / "out"
-    done = subprocess.run(
-        fsdp(ppo_args(rlhf_stack, out, "lora.r=4")), capture_output=True, text=True, env=CPU
-    )
-    assert done.returncode != 0
-    assert done.stderr.count("rlhfkit ppo: error: LoRA (lora.r > 0) with FSDP is not supported yet") == 2
-    assert not out.exists()
 
 
 @pytest.mark.skipif(

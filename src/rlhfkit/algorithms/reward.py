@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from rlhfkit.algorithms.supervised import micro_batches, prepare
+from rlhfkit.algorithms.supervised import TokenBudget, forward_groups, micro_batches, prepare, token_budget
 from rlhfkit.config import RewardConfig
 from rlhfkit.core import pairwise_loss
 from rlhfkit.data import PairExample, encode_pairs, pad
@@ -18,18 +18,30 @@ from rlhfkit.runtime.process import autocast
 
 
 def score_sequences(
-    model: Any, sequences: list[list[int]], pad_id: int, device: torch.device
+    model: Any, sequences: list[list[int]], pad_id: int, device: torch.device, packed: bool = False
 ) -> torch.Tensor:
-    """(N,) reward of each token sequence, read at its last token by `model`, a `SequenceScores`."""
+    """(N,) reward of each token sequence, read at its last token by `model`, a `SequenceScores`;
+    `packed`: from one padding-free pass."""
     ids, mask = pad(sequences, pad_id)  # (N, L), (N, L)
-    return model(ids.to(device), mask.to(device))  # (N,)
+    return model(ids.to(device), mask.to(device), packed)  # (N,)
+
+
+def pair_lengths(pair: PairExample) -> list[int]:
+    """The two sequences a pair puts in a pass (`TokenBudget.sequences`)."""
+    return [len(pair.chosen), len(pair.rejected)]
+
+
+def sequence_length(sequence: list[int]) -> list[int]:
+    """A single sequence in a pass (`reward_stats`'s budget)."""
+    return [len(sequence)]
 
 
 def pair_loss(
-    model: Any, pairs: list[PairExample], pad_id: int, device: torch.device
+    model: Any, pairs: list[PairExample], pad_id: int, device: torch.device, packed: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, accuracy, chosen - rejected) of a batch of pairs, chosen and rejected scored in one pass."""
-    scores = score_sequences(model, [p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, device)
+    sequences = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    scores = score_sequences(model, sequences, pad_id, device, packed)  # (2P,)
     chosen, rejected = scores[: len(pairs)], scores[len(pairs) :]  # (P,), (P,)
     margin = None
     if pairs[0].margin is not None:
@@ -40,14 +52,21 @@ def pair_loss(
 
 @torch.no_grad()
 def held_out_accuracy(
-    model: Any, pairs: list[PairExample], pad_id: int, device: torch.device, batch_size: int
+    model: Any,
+    pairs: list[PairExample],
+    pad_id: int,
+    device: torch.device,
+    batch_size: int,
+    packed: bool = False,
+    budget: TokenBudget | None = None,
 ) -> dict[str, float]:
-    """Held-out accuracy (chosen scored above rejected) and mean score margin."""
+    """Held-out accuracy (chosen scored above rejected) and mean score margin; `batch_size` pairs a pass or
+    under `budget`."""
     model.eval()
     margins = torch.cat(
         [
-            pair_loss(model, pairs[s : s + batch_size], pad_id, device)[2]
-            for s in range(0, len(pairs), batch_size)
+            pair_loss(model, part, pad_id, device, packed)[2]
+            for part in forward_groups(pairs, batch_size, budget)
         ]
     )  # (N,)
     model.train()
@@ -63,15 +82,18 @@ def reward_stats(
     batch_size: int,
     seed: int,
     samples: int,
+    packed: bool = False,
+    budget: TokenBudget | None = None,
 ) -> dict[str, float]:
-    """Mean and std of the scores of up to `samples` chosen responses (PPO normalises by them)."""
+    """Mean and std of the scores of up to `samples` chosen responses (PPO normalises by them);
+    `batch_size` responses a pass, or under `budget` (of single sequences)."""
     model.eval()
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))[:samples].tolist()
     chosen = [pairs[i].chosen for i in order]
     scores = torch.cat(
         [
-            score_sequences(model, chosen[s : s + batch_size], pad_id, device)
-            for s in range(0, len(chosen), batch_size)
+            score_sequences(model, part, pad_id, device, packed)
+            for part in forward_groups(chosen, batch_size, budget)
         ]
     )  # (N,)
     std = scores.std().item() if len(scores) > 1 else 1.0
@@ -84,14 +106,15 @@ def train_reward_model(config: RewardConfig) -> Path:
     run = prepare(config, "preference", encode_pairs, load_scalar_model, wrap=SequenceScores)
     model, accelerator, device = run.model, run.accelerator, run.device
     pad_id, held_out = run.tokenizer.pad_token_id, run.held_out
+    packed, budget = config.padding_free, token_budget(config, pair_lengths)
 
     def batch_loss(batch: list[PairExample]) -> dict[str, float]:
         totals = torch.zeros(3)  # loss, accuracy, margin, summed over pairs
-        for part, counts in micro_batches(batch, config.grad_accum):
+        for part, counts in micro_batches(batch, config.grad_accum, budget):
             # Each micro-batch weighted by its share of the global batch's pairs: the mean over the batch
             # (times N: DDP averages the gradients).
             with autocast(device, config.bf16):
-                loss, accuracy, margins = pair_loss(model, part, pad_id, device)
+                loss, accuracy, margins = pair_loss(model, part, pad_id, device, packed)
             accelerator.backward(loss * len(part) / len(batch) * world() * counts)
             totals += torch.tensor([loss.item(), accuracy.item(), margins.mean().item()]) * len(part) * counts
         loss, accuracy, margin = (all_sum(totals) / len(batch)).tolist()
@@ -100,7 +123,7 @@ def train_reward_model(config: RewardConfig) -> Path:
     def held_out_metrics() -> dict[str, float]:
         with autocast(device, config.bf16):
             scorer = accelerator.unwrap_model(model)  # no DDP hooks: the main process evaluates alone
-            return held_out_accuracy(scorer, held_out, pad_id, device, config.batch_size)
+            return held_out_accuracy(scorer, held_out, pad_id, device, config.batch_size, packed, budget)
 
     run.batch_loss, run.held_out_metrics = batch_loss, (held_out_metrics if held_out else None)
     record = run.run("rm")
@@ -113,6 +136,8 @@ def train_reward_model(config: RewardConfig) -> Path:
             config.batch_size,
             config.seed,
             config.stats_samples,
+            packed,
+            token_budget(config, sequence_length),
         )
     final = {k: v for k, v in record.items() if k in ("loss", "accuracy", "eval/accuracy", "eval/margin")}
     run.finish("rm", train_pairs=len(run.train), eval_pairs=len(held_out), reward_stats=stats, final=final)

@@ -16,9 +16,10 @@ from rlhfkit.data import load_records
 from rlhfkit.data.order import batch_indices
 from rlhfkit.errors import UsageError
 from rlhfkit.models import load_tokenizer, save_model
-from rlhfkit.models.lora import add_adapter, remove_stale_adapter, save_adapted
+from rlhfkit.models.lora import add_adapter, remove_stale_adapter, save_adapted, unsharded_twin
+from rlhfkit.models.packing import budget_groups, check_packing
 from rlhfkit.runtime.card import model_kind, run_card, write_card
-from rlhfkit.runtime.distributed import barrier, is_main, rank, world
+from rlhfkit.runtime.distributed import all_max, barrier, is_main, rank, world
 from rlhfkit.runtime.loop import UpdateGuard, guarded_update, run_loop
 from rlhfkit.runtime.outputs import begin, check_output, clear_checkpoints, write_run_file
 from rlhfkit.runtime.process import make_accelerator, quiet_transformers, set_seed
@@ -26,12 +27,12 @@ from rlhfkit.runtime.sharding import (
     adamw,
     check_layout,
     checkpoint_layout,
+    is_sharded,
     launch,
     load_model_state,
     load_optimizer_state,
     model_state,
     optimizer_state,
-    refuse_lora_when_sharded,
     start,
     whole_parameters,
 )
@@ -60,15 +61,56 @@ def train_and_eval_records(
     return [records[i] for i in order[n_eval:]], [records[i] for i in order[:n_eval]]
 
 
-def micro_batches(batch: Sequence[T], grad_accum: int) -> list[tuple[list[T], float]]:
+@dataclass(frozen=True)
+class TokenBudget:
+    """`max_tokens_per_micro_batch`: passes filled to at most `tokens` tokens instead of a fixed count of
+    examples. An example is one sequence (sft), or a pair whose chosen and rejected go in the same pass."""
+
+    tokens: int
+    packed: bool  # padding-free passes count real tokens; padded ones rows x the longest row
+    sequences: Callable[[Any], Sequence[int]]  # the lengths of the sequences an example puts in a pass
+
+    def cost(self, example: Any) -> int:
+        """What `example` adds to a pass, in the terms of `models.packing.budget_groups`: its tokens when
+        packed; padded, its rows x its longest (a group's cost is then its rows x its longest row)."""
+        lengths = self.sequences(example)
+        return sum(lengths) if self.packed else len(lengths) * max(lengths)
+
+    def groups(self, examples: Sequence[T]) -> list[list[T]]:
+        """`examples` in consecutive groups of at most `tokens` tokens a pass (an over-long example alone)."""
+        costs = [self.cost(e) for e in examples]
+        return [[examples[i] for i in group] for group in budget_groups(costs, self.tokens, self.packed)]
+
+
+def token_budget(config: Any, sequences: Callable[[Any], Sequence[int]]) -> TokenBudget | None:
+    """The run's token budget for examples made of `sequences`, or None for the fixed counts."""
+    tokens = config.max_tokens_per_micro_batch
+    return None if tokens is None else TokenBudget(tokens, config.padding_free, sequences)
+
+
+def micro_batches(
+    batch: Sequence[T], grad_accum: int, budget: TokenBudget | None = None
+) -> list[tuple[list[T], float]]:
     """This process's micro-batches of a global batch (its every N-th example, from its rank, in up to
-    `grad_accum` parts), each with a weight factor: 1, or 0 for a stand-in. Every process gets the same number
-    (DDP needs as many backward passes everywhere): one whose share of a short last batch falls short runs
-    stand-in passes on the batch's first example that count for nothing."""
-    parts = max(1, min(grad_accum, math.ceil(len(batch) / world())))
+    `grad_accum` parts, or in groups under a token `budget`), each with a weight factor: 1, or 0 for a
+    stand-in. Every process gets the same number (DDP needs as many backward passes everywhere; FSDP's
+    forwards are collective): one whose share falls short (a short last batch, or fewer groups under the
+    budget) runs stand-in passes on the batch's first example that count for nothing."""
     mine = list(batch[rank() :: world()])
-    real = split(mine, parts) if mine else []
+    if budget is None:
+        parts = max(1, min(grad_accum, math.ceil(len(batch) / world())))
+        real = split(mine, parts) if mine else []
+    else:
+        real = budget.groups(mine)
+        parts = max(1, int(all_max(torch.tensor(len(real))).item()))  # the most any process needs
     return [(part, 1.0) for part in real] + [([batch[0]], 0.0)] * (parts - len(real))
+
+
+def forward_groups(examples: Sequence[T], size: int, budget: TokenBudget | None = None) -> list[list[T]]:
+    """`examples` in consecutive groups for no-grad passes: `size` a pass, or under the token `budget`."""
+    if budget is not None:
+        return budget.groups(examples)
+    return [list(examples[start : start + size]) for start in range(0, len(examples), size)]
 
 
 def split(items: Sequence[T], parts: int) -> list[list[T]]:
@@ -202,11 +244,14 @@ class Supervised:
         numbers) and the run file; drop the checkpoints (the model is saved). Every process calls (a sharded
         model's weights are gathered); the main one writes. With LoRA the folder holds the merged model and
         `OUT/adapter` the adapter."""
-        weights = None if self.lora else model_state(self.accelerator, self.model, part=self.hf_model)
+        sharded = is_sharded(self.accelerator)  # then the weights are gathered whole, adapters or not
+        gather = sharded or not self.lora
+        weights = model_state(self.accelerator, self.model, part=self.hf_model) if gather else None
         if is_main():
             kind = model_kind(self.hf_model)
             if self.lora:
-                save_adapted(self.adapted, self.tokenizer, self.out, self.out / "adapter", save_model)
+                adapted = unsharded_twin(self.adapted, weights) if sharded else self.adapted
+                save_adapted(adapted, self.tokenizer, self.out, self.out / "adapter", save_model)
             else:
                 save_model(self.hf_model, self.tokenizer, self.out, state_dict=weights)
                 remove_stale_adapter(self.out / "adapter")
@@ -263,8 +308,9 @@ def prepare(
         hf_model = adapted.get_base_model()
     else:
         hf_model = load_model(config.model, tokenizer)
+    if config.padding_free:  # on the unwrapped model, before anything is written
+        check_packing(hf_model, config.model)
     accelerator = make_accelerator(config.report_to, out)
-    refuse_lora_when_sharded(config.lora, accelerator)
     optimizer, scheduler = make_optimizer(hf_model, config.optim, steps, accelerator)
     model, optimizer = accelerator.prepare(wrap(hf_model), optimizer)
     start(accelerator, model)

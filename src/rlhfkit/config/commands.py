@@ -17,6 +17,7 @@ from rlhfkit.config.options import (
     option,
     positive,
     reward_components,
+    settle_precision,
     within,
 )
 from rlhfkit.errors import ConfigError
@@ -94,9 +95,28 @@ COLUMNS_HELP = (
     "where our fields are in your rows, e.g. `columns.prompt=question`, `columns.prompt=instruction,input` "
     "(joined with a blank line), `columns.label=labels` (0 swaps chosen and rejected)"
 )
+PADDING_FREE_HELP = (
+    "pack each micro-batch's sequences into one row (position ids restart per sequence, attention kept "
+    "within each sequence): no compute on padding; the same results to float rounding. Needs a model whose "
+    "attention follows position ids (checked at start-up). Without flash attention (CPUs, sdpa) a packed "
+    "row's attention grows with the square of its tokens: pack under `max_tokens_per_micro_batch`"
+)
+TOKEN_BUDGET_HELP = (
+    "fill each micro-batch to at most this many tokens (real tokens with padding_free, rows x the longest "
+    "row without; a pair's chosen and rejected stay together) instead of `grad_accum` equal parts; a longer "
+    "example is a micro-batch of its own. Also sizes the no-grad passes (held-out; DPO's reference). "
+    "None = `grad_accum`"
+)
 MODEL_DTYPE_HELP = (
     "dtype of the weights that are not trained (LoRA bases, PPO's frozen reference and reward model): "
-    "float32 or bfloat16; trained weights, optimiser states, log-probs and losses stay float32"
+    "float32, bfloat16, or auto = bfloat16 when the run computes in bf16 (`bf16`), float32 otherwise; "
+    "trained weights, optimiser states, log-probs and losses stay float32"
+)
+BF16_HELP = (
+    "bf16 autocast for forward passes (log-probs, scores and losses stay fp32): true, false, or auto = bf16 "
+    "on a CUDA device that computes bf16 natively and on a CPU with native bf16 products (x86 avx512_bf16 "
+    "or amx_bf16, arm bf16; elsewhere a short timing), where they are faster, fp32 otherwise (logged once; "
+    "config.yaml records the choice). true on a CPU without them warns: it is slower there"
 )
 
 
@@ -117,6 +137,8 @@ class SupervisedConfig:
     max_steps: int | None = option(None, "stop after this many optimiser steps (overrides `epochs`)")
     batch_size: int = option(8, "examples per optimiser step (split into micro-batches by `grad_accum`)")
     grad_accum: int = option(1, "micro-batches per optimiser step (gradient accumulation)")
+    padding_free: bool = option(False, PADDING_FREE_HELP)
+    max_tokens_per_micro_batch: int | None = option(None, TOKEN_BUDGET_HELP)
     optim: OptimConfig = option(OptimConfig(), "optimiser settings, e.g. `optim.lr=1e-4`")
     eval_every: int = option(100, "evaluate on the held-out data every N steps (0 = only at the end)")
     save_every: int = option(
@@ -126,9 +148,9 @@ class SupervisedConfig:
     resume: bool = option(False, "continue from the newest complete checkpoint in `out`")
     max_bad_steps: int = option(3, "stop after this many non-finite updates in a row (each is skipped)")
     seed: int = option(0, "random seed")
-    bf16: bool = option(False, "bf16 autocast for forward passes (log-probs, scores and losses stay fp32)")
+    bf16: bool | Literal["auto"] = option("auto", BF16_HELP)
     lora: LoraConfig = option(LoraConfig(), "LoRA adapters, e.g. `lora.r=16` (0 = full fine-tuning)")
-    model_dtype: Literal["float32", "bfloat16"] = option("float32", MODEL_DTYPE_HELP)
+    model_dtype: Literal["auto", "float32", "bfloat16"] = option("auto", MODEL_DTYPE_HELP)
     columns: ColumnsConfig = option(ColumnsConfig(), COLUMNS_HELP)
     overwrite: bool = option(False, "allow writing into a folder that holds a finished run")
     report_to: tuple[str, ...] = option((), REPORT_TO_HELP)
@@ -141,9 +163,13 @@ class SupervisedConfig:
         known_trackers(self)
         if self.max_steps is not None:
             positive(self, "max_steps")
+        budget = self.max_tokens_per_micro_batch
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0):
+            raise ConfigError(f"max_tokens_per_micro_batch must be a positive integer or none, got {budget}")
         non_negative(self, "eval_every", "save_every")
         if not 0 <= self.eval_fraction < 1:
             raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        settle_precision(self)
 
 
 @dataclass(frozen=True)

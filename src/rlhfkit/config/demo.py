@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from rlhfkit.config.commands import LabelConfig, OptimConfig, RewardConfig, SFTConfig
 from rlhfkit.config.dpo import DPOConfig
-from rlhfkit.config.options import SET_BY_DEMO, one_of_choices, option, positive
+from rlhfkit.config.options import DEMO_BF16_HELP, SET_BY_DEMO, bf16_choice, one_of_choices, option, positive
 from rlhfkit.config.ppo import PPOConfig
 from rlhfkit.errors import ConfigError
 
@@ -130,7 +130,7 @@ class DemoConfig:
     hidden_size: int = option(128, "width of the tiny Llama")
     num_layers: int = option(3, "layers of the tiny Llama")
     num_heads: int = option(4, "attention heads of the tiny Llama")
-    bf16: bool = option(False, "bf16 autocast in every stage (sets `bf16` of sft, rm and ppo)")
+    bf16: bool | Literal["auto"] = option(False, DEMO_BF16_HELP.format(stages="sft, rm and stage 3"))
     # the stages
     sft: SFTConfig = option(DEMO_SFT, "stage 1, supervised fine-tuning on the demonstrations")
     label: LabelConfig = option(DEMO_LABEL, "pairs sampled from the SFT model, judged by the noisy labeler")
@@ -154,6 +154,7 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         one_of_choices(self)
+        bf16_choice(self)
         positive(
             self, "demonstrations", "eval_prompts", "vocab_size", "hidden_size", "num_layers", "num_heads"
         )

@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from rlhfkit.config.commands import OptimConfig, SupervisedConfig
+from rlhfkit.config.commands import PADDING_FREE_HELP, TOKEN_BUDGET_HELP, OptimConfig, SupervisedConfig
 from rlhfkit.config.options import non_negative, option, positive
 from rlhfkit.config.ppo import PPOConfig
 from rlhfkit.errors import ConfigError
@@ -41,6 +41,7 @@ SHARED_WITH_PPO = (
     *("temperature", "top_k", "top_p", "stop_tokens", "decoder", "max_prompt_length", "truncation"),
     *("eval_prompts", "eval_holdout", "eval_every", "batch_size", "seed", "bf16", "model_dtype"),
     *("save_every", "keep_checkpoints", "resume", "max_bad_steps", "overwrite", "report_to", "lora"),
+    *("padding_free", "max_tokens_per_micro_batch"),  # the rollout's no-grad passes, as in `ppo`
     "columns",
     *MONITORS,
 )
@@ -82,6 +83,14 @@ class DPOConfig(SupervisedConfig):
     eval_every: int = option(20, "evaluate every N steps (0 = only at the end)")
     batch_size: int = option(
         8, "pairs per optimiser step (offline); responses sampled per step (online, as in `ppo`)"
+    )
+    padding_free: bool = option(
+        False,
+        PADDING_FREE_HELP + ". Offline: the training, reference and held-out passes; online: the training "
+        "pass and the no-grad passes over the samples (as in `ppo`)",
+    )
+    max_tokens_per_micro_batch: int | None = option(
+        None, TOKEN_BUDGET_HELP + ". Online DPO: also its no-grad passes over the samples (`ppo`'s)"
     )
     # online DPO
     prompts: str | None = option(None, "prompt data for online DPO: {prompt} or {messages} rows")

@@ -151,7 +151,15 @@ def coerce(value: Any, tp: Any, name: str) -> Any:
         ):
             return None
         inner = [a for a in args if a is not type(None)]
-        return coerce(value, inner[0], name) if len(inner) == 1 else value
+        for option in inner:  # the first that takes it: `bool | Literal["auto"]` reads "true" as True
+            try:
+                return coerce(value, option, name)
+            except ConfigError:
+                if len(inner) == 1:
+                    raise
+        raise ConfigError(
+            f"config key {name!r} must be one of {', '.join(_choice_names(inner))}, got {value!r}"
+        )
     if origin is Literal:
         if value not in args:
             raise ConfigError(
@@ -166,6 +174,27 @@ def coerce(value: Any, tp: Any, name: str) -> Any:
             raise ConfigError(f"config key {name!r} expects a list, got {value!r}")
         return tuple(coerce(v, args[0], name) for v in value)
     return _coerce_scalar(value, tp, name)
+
+
+def _type_name(tp: Any) -> str:
+    """An annotation as `--help` shows it: `int`, `Optional[int]`, `Literal['a', 'b']`, `bool | 'auto'`."""
+    inner = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (Union, types.UnionType) and len(inner) > 1:
+        return " | ".join("bool" if a is bool else ", ".join(_choice_names([a])) for a in inner)
+    return str(tp).replace("typing.", "") if typing.get_origin(tp) else tp.__name__
+
+
+def _choice_names(types_: list[Any]) -> list[str]:
+    """How the values of a union read in a message: a bool as true and false, a Literal as its values."""
+    names: list[str] = []
+    for tp in types_:
+        if tp is bool:
+            names += ["true", "false"]
+        elif typing.get_origin(tp) is Literal:
+            names += map(repr, typing.get_args(tp))
+        else:
+            names.append(getattr(tp, "__name__", str(tp)))
+    return names
 
 
 def _coerce_scalar(value: Any, tp: type, name: str) -> Any:
@@ -265,7 +294,7 @@ def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[str]:
         default = "required" if value is MISSING else f"default {value!r}"
         if value == SET_BY_DEMO:
             default = "set by the demo"
-        type_name = str(tp).replace("typing.", "") if typing.get_origin(tp) else tp.__name__
+        type_name = _type_name(tp)
         lines.append(f"  {prefix}{f.name} ({type_name}, {default}): {f.metadata.get('help', '')}")
     aliases = getattr(cls, "ALIASES", {})
     if aliases:

@@ -4,10 +4,10 @@ demo's defaults (as `config/demo.py` does for `rlhfkit demo`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from rlhfkit.config.commands import OptimConfig, SFTConfig
-from rlhfkit.config.options import SET_BY_DEMO, option, positive, within
+from rlhfkit.config.options import DEMO_BF16_HELP, SET_BY_DEMO, bf16_choice, option, positive, within
 from rlhfkit.config.ppo import PPOConfig
 from rlhfkit.errors import ConfigError
 
@@ -55,7 +55,7 @@ class MultiturnConfig:
     out: str = option("runs/guess", "output folder for every stage and summary.json")
     seed: int = option(0, "random seed of every stage")
     overwrite: bool = option(False, "allow writing into a folder that holds a finished run")
-    bf16: bool = option(False, "bf16 autocast in every stage (sets `bf16` of sft and ppo)")
+    bf16: bool | Literal["auto"] = option(False, DEMO_BF16_HELP.format(stages="sft and ppo"))
     # the task
     high: int = option(8, "the secret numbers are 1..high")
     episodes: int = option(2000, "games of the weak player whose turns are the SFT demonstrations")
@@ -77,6 +77,7 @@ class MultiturnConfig:
     ppo: PPOConfig = option(MULTITURN_PPO, "stage 4, PPO against the environment (no reward model)")
 
     def __post_init__(self) -> None:
+        bf16_choice(self)
         positive(self, "episodes", "prompts", "eval_episodes", "vocab_size", "hidden_size", "num_layers")
         positive(self, "num_heads")
         within(self, "skill", 0, 1)

@@ -34,7 +34,8 @@ def _choices(cls: type) -> dict[str, tuple[Any, ...]]:
         tp = hints[f.name]
         options = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
         literals = [o for o in options if typing.get_origin(o) is Literal]
-        if literals:
+        others = [o for o in options if typing.get_origin(o) is not Literal and o is not type(None)]
+        if literals and not others:  # `bool | Literal["auto"]` is checked where it is resolved
             allowed = [v for lit in literals for v in typing.get_args(lit)]
             choices[f.name] = (*allowed, None) if type(None) in options else tuple(allowed)
     return choices
@@ -47,6 +48,35 @@ def one_of_choices(config: Any) -> None:
         value = getattr(config, name)
         if not any(value == a and type(value) is type(a) for a in allowed):
             raise ConfigError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+DEMO_BF16_HELP = (
+    "`bf16` of every stage ({stages}): true, false or auto (bf16 where this machine computes it faster, see "
+    "`rlhfkit ppo --help`); false by default, so that the demo's numbers are the same on every machine"
+)
+
+
+def bf16_choice(config: Any) -> None:
+    """ConfigError unless `config.bf16` is true, false or "auto" (or the demo's placeholder)."""
+    value = config.bf16
+    if not (value is True or value is False or value in ("auto", SET_BY_DEMO)):
+        raise ConfigError(f"bf16 must be true, false or 'auto', got {config.bf16!r}")
+
+
+def settle_precision(config: Any) -> None:
+    """Replace `bf16: auto` and `model_dtype: auto` of `config` with what this machine runs best
+    (`rlhfkit.runtime.process.resolve_precision`), in place (the configs are frozen: once, as they are made).
+    The one point where `auto` becomes a value: trainers read `bf16` as a bool and `model_dtype` as float32
+    or bfloat16, and config.yaml records what the run used. A stage whose `bf16` its demo sets is left as
+    it is until the demo sets it."""
+    bf16_choice(config)
+    if config.bf16 == SET_BY_DEMO:
+        return
+    from rlhfkit.runtime.process import precision_here  # torch, only when a config is made
+
+    bf16, model_dtype = precision_here(config.bf16, config.model_dtype)
+    object.__setattr__(config, "bf16", bf16)
+    object.__setattr__(config, "model_dtype", model_dtype)
 
 
 def positive(config: Any, *names: str) -> None:

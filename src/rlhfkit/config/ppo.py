@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rlhfkit.config.commands import COLUMNS_HELP, MODEL_DTYPE_HELP, ColumnsConfig, LoraConfig
+from rlhfkit.config.commands import BF16_HELP, COLUMNS_HELP, MODEL_DTYPE_HELP, ColumnsConfig, LoraConfig
 from rlhfkit.config.options import (
     REPORT_TO_HELP,
     known_trackers,
@@ -14,6 +14,7 @@ from rlhfkit.config.options import (
     option,
     positive,
     reward_components,
+    settle_precision,
     within,
 )
 from rlhfkit.errors import ConfigError
@@ -138,6 +139,22 @@ class PPOConfig:
         "`micro_batch_size` when set, else as many as keep one pass's logits within 1 GiB (usually the "
         "whole batch)",
     )
+    padding_free: bool = option(
+        False,
+        "pack each pass's sequences into one row (position ids restart per sequence, attention kept within "
+        "each sequence): no compute on padding; the same results to float rounding. The training passes and "
+        "the experience's no-grad passes (old log-probs, values, reference log-probs, the RM's scores; the "
+        "evaluation's policy passes stay padded). Needs models whose attention follows position ids "
+        "(checked at start-up). Without flash attention (CPUs, sdpa) a packed row's attention grows with the "
+        "square of its tokens: pack under `max_tokens_per_micro_batch`",
+    )
+    max_tokens_per_micro_batch: int | None = option(
+        None,
+        "fill each pass to at most this many tokens (real tokens with padding_free, rows x the batch's "
+        "padded width without) instead of a fixed count of episodes: replaces `micro_batch_size` for the "
+        "training passes and `forward_batch_size` for the no-grad ones; a longer episode is a pass of its "
+        "own. None = the fixed counts",
+    )
     ppo_epochs: int = option(4, "passes over each batch of experience")
     response_length: int = option(32, "maximum new tokens per response (per turn with an `environment`)")
     temperature: float = option(
@@ -187,7 +204,7 @@ class PPOConfig:
     max_bad_steps: int = option(
         3, "stop after this many non-finite optimiser steps in a row (each is skipped)"
     )
-    bf16: bool = option(False, "bf16 autocast for forward passes (log-probs and losses stay fp32)")
+    bf16: bool | Literal["auto"] = option("auto", BF16_HELP)
     decoder: Literal["auto", "eager", "static", "compiled"] = option(
         "auto",
         "how the rollout runs the model token by token: `eager` = the model's growing KV cache; "
@@ -200,7 +217,7 @@ class PPOConfig:
         "LoRA adapters on actor and critic, e.g. `lora.r=16`: the reference and the reward model are then "
         "the same two bases with the adapters off (0 = four full models)",
     )
-    model_dtype: Literal["float32", "bfloat16"] = option("float32", MODEL_DTYPE_HELP)
+    model_dtype: Literal["auto", "float32", "bfloat16"] = option("auto", MODEL_DTYPE_HELP)
     columns: ColumnsConfig = option(ColumnsConfig(), COLUMNS_HELP + "; for prompts and eval_prompts")
     ptx_columns: ColumnsConfig = option(
         ColumnsConfig(), "the same mapping for ptx_data, e.g. `ptx_columns.text=content`"
@@ -258,6 +275,7 @@ class PPOConfig:
         self._check_sampling_and_penalties()
         self._check_rewards_and_estimator()
         self._check_policy_loss()
+        settle_precision(self)
 
     def _check_rewards_and_estimator(self) -> None:
         if not self.reward_model and not self.reward_functions and not self.environment:
@@ -303,6 +321,9 @@ class PPOConfig:
                 f"mini_batch_size ({self.mini_batch_size}) must divide batch_size "
                 f"({self.batch_size}), both > 0"
             )
+        budget = self.max_tokens_per_micro_batch
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0):
+            raise ConfigError(f"max_tokens_per_micro_batch must be a positive integer or none, got {budget}")
         if self.forward_batch_size is not None and self.forward_batch_size <= 0:
             raise ConfigError(f"forward_batch_size must be > 0, got {self.forward_batch_size}")
         micro = self.micro_batch_size

@@ -33,6 +33,11 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "local_rollout_forward_batch_size": ("forward_batch_size",),
     "micro_rollout_batch_size": ("forward_batch_size",),
     "gradient_accumulation_steps": ("grad_accum",),
+    "packing_samples": ("padding_free",),  # OpenRLHF
+    "use_remove_padding": ("padding_free",),  # veRL
+    "use_dynamic_bsz": ("max_tokens_per_micro_batch",),  # veRL: the budget below turns it on
+    "ppo_max_token_len_per_gpu": ("max_tokens_per_micro_batch",),
+    "max_tokens_per_batch": ("max_tokens_per_micro_batch",),
     "cliprange": ("clip",),
     "eps_clip": ("clip",),
     "cliprange_value": ("value_clip",),

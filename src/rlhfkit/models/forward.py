@@ -23,10 +23,19 @@ from rlhfkit.models.scalar import position_ids, scalar_values
 
 
 def forward_parameters(model: Any) -> frozenset[str]:
-    """The keyword arguments a model's forward takes: those of the Hugging Face model a peft wrapper passes
-    its keyword arguments on to. Which to pass (`logits_to_keep`, the cache's name) is read from here."""
+    """The keyword arguments a model's forward takes: those of the Hugging Face model a peft (or DDP)
+    wrapper passes its keyword arguments on to. Which to pass (`logits_to_keep`, the cache's name) is read
+    from here."""
+    model = getattr(model, "module", model)  # DDP's wrapper passes its keyword arguments on to `module`
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return _parameters(type(base))
+
+
+def no_cache(model: Any) -> dict[str, bool]:
+    """`use_cache=False` where the model takes it: a pass that generates nothing must not build a KV cache
+    (in eval mode transformers would; under activation checkpointing the backward's recomputation would
+    then append to the first pass's cache)."""
+    return {"use_cache": False} if "use_cache" in forward_parameters(model) else {}
 
 
 @cache
@@ -41,6 +50,7 @@ def response_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.T
     response = input_ids.shape[1] - context
     positions = torch.arange(context - 1, input_ids.shape[1], device=input_ids.device)  # (T + 1,)
     keep = {"logits_to_keep": positions} if "logits_to_keep" in forward_parameters(model) else {}
+    keep |= no_cache(model)
     logits = model(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask), **keep
     ).logits  # (B, T + 1, V) or (B, P + T, V)
@@ -92,13 +102,24 @@ def response_logprobs(
     temperature: float,
     with_entropy: bool = False,
     chunked: bool | None = None,
+    packed: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B, T) log-probs of the response tokens under `model` at `temperature`; optionally (B, T) entropies.
     `chunked`: from the head's input chunk by chunk (`core.logprobs_from_hidden`: no (B, T, V) logits, equal
     to the whole logits' to float rounding), where the model allows it (`head_parts`); None = from
-    `CHUNKED_VOCAB` entries on (off while it is None)."""
+    `CHUNKED_VOCAB` entries on (off while it is None). `packed`: from one padding-free pass over the real
+    tokens (`models.packing`); 0 at the response's padding."""
     responses = input_ids[:, context:]  # (B, T)
     parts = chunked_head(model, chunked)
+    if packed:
+        from rlhfkit.models.packing import packed_token_logprobs
+
+        scored = torch.zeros_like(input_ids[:, 1:], dtype=torch.bool)  # (B, P + T - 1)
+        scored[:, context - 1 :] = attention_mask[:, context:].bool()  # the real response tokens
+        logp, entropy = packed_token_logprobs(
+            model, input_ids, attention_mask, scored, temperature, with_entropy, parts
+        )  # (B, P + T - 1)
+        return logp[:, context - 1 :], None if entropy is None else entropy[:, context - 1 :]  # (B, T)
     if parts is not None:
         body, weight, bias = parts
         hidden = body(
@@ -115,8 +136,9 @@ def response_logprobs(
 
 
 def response_values(
-    critic: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, context: int
+    critic: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, context: int, packed: bool = False
 ) -> torch.Tensor:
     """(B, T) critic values V(s_t) of the states before each response token: the head read at positions
-    P - 1 .. P + T - 2 (the state after the last token is terminal; GAE bootstraps 0 there)."""
-    return scalar_values(critic, input_ids, attention_mask)[:, context - 1 : -1]  # (B, T)
+    P - 1 .. P + T - 2 (the state after the last token is terminal; GAE bootstraps 0 there). `packed`: from
+    one padding-free pass."""
+    return scalar_values(critic, input_ids, attention_mask, packed)[:, context - 1 : -1]  # (B, T)

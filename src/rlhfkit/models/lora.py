@@ -122,6 +122,33 @@ def remove_stale_adapter(folder: Path) -> None:
         shutil.rmtree(folder)
 
 
+def unsharded_twin(adapted: Any, state: dict[str, torch.Tensor]) -> Any:
+    """A `PeftModel` like `adapted` holding `state`, the whole state dict of its base (adapters, trained head
+    and frozen weights, as `adapted.get_base_model().state_dict()` keys it): what saves a model whose live
+    parameters are sharded (FSDP), each process holding a slice. Built on the meta device and given the
+    tensors of `state` (nothing loaded twice); the buffers a state dict leaves out (rotary frequencies)
+    are copied from the live model, which FSDP does not shard. Merging it changes `state`, not the live
+    model."""
+    import copy
+    import warnings
+
+    import peft
+
+    base, config = adapted.get_base_model(), copy.deepcopy(adapted.peft_config["default"])
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # peft's note that it renames the base: it is set back just below
+        twin = peft.get_peft_model(type(base)._from_config(base.config), config)
+    twin.peft_config["default"].base_model_name_or_path = config.base_model_name_or_path  # peft resets it
+    body = twin.get_base_model()
+    body.load_state_dict(state, strict=True, assign=True)
+    body.tie_weights()  # a tied head is one tensor again, as in the live model
+    for name, buffer in base.named_buffers():
+        owner, _, leaf = name.rpartition(".")
+        if getattr(body.get_submodule(owner), leaf).is_meta:
+            setattr(body.get_submodule(owner), leaf, buffer.detach().clone())
+    return twin
+
+
 def save_adapted(adapted: Any, tokenizer: Any, merged: Path, adapter: Path, save_model: Any) -> None:
     """`adapter`: the PEFT folder (`PeftModel.from_pretrained(base, adapter)` loads it) with the tokenizer;
     then `merged`: a plain model folder with the adapter merged into the base weights (in the base's dtype).

@@ -15,23 +15,38 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
 
 
-def scalar_values(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The `score` head read at every position: (B, L) ids and mask -> (B, L) fp32 values.
+def scalar_values(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, packed: bool = False
+) -> torch.Tensor:
+    """The `score` head read at every position: (B, L) ids and mask -> (B, L) fp32 values. `packed`: from
+    one padding-free pass (`models.packing`; the values at padding are then the head's bias alone).
 
     The backbone is reached through `base_model_prefix` so the head is applied to all hidden states, not
     only to the pooled one `forward` returns.
     """
     backbone = getattr(model, model.base_model_prefix)
+    if packed:
+        from rlhfkit.models.packing import packed_hidden
+
+        hidden = packed_hidden(backbone, input_ids, attention_mask)  # (B, L, d), zeros at padding
+        return model.score(hidden.float()).squeeze(-1).float()  # (B, L)
+    from rlhfkit.models.forward import no_cache
+
     hidden = backbone(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        **no_cache(backbone),
     ).last_hidden_state  # (B, L, d)
     return model.score(hidden.float()).squeeze(-1).float()  # (B, L); the head is fp32 (bf16 bases too)
 
 
-def sequence_scores(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def sequence_scores(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, packed: bool = False
+) -> torch.Tensor:
     """Reward of each sequence: the value at its last real token (EOS for a finished response), with left
-    or right padding. (B, L) -> (B,)."""
-    values = scalar_values(model, input_ids, attention_mask)  # (B, L)
+    or right padding. (B, L) -> (B,). `packed`: from one padding-free pass."""
+    values = scalar_values(model, input_ids, attention_mask, packed)  # (B, L)
     last = last_valid_index(attention_mask)  # (B,)
     return values.gather(1, last[:, None]).squeeze(1)  # (B,)
 
@@ -49,5 +64,7 @@ class SequenceScores(torch.nn.Module):
         """The scorer's transformer-block classes, which FSDP shards one by one."""
         return list(getattr(self.scorer, "_no_split_modules", None) or [])
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return sequence_scores(self.scorer, input_ids, attention_mask)  # (B,)
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, packed: bool = False
+    ) -> torch.Tensor:
+        return sequence_scores(self.scorer, input_ids, attention_mask, packed)  # (B,)

@@ -8,12 +8,15 @@ Three consequences, each a function:
   evaluates while the others wait);
 - a gradient norm is summed over the slices of every process (`clip_grad_norm`);
 - state dicts are gathered whole for checkpoints and model folders, and restored from whole ones
-  (`model_state`, `load_model_state`, `optimizer_state`, `load_optimizer_state`).
+  (`model_state`, `load_model_state`, `optimizer_state`, `load_optimizer_state`); with LoRA a checkpoint
+  gathers the trained parameters alone, and the saved folders come from an unsharded twin of each adapted
+  model (`models.lora.unsharded_twin`).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -62,15 +65,6 @@ def check_layout(saved: dict[str, Any] | None, current: dict[str, Any]) -> None:
         )
 
 
-def refuse_lora_when_sharded(lora: Any, accelerator: Any) -> None:
-    """LoRA trains a few million parameters at most: DDP replicates them cheaply, and the frozen bases can be
-    bf16 (`model_dtype`). LoRA under FSDP is not supported yet."""
-    from rlhfkit.errors import UsageError
-
-    if lora.enabled and is_sharded(accelerator):
-        raise UsageError("LoRA (lora.r > 0) with FSDP is not supported yet; launch with DDP (ddp.yaml)")
-
-
 def adamw(
     module: torch.nn.Module, groups: list[dict], accelerator: Any, **settings: Any
 ) -> torch.optim.AdamW:
@@ -101,8 +95,8 @@ def start(accelerator: Any, model: torch.nn.Module) -> None:
     the prepared module before any part of it runs alone (generation calls the policy inside it)."""
     if is_sharded(accelerator):
         token = torch.zeros(1, 1, dtype=torch.long, device=accelerator.device)  # (1, 1)
-        with torch.no_grad():
-            model(token, torch.ones_like(token))
+        with torch.no_grad():  # by name: GPT-2's second positional argument is its KV cache
+            model(input_ids=token, attention_mask=torch.ones_like(token))
         _reshard(model)
 
 
@@ -179,22 +173,46 @@ def model_state(
     accelerator: Any, model: torch.nn.Module, part: Any = None, trained_only: bool = False
 ) -> dict[str, torch.Tensor]:
     """The whole state dict of `part` (a submodule of the prepared `model`; all of it by default), keyed as
-    `part.state_dict()` is; `trained_only`: the parameters that train alone (LoRA: adapters and heads).
-    Sharded, every process must call and only the main one gets the tensors."""
+    `part.state_dict()` is; `trained_only`: the parameters that train alone (LoRA: adapters and heads; the
+    frozen ones are not even gathered). Sharded, every process must call and only the main one gets the
+    tensors."""
     part = accelerator.unwrap_model(model) if part is None else part
     if not is_sharded(accelerator):
         state = part.state_dict()
     else:
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         _reshard(model)
         prefix = _prefix(model, part)
-        whole = get_model_state_dict(model, options=_options())
+        # whole tensors, on the CPU, on the main process only (the others get an empty dict); only `part`'s
+        # (torch gathers every tensor first and filters after, unless told the submodule)
+        options = StateDictOptions(
+            full_state_dict=True,
+            cpu_offload=True,
+            ignore_frozen_params=trained_only,
+            keep_submodule_prefixes=True,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # `submodules` is deprecated, not yet replaced
+            whole = get_model_state_dict(model, submodules={part} if prefix else None, options=options)
         state = {k[len(prefix) :]: v for k, v in whole.items() if k.startswith(prefix)}
     if trained_only:
-        trained = {name for name, p in part.named_parameters() if p.requires_grad}
+        trained = trained_names(part)
         state = {k: v for k, v in state.items() if k in trained}
     return state
+
+
+def trained_names(part: torch.nn.Module) -> set[str]:
+    """The state-dict names of the parameters of `part` that train: as `named_parameters` gives them, less
+    the wrappers activation checkpointing puts around FSDP's blocks (state dicts leave those out)."""
+    return {
+        name.replace(f"{CHECKPOINT_WRAPPER}.", "")
+        for name, parameter in part.named_parameters()
+        if parameter.requires_grad
+    }
+
+
+CHECKPOINT_WRAPPER = "_checkpoint_wrapped_module"  # torch's name for a checkpointed module inside its wrapper
 
 
 def load_model_state(
@@ -208,7 +226,7 @@ def load_model_state(
     slice when sharded. `trained_only`: `state` holds exactly the parameters that train."""
     part = accelerator.unwrap_model(model) if part is None else part
     if trained_only:
-        trained = {name for name, p in part.named_parameters() if p.requires_grad}
+        trained = trained_names(part)
         if set(state) != trained:
             raise RuntimeError(f"checkpoint holds {len(state)} trained tensors, the model {len(trained)}")
     if not is_sharded(accelerator):
@@ -220,7 +238,9 @@ def load_model_state(
     prefix = _prefix(model, part)
     whole = {prefix + k: v for k, v in state.items()}
     options = StateDictOptions(full_state_dict=True, strict=not trained_only)
-    set_model_state_dict(model, whole, options=options)
+    unmatched = set_model_state_dict(model, whole, options=options).unexpected_keys
+    if unmatched:  # a name the model does not know would otherwise be skipped without a word
+        raise RuntimeError(f"checkpoint tensors the model does not have: {sorted(unmatched)[:3]}")
 
 
 def _unwrapped(optimizer: Any) -> torch.optim.Optimizer:

@@ -11,6 +11,7 @@ from rlhfkit.config.dpo import DPOConfig
 from rlhfkit.core import dpo_loss, logprobs_from_hidden, logprobs_from_logits
 from rlhfkit.data import pad
 from rlhfkit.models.forward import chunked_head
+from rlhfkit.models.packing import packed_token_logprobs
 
 # metrics of a batch of pairs, each a mean over its pairs (TRL's names, so dashboards carry over)
 PAIR_METRICS = (
@@ -27,25 +28,32 @@ AVERAGED = ("ipo", "simpo")  # the forms whose papers use length-averaged log-pr
 
 
 def response_logprobs_sum(
-    model: Any, sequences: list[list[int]], starts: list[int], pad_id: int, device: torch.device
+    model: Any,
+    sequences: list[list[int]],
+    starts: list[int],
+    pad_id: int,
+    device: torch.device,
+    packed: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N,) summed log-probs of each sequence's tokens from index `starts[i]` on (its response, up to and
-    including its end token) under `model`, at temperature 1, and (N,) how many tokens that is."""
+    including its end token) under `model`, at temperature 1, and (N,) how many tokens that is. `packed`:
+    from one padding-free pass (`models.packing`), the response positions alone through the head."""
     ids, mask = (t.to(device) for t in pad(sequences, pad_id))  # (N, L), (N, L)
+    positions = torch.arange(ids.shape[1] - 1, device=device)  # (L-1,)
+    # (N,) the position whose logits predict the first response token
+    first = torch.tensor(starts, device=device) - 1  # (N,)
+    valid = mask[:, 1:].bool() & (positions[None, :] >= first[:, None])  # (N, L-1)
     # no KV cache: nothing is generated (in eval mode transformers would build and fill one)
     head = chunked_head(model, None)  # a large vocabulary: from the head's input by chunks, no (N, L, V)
-    if head is not None:
+    if packed:
+        logp, _ = packed_token_logprobs(model, ids, mask, valid, head=head)  # (N, L-1), 0 elsewhere
+    elif head is not None:
         body, weight, bias = head
         hidden = body(input_ids=ids, attention_mask=mask, use_cache=False)[0][:, :-1]  # (N, L-1, H)
         logp = logprobs_from_hidden(hidden, weight, ids[:, 1:], 1.0, bias)  # (N, L-1)
     else:
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]  # (N, L-1, V)
         logp = logprobs_from_logits(logits, ids[:, 1:])  # (N, L-1)
-    positions = torch.arange(ids.shape[1] - 1, device=device)  # (L-1,)
-    first = (
-        torch.tensor(starts, device=device) - 1
-    )  # (N,) the position that predicts the first response token
-    valid = mask[:, 1:].bool() & (positions[None, :] >= first[:, None])  # (N, L-1)
     return (logp * valid).sum(1), valid.sum(1)  # (N,), (N,)
 
 

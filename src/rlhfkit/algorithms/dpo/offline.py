@@ -15,16 +15,24 @@ import torch
 
 from rlhfkit.algorithms.dpo.loss import PAIR_METRICS, named, pair_loss, response_logprobs_sum
 from rlhfkit.algorithms.dpo.sampling import HeldOutSampler, ReferenceLogprobs
-from rlhfkit.algorithms.supervised import Supervised, micro_batches, prepare
+from rlhfkit.algorithms.supervised import (
+    Supervised,
+    TokenBudget,
+    forward_groups,
+    micro_batches,
+    prepare,
+    token_budget,
+)
 from rlhfkit.config.dpo import DPOConfig
 from rlhfkit.data import PairExample, encode_pairs
 from rlhfkit.errors import UsageError
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.models.forward import response_logprobs
+from rlhfkit.models.packing import check_packing
 from rlhfkit.runtime.distributed import all_sum, is_main, rank, world
 from rlhfkit.runtime.metrics import progress
 from rlhfkit.runtime.outputs import CHECKPOINTS
-from rlhfkit.runtime.process import autocast
+from rlhfkit.runtime.process import autocast, quiet_transformers
 from rlhfkit.tasks.scorers import ModelScorer, load_monitors
 
 CACHE = "reference_logps.pt"  # under OUT/checkpoints: a resumed run reads it, a finished run drops it
@@ -38,15 +46,29 @@ class ReferencedPair:
     reference: tuple[float, float] | None
 
 
+def pair_lengths(pair: PairExample | ReferencedPair) -> list[int]:
+    """The two sequences a pair puts in a pass, its chosen and its rejected (`TokenBudget.sequences`)."""
+    pair = pair.pair if isinstance(pair, ReferencedPair) else pair
+    return [len(pair.chosen), len(pair.rejected)]
+
+
 def check_reference(config: DPOConfig) -> None:
-    """A UsageError, before anything is written, for a reference whose tokens are not the policy's."""
+    """A UsageError, before anything is written, for a reference whose tokens are not the policy's, or
+    (`padding_free`) that lets packed sequences see each other."""
     if config.reference is None or config.reference == config.model:
         return
-    if load_tokenizer(config.reference).get_vocab() != load_tokenizer(config.model).get_vocab():
+    tokenizer = load_tokenizer(config.reference)
+    if tokenizer.get_vocab() != load_tokenizer(config.model).get_vocab():
         raise UsageError(
             f"reference {config.reference} has another tokenizer than {config.model}: DPO compares "
             "the log-probs of the same tokens"
         )
+    if config.padding_free:  # its one pass before training is packed too
+        quiet_transformers()  # no loading bars around the one line
+        # loaded for the check alone, in the frozen weights' dtype, and freed at once
+        reference = load_causal_lm(config.reference, tokenizer, getattr(torch, config.model_dtype))
+        check_packing(reference, config.reference)
+        del reference
 
 
 def part_loss(
@@ -56,7 +78,7 @@ def part_loss(
     pairs, n = [p.pair for p in part], len(part)
     sequences = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     sums, counts = response_logprobs_sum(
-        model, sequences, [p.prompt_length for p in pairs] * 2, pad_id, device
+        model, sequences, [p.prompt_length for p in pairs] * 2, pad_id, device, config.padding_free
     )
     sums = sums.float()  # (2n,) log-probs stay fp32 under bf16 autocast
     reference = None
@@ -74,21 +96,28 @@ def forward_pairs(config: DPOConfig) -> int:
 
 @torch.no_grad()
 def reference_sums(
-    model: Any, pairs: list[PairExample], pad_id: int, device: torch.device, batch_size: int
+    model: Any,
+    pairs: list[PairExample],
+    pad_id: int,
+    device: torch.device,
+    batch_size: int,
+    packed: bool = False,
+    budget: TokenBudget | None = None,
 ) -> torch.Tensor:
     """(n, 2) summed log-probs of each pair's chosen and rejected response under `model`, `batch_size`
-    pairs a forward pass: each process scores every N-th batch, the sums are shared."""
+    pairs a forward pass (or under `budget`): each process scores every N-th pass, the sums are shared."""
     sums = torch.zeros(len(pairs), 2, dtype=torch.float64)  # (n, 2)
-    starts = list(range(0, len(pairs), batch_size))
-    with progress(len(starts), "reference log-probs", enabled=is_main()) as bar:
-        for i, start in enumerate(starts):
+    parts = forward_groups(pairs, batch_size, budget)  # the same on every process: from the pairs alone
+    with progress(len(parts), "reference log-probs", enabled=is_main()) as bar:
+        start = 0
+        for i, part in enumerate(parts):
             if i % world() == rank():
-                part = pairs[start : start + batch_size]
                 sequences = [p.chosen for p in part] + [p.rejected for p in part]
                 logp, _ = response_logprobs_sum(
-                    model, sequences, [p.prompt_length for p in part] * 2, pad_id, device
+                    model, sequences, [p.prompt_length for p in part] * 2, pad_id, device, packed
                 )  # (2b,)
                 sums[start : start + len(part)] = logp.double().cpu().view(2, -1).T  # (b, 2)
+            start += len(part)
             bar.update()
     return all_sum(sums)
 
@@ -120,9 +149,11 @@ def reference_logprobs(run: Supervised, config: DPOConfig) -> list[torch.Tensor]
         model = run.accelerator.unwrap_model(run.model)  # the policy, not yet stepped
         whole = run.whole_parameters()
     pad_id, size = run.tokenizer.pad_token_id, forward_pairs(config)
+    packed, budget = config.padding_free, token_budget(config, pair_lengths)
     with whole, without_adapter(run, separate), autocast(run.device, config.bf16):
         found = [
-            reference_sums(model, pairs, pad_id, run.device, size) for pairs in (run.train, run.held_out)
+            reference_sums(model, pairs, pad_id, run.device, size, packed, budget)
+            for pairs in (run.train, run.held_out)
         ]
     del model
     if is_main():
@@ -173,6 +204,7 @@ def offline_dpo(config: DPOConfig) -> Path:
     run.model.eval()  # dropout off: the policy starts exactly at the reference (the first loss is log 2)
     model, accelerator, device = run.model, run.accelerator, run.device
     pad_id, nll = run.tokenizer.pad_token_id, config.nll_coef > 0
+    budget = token_budget(config, pair_lengths)  # a pair's chosen and rejected in the same micro-batch
     if config.loss_type == "simpo":
         run.train = [ReferencedPair(p, None) for p in run.train]
         run.held_out = [ReferencedPair(p, None) for p in run.held_out]
@@ -185,7 +217,7 @@ def offline_dpo(config: DPOConfig) -> Path:
 
     def batch_loss(batch: list[ReferencedPair]) -> dict[str, float]:
         sums = torch.zeros(len(PAIR_METRICS), dtype=torch.float64)
-        for part, weight in micro_batches(batch, config.grad_accum):
+        for part, weight in micro_batches(batch, config.grad_accum, budget):
             # each micro-batch weighted by its share of the global batch's pairs (times N: DDP averages)
             with autocast(device, config.bf16):
                 loss, part_sums = part_loss(model, part, pad_id, device, config)
@@ -196,10 +228,10 @@ def offline_dpo(config: DPOConfig) -> Path:
     @torch.no_grad()
     def held_out_metrics() -> dict[str, float]:
         policy = accelerator.unwrap_model(model)  # no DDP hooks: the main process evaluates alone
-        sums, size = torch.zeros(len(PAIR_METRICS), dtype=torch.float64), forward_pairs(config)
-        for start in range(0, len(run.held_out), size):
+        sums = torch.zeros(len(PAIR_METRICS), dtype=torch.float64)
+        for part in forward_groups(run.held_out, forward_pairs(config), budget):
             with autocast(device, config.bf16):
-                _, part_sums = part_loss(policy, run.held_out[start : start + size], pad_id, device, config)
+                _, part_sums = part_loss(policy, part, pad_id, device, config)
             sums += part_sums.cpu()
         return named(sums, len(run.held_out), nll, prefix="eval/")
 

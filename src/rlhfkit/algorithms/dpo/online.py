@@ -22,7 +22,7 @@ from rlhfkit.algorithms.ppo.experience import Experience
 from rlhfkit.algorithms.ppo.rewards import describe as describe_rewards
 from rlhfkit.algorithms.ppo.roles import save_trained
 from rlhfkit.algorithms.ppo.trainer import PPOTrainer
-from rlhfkit.algorithms.supervised import make_scheduler, micro_batches
+from rlhfkit.algorithms.supervised import TokenBudget, make_scheduler, micro_batches, token_budget
 from rlhfkit.config.dpo import DPOConfig
 from rlhfkit.core import best_and_worst
 from rlhfkit.errors import StepFailed
@@ -47,12 +47,26 @@ def pairs_loss(
     rows = torch.cat([chosen, rejected])  # (2p,)
     mask = exp.mask[rows]  # (2p, T)
     with autocast(exp.input_ids.device, config.bf16):
-        logp, _, _ = opt.model(exp.input_ids[rows], exp.attention_mask[rows], exp.context, config.temperature)
+        logp, _, _ = opt.model(
+            exp.input_ids[rows],
+            exp.attention_mask[rows],
+            exp.context,
+            config.temperature,
+            packed=config.padding_free,
+        )  # (2p, T), 0 at the responses' padding when packed
     sums = (logp.float() * mask).sum(1)  # (2p,)
     ref = (exp.ref_logp[rows] * mask).sum(1)  # (2p,)
     counts, p = mask.sum(1), len(chosen)
     reference = None if config.loss_type == "simpo" else (ref[:p], ref[p:])
     return pair_loss((sums[:p], sums[p:]), reference, (counts[:p], counts[p:]), config)
+
+
+def pair_budget(exp: Experience, config: DPOConfig) -> TokenBudget | None:
+    """The token budget of pairs of experience rows (chosen, rejected): a packed pass computes their real
+    tokens, a padded one their whole width (the experience's rows are one rectangle)."""
+    lengths = exp.attention_mask.sum(1).tolist() if config.padding_free else None  # (B,)
+    width = exp.input_ids.shape[1]
+    return token_budget(config, lambda pair: [width if lengths is None else lengths[i] for i in pair])
 
 
 def dpo_step(opt: Any, exp: Experience, config: DPOConfig, guard: UpdateGuard) -> dict[str, float]:
@@ -64,7 +78,7 @@ def dpo_step(opt: Any, exp: Experience, config: DPOConfig, guard: UpdateGuard) -
         return stats
     pairs = list(zip(chosen.tolist(), rejected.tolist(), strict=True))
     sums = torch.zeros(len(PAIR_METRICS), dtype=torch.float64)
-    for part, weight in micro_batches(pairs, config.grad_accum):
+    for part, weight in micro_batches(pairs, config.grad_accum, pair_budget(exp, config)):
         c, r = (torch.tensor([p[i] for p in part], device=exp.scores.device) for i in (0, 1))
         loss, part_sums = pairs_loss(opt, exp, c, r, config)
         # each micro-batch weighted by its share of the batch's pairs (times N: DDP averages the gradients)

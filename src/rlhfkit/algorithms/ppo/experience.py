@@ -17,8 +17,9 @@ from rlhfkit.core import (
     masked_whiten,
     uniform_groups,
 )
+from rlhfkit.models.packing import budget_groups
 from rlhfkit.rollout.environments import episode_stats
-from rlhfkit.runtime.distributed import all_rows, local_rows
+from rlhfkit.runtime.distributed import all_max, all_rows, local_rows
 from rlhfkit.runtime.process import autocast
 
 
@@ -65,6 +66,34 @@ def forward_rows(config: PPOConfig, width: int, vocab: int) -> int:
 def row_slices(rows: int, chunk: int) -> list[slice]:
     """Slices of at most `chunk` rows: no-grad passes go by chunks to bound their memory."""
     return [slice(s, min(s + chunk, rows)) for s in range(0, rows, chunk)]
+
+
+def pass_costs(attention_mask: torch.Tensor, packed: bool) -> list[int]:
+    """The tokens a pass computes for each (B, L) row: its real tokens when packed, else the batch's padded
+    width (every row of a padded pass is that wide)."""
+    if packed:
+        return attention_mask.sum(1).tolist()
+    return [attention_mask.shape[1]] * attention_mask.shape[0]
+
+
+def budget_slices(attention_mask: torch.Tensor, config: PPOConfig) -> list[slice] | None:
+    """Consecutive slices of the (b, L) rows whose passes compute at most `max_tokens_per_micro_batch`
+    tokens each (`models.packing.budget_groups`; a longer row alone), or None without a token budget."""
+    budget = config.max_tokens_per_micro_batch
+    if budget is None:
+        return None
+    groups = budget_groups(pass_costs(attention_mask, config.padding_free), budget, config.padding_free)
+    return [slice(g[0], g[-1] + 1) for g in groups]
+
+
+def agreed_passes(count: int, config: PPOConfig) -> int:
+    """The most training passes any process runs: each process runs that many through the trained module
+    (DDP syncs on every backward, FSDP's forwards are collective), stand-ins after its own when it has
+    fewer. Only a token budget makes the counts differ; fixed counts are the same everywhere. (The
+    experience's no-grad passes run with the parameters gathered whole: they need no agreement.)"""
+    if config.max_tokens_per_micro_batch is None:
+        return count
+    return int(all_max(torch.tensor(count)))
 
 
 def vocab_size(roles: Roles) -> int:
@@ -141,14 +170,16 @@ def make_experience(
     # Each process runs the passes of its own rows, by chunks; then every process holds the whole batch, and
     # every statistic below (whitening, explained variance, means) is over the global batch.
     mine = local_rows(ids.shape[0])
-    chunks = [
-        slice(mine.start + s.start, mine.start + s.stop)
-        for s in row_slices(mine.stop - mine.start, forward_rows(config, ids.shape[1], vocab_size(roles)))
-    ]
+    slices = budget_slices(attention[mine], config) or row_slices(
+        mine.stop - mine.start, forward_rows(config, ids.shape[1], vocab_size(roles))
+    )
+    chunks = [slice(mine.start + s.start, mine.start + s.stop) for s in slices]
+    packed = config.padding_free
     with autocast(ids.device, config.bf16):
         # 3. old log-probs and values. The log-probs come from the same full pass as the reference's (not from
         # the KV-cached rollout), so the KL is exactly 0 before the first update.
-        parts = [model(ids[s], attention[s], context, config.temperature, True) for s in chunks]
+        # (no-grad passes with the parameters whole: the processes may run different numbers of them)
+        parts = [model(ids[s], attention[s], context, config.temperature, True, packed) for s in chunks]
         old_logp, entropy = (all_rows(torch.cat([p[i] for p in parts])) for i in (0, 2))  # (B, T)
         # A critic that starts as the RM reads its head as the score reads the RM (normalised, weighted), so
         # at iteration 0 its values are on the scale of the returns it must predict (`critic_scale`).
@@ -165,7 +196,10 @@ def make_experience(
         # 5. reference log-probs
         ref_logp = all_rows(
             torch.cat(
-                [roles.reference_logprobs(ids[s], attention[s], context, config.temperature) for s in chunks]
+                [
+                    roles.reference_logprobs(ids[s], attention[s], context, config.temperature, packed)
+                    for s in chunks
+                ]
             )
         )  # (B, T)
     # the update trains on the kept rows only: every batch statistic that feeds it (reward whitening, the

@@ -19,10 +19,11 @@ from rlhfkit.data.encode import end_of_turn
 from rlhfkit.errors import UsageError
 from rlhfkit.models import load_causal_lm, load_scalar_model, load_tokenizer, save_model, sequence_scores
 from rlhfkit.models.forward import response_logprobs, response_values
-from rlhfkit.models.lora import add_adapter, remove_stale_adapter, save_adapted
+from rlhfkit.models.lora import add_adapter, remove_stale_adapter, save_adapted, unsharded_twin
+from rlhfkit.models.packing import check_packing
 from rlhfkit.models.precision import compute_in, round_like
 from rlhfkit.runtime.distributed import is_main
-from rlhfkit.runtime.sharding import model_state, no_split_modules
+from rlhfkit.runtime.sharding import is_sharded, model_state, no_split_modules
 
 
 class PolicyAndValue(torch.nn.Module):
@@ -42,22 +43,27 @@ class PolicyAndValue(torch.nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
         context: int | None = None,
         temperature: float = 1.0,
         with_entropy: bool = False,
+        packed: bool = False,
+        **policy_kwargs: Any,
     ) -> Any:
         """(B, P + T) prompt + response -> (B, T) response log-probs at `temperature`, (B, T) raw values of
-        the states before each response token (None without a critic), and (B, T) entropies when asked.
-        Without `context`, the policy's own output (a causal LM's, with `.logits`): the ptx term's pass,
-        through the same module."""
+        the states before each response token (None without a critic), and (B, T) entropies when asked;
+        `packed`: each from one padding-free pass (`models.packing`). Without `context`, the policy's own
+        output (a causal LM's, with `.logits`; `policy_kwargs` such as a packed pass's `position_ids` go to
+        it): the ptx term's pass, through the same module."""
         if context is None:
-            return self.policy(input_ids=input_ids, attention_mask=attention_mask)
+            return self.policy(input_ids=input_ids, attention_mask=attention_mask, **policy_kwargs)
         logp, entropy = response_logprobs(
-            self.policy, input_ids, attention_mask, context, temperature, with_entropy
+            self.policy, input_ids, attention_mask, context, temperature, with_entropy, packed=packed
         )  # (B, T)
         values = (
-            None if self.value is None else response_values(self.value, input_ids, attention_mask, context)
+            None
+            if self.value is None
+            else response_values(self.value, input_ids, attention_mask, context, packed)
         )  # (B, T)
         return logp, values, entropy
 
@@ -76,14 +82,22 @@ class Roles(Protocol):
         ...
 
     def reference_logprobs(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, context: int, temperature: float
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        context: int,
+        temperature: float,
+        packed: bool = False,
     ) -> torch.Tensor:
-        """(B, T) response log-probs under the frozen reference (the SFT model)."""
+        """(B, T) response log-probs under the frozen reference (the SFT model); `packed`: from one
+        padding-free pass."""
         ...
 
-    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def scores(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, packed: bool = False
+    ) -> torch.Tensor:
         """(B,) raw reward-model scores, read at each sequence's last real token; the ids are in the RM's
-        tokens (`rm_tokenizer`'s when it is set)."""
+        tokens (`rm_tokenizer`'s when it is set). `packed`: from one padding-free pass."""
         ...
 
     def to(self, device: torch.device) -> None:
@@ -114,12 +128,21 @@ class SeparateModels:
         return self.reward_model is not None
 
     def reference_logprobs(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, context: int, temperature: float
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        context: int,
+        temperature: float,
+        packed: bool = False,
     ) -> torch.Tensor:
-        return response_logprobs(self.reference, input_ids, attention_mask, context, temperature)[0]
+        return response_logprobs(
+            self.reference, input_ids, attention_mask, context, temperature, packed=packed
+        )[0]
 
-    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return sequence_scores(self.reward_model, input_ids, attention_mask)
+    def scores(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, packed: bool = False
+    ) -> torch.Tensor:
+        return sequence_scores(self.reward_model, input_ids, attention_mask, packed)
 
     def to(self, device: torch.device) -> None:
         self.reference.to(device)
@@ -149,23 +172,45 @@ class SharedBases:
         return self.rm_in_critic or self.reward_model is not None
 
     def reference_logprobs(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, context: int, temperature: float
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        context: int,
+        temperature: float,
+        packed: bool = False,
     ) -> torch.Tensor:
         with self.actor.disable_adapter():
-            return response_logprobs(self.trainable.policy, input_ids, attention_mask, context, temperature)[
-                0
-            ]
+            logp, _ = response_logprobs(
+                self.trainable.policy, input_ids, attention_mask, context, temperature, packed=packed
+            )  # (B, T)
+            return logp
 
-    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def scores(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, packed: bool = False
+    ) -> torch.Tensor:
         if not self.rm_in_critic:
-            return sequence_scores(self.reward_model, input_ids, attention_mask)
+            return sequence_scores(self.reward_model, input_ids, attention_mask, packed)
         with self.critic.disable_adapter():
-            return sequence_scores(self.trainable.value, input_ids, attention_mask)
+            return sequence_scores(self.trainable.value, input_ids, attention_mask, packed)
 
     def to(self, device: torch.device) -> None:
         """The separate RM, if any: the other frozen roles are the trained module's own bases."""
         if self.reward_model is not None:
             self.reward_model.to(device)
+
+
+def check_roles_packing(roles: Roles) -> None:
+    """`padding_free`: refuse in one line a role whose attention would mix packed sequences (each model
+    once: with LoRA, the bases behind the adapters, which also serve the reference and the RM)."""
+    models = {
+        "the policy": roles.trainable.policy,
+        "the critic": roles.trainable.value,
+        "the reference": getattr(roles, "reference", None),
+        "the reward model": getattr(roles, "reward_model", None),
+    }
+    for name, model in models.items():
+        if model is not None:
+            check_packing(model, name)
 
 
 def same_tokens(a: Any, b: Any) -> bool:
@@ -257,22 +302,21 @@ def save_trained(
     the main one writes. Returns the folders, each with its role (`actor`, `critic`) and whether it is an
     adapter folder (the same list in every process): what their model cards describe. `folders` places them
     elsewhere (online DPO: the actor at `OUT` itself, its adapter at `OUT/adapter`)."""
-    tokenizer = roles.tokenizer
-    if isinstance(roles, SharedBases):
-        written = []
-        for adapted, name in ((roles.actor, "actor"), (roles.critic, "critic")):
-            if adapted is not None:
-                merged, adapter = (out / f for f in folders[name])
-                if is_main():
-                    save_adapted(adapted, tokenizer, merged, adapter, save_model)
-                written += [(merged, name, False), (adapter, name, True)]
-        return written
-    trainable = accelerator.unwrap_model(model)
-    whole = model_state(accelerator, model)  # gathered once when sharded: keys policy.* and value.*
-    saved = ((trainable.policy, "policy.", "actor"), (trainable.value, "value.", "critic"))
-    for role, prefix, name in saved:
-        if is_main() and role is not None:
-            state = {k[len(prefix) :]: v for k, v in whole.items() if k.startswith(prefix)}
-            save_model(role, tokenizer, out / folders[name][0], state_dict=state)
-            remove_stale_adapter(out / folders[name][1])
-    return [(out / folders[name][0], name, False) for role, _, name in saved if role is not None]
+    tokenizer, trainable = roles.tokenizer, accelerator.unwrap_model(model)
+    sharded, written = is_sharded(accelerator), []
+    adapted = {"actor": roles.actor, "critic": roles.critic} if isinstance(roles, SharedBases) else {}
+    for role, name in ((trainable.policy, "actor"), (trainable.value, "critic")):
+        if role is None:
+            continue
+        merged, adapter = (out / f for f in folders[name])
+        # one role at a time: sharded, each is gathered whole onto the main process's CPU, then freed
+        state = model_state(accelerator, model, part=role) if sharded or not adapted else None
+        if is_main() and adapted:  # LoRA: a sharded model is saved through an unsharded twin
+            twin = adapted[name] if state is None else unsharded_twin(adapted[name], state)
+            save_adapted(twin, tokenizer, merged, adapter, save_model)
+        elif is_main():
+            save_model(role, tokenizer, merged, state_dict=state)
+            remove_stale_adapter(adapter)
+        written += [(merged, name, False)] + ([(adapter, name, True)] if adapted else [])
+        del state
+    return written

@@ -31,7 +31,14 @@ from rlhfkit.algorithms.ppo.rewards import (
 )
 from rlhfkit.algorithms.ppo.rewards import describe as describe_rewards
 from rlhfkit.algorithms.ppo.rewards.mixture import check_function
-from rlhfkit.algorithms.ppo.roles import Roles, critic_source, critic_starts_from_rm, load_roles, save_trained
+from rlhfkit.algorithms.ppo.roles import (
+    Roles,
+    check_roles_packing,
+    critic_source,
+    critic_starts_from_rm,
+    load_roles,
+    save_trained,
+)
 from rlhfkit.algorithms.ppo.update import Optimisation, ppo_update, ptx_sampler
 from rlhfkit.config import PPOConfig
 from rlhfkit.core import AdaptiveKLController, FixedKLController
@@ -54,7 +61,6 @@ from rlhfkit.runtime.sharding import (
     load_optimizer_state,
     model_state,
     optimizer_state,
-    refuse_lora_when_sharded,
     start,
     whole_parameters,
 )
@@ -102,6 +108,8 @@ class PPOTrainer:
                 )
         set_seed(config.seed)
         roles = load_roles(config)
+        if config.padding_free:  # before the output folder is touched: a bad model is one line
+            check_roles_packing(roles)
         prompts = split_prompts(config, roles.tokenizer)
         rewards = load_rewards(config, roles, prompts, reward_normaliser(config))
         environment = load_environment(config.environment) if config.environment else None
@@ -114,7 +122,6 @@ class PPOTrainer:
                     check_function(monitor.function, prompts, roles.tokenizer, monitor.concurrency)
         # the ptx pass leaves the critic without gradients: DDP must be told to expect that
         accelerator = make_accelerator(config.report_to, config.out, unused_parameters=config.ptx_coef > 0)
-        refuse_lora_when_sharded(config.lora, accelerator)
         updates = config.max_steps * config.ppo_epochs * (config.batch_size // config.mini_batch_size)
         policy, value = roles.trainable.policy, roles.trainable.value
         optimizer = adamw(

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from rlhfkit.algorithms.ppo.experience import Experience, Normalise
+from rlhfkit.algorithms.ppo.experience import Experience, Normalise, agreed_passes, budget_slices
 from rlhfkit.algorithms.sft import completion_nll
 from rlhfkit.config import PPOConfig
 from rlhfkit.core import kl_penalty_loss, loss_count, ppo_policy_loss, value_loss
@@ -98,7 +98,11 @@ def micro_batch_loss(
     mask = exp.mask[rows]  # (m, T)
     with autocast(exp.input_ids.device, config.bf16):
         logp, values, _ = opt.model(
-            exp.input_ids[rows], exp.attention_mask[rows], exp.context, config.temperature
+            exp.input_ids[rows],
+            exp.attention_mask[rows],
+            exp.context,
+            config.temperature,
+            packed=config.padding_free,
         )  # (m, T), (m, T)
     # Dr. GRPO's constant normaliser is the generation budget, the same for every batch and process: the
     # policy's tokens of `max_turns` turns in a multi-turn episode
@@ -135,9 +139,19 @@ def ptx_step(opt: Optimisation, config: PPOConfig, device: torch.device) -> floa
     mine = examples[local_rows(len(examples))]
     n_tokens = sum(1 for e in examples for t in e.labels[1:] if t != IGNORE)  # of the whole ptx batch
     with autocast(device, config.bf16):
-        nll, n = completion_nll(opt.model, mine, opt.pad_id, device)  # the module acts as the policy LM
+        # the module acts as the policy LM (a packed pass's position ids go through to it)
+        nll, n = completion_nll(opt.model, mine, opt.pad_id, device, packed=config.padding_free)
     opt.accelerator.backward(config.ptx_coef * nll * n / n_tokens * world())
     return all_sum(nll.detach().double() * n).item() / n_tokens
+
+
+def micro_batch_rows(exp: Experience, rows: torch.Tensor, config: PPOConfig) -> list[torch.Tensor]:
+    """This process's rows of a minibatch (global indices) in micro-batches: by `max_tokens_per_micro_batch`
+    when set (consecutive rows, each pass at most that many tokens), else `micro_batch_size` rows each."""
+    slices = budget_slices(exp.attention_mask[rows], config)
+    if slices is None:
+        return list(rows.split(config.micro_batch_size or config.mini_batch_size))
+    return [rows[s] for s in slices]
 
 
 def minibatch_step(
@@ -159,12 +173,18 @@ def minibatch_step(
         return None
     stats: dict[str, float] = {"loss/ptx": 0.0}  # stays 0 with the ptx term off
     deviation = 0.0
-    for part in rows[local_rows(len(rows))].split(config.micro_batch_size or config.mini_batch_size):
+    parts = micro_batch_rows(exp, rows[local_rows(len(rows))], config)
+    # every process runs as many passes (DDP syncs each backward): a stand-in on this process's first row
+    # weighs nothing
+    stand_ins = [(parts[0][:1], 0.0)] * (agreed_passes(len(parts), config) - len(parts))
+    for part, weight in [(part, 1.0) for part in parts] + stand_ins:
         part_mask = exp.mask[part]  # (p, T)
-        shares = Shares(part_mask.sum() / tokens, loss_count(part_mask, config.loss_aggregation) / units)
+        shares = Shares(
+            part_mask.sum() / tokens * weight, loss_count(part_mask, config.loss_aggregation) / units * weight
+        )
         loss, part_stats = micro_batch_loss(opt, exp, part, kl_coef, config, shares)
         opt.accelerator.backward(loss * world())
-        deviation = max(deviation, part_stats.pop("ratio_deviation").item())
+        deviation = max(deviation, part_stats.pop("ratio_deviation").item() * weight)
         for key, value in part_stats.items():
             stats[key] = stats.get(key, 0.0) + value.item()
     summed = all_sum(torch.tensor(list(stats.values()), dtype=torch.float64)).tolist()

@@ -127,7 +127,7 @@ def load_rewards(config: PPOConfig, roles: Roles, prompts: PromptSet, normalise:
     for function in functions:
         check_function(function, prompts, roles.tokenizer, config.reward_concurrency)
     named = dict(zip(names[len(names) - len(functions) :], functions, strict=True))
-    model = ModelScores.create(roles) if roles.has_reward_model else None
+    model = ModelScores.create(roles, config.padding_free) if roles.has_reward_model else None
     return Rewards(roles, named, weights, prompts, normalise, model, config.reward_concurrency)
 
 

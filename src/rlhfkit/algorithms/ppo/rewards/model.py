@@ -40,11 +40,13 @@ class ModelScores:
     roles: Roles
     reading: ReadingPoints  # where the RM reads a finished response on the policy's ids
     rm_chat_end: int | None  # the RM's end of turn, when it reads its own tokens
+    packed: bool = False  # each pass padding-free (`padding_free`): the same scores to float rounding
 
     @classmethod
-    def create(cls, roles: Roles) -> ModelScores:
+    def create(cls, roles: Roles, packed: bool = False) -> ModelScores:
         own = roles.rm_tokenizer
-        return cls(roles, ReadingPoints.of(roles.tokenizer), None if own is None else end_of_turn(own))
+        end = None if own is None else end_of_turn(own)
+        return cls(roles, ReadingPoints.of(roles.tokenizer), end, packed)
 
     def shared(self, episodes: Episodes, rows: slice, chat: list[bool]) -> torch.Tensor:
         """(b,) scores of batch rows `rows` on the policy's ids, each finished response ending in the token
@@ -52,11 +54,11 @@ class ModelScores:
         (`chat`: whether each row's prompt is one). A special stop is replaced by that token; a stop string
         (".") is content: kept, the end appended after it, as `rm` read the pairs `label` wrote (`ended`)."""
         ids, mask = episodes.input_ids[rows], episodes.attention_mask[rows]  # (b, P + T)
-        return self.roles.scores(*self.reading.read(ids, mask, episodes.stopped[rows], chat))
+        return self.roles.scores(*self.reading.read(ids, mask, episodes.stopped[rows], chat), self.packed)
 
     def reencoded(self, texts: EpisodeTexts, device: torch.device) -> torch.Tensor:
         """(b,) scores of the episodes of `texts`, re-encoded with the RM's tokenizer and template."""
         tokenizer = self.roles.rm_tokenizer
         sequences = rm_sequences(texts, tokenizer, self.roles.rm_max_length, self.rm_chat_end)
         ids, mask = pad(sequences, tokenizer.pad_token_id, "right")  # (b, L)
-        return self.roles.scores(ids.to(device), mask.to(device))
+        return self.roles.scores(ids.to(device), mask.to(device), self.packed)
