@@ -186,12 +186,12 @@ def test_accelerate_launch_gives_the_same_first_iteration(rlhf_stack, tmp_path):
 
 
 def test_a_batch_the_processes_do_not_divide_stops_every_process_with_status_2(rlhf_stack, tmp_path):
+    """Each process refuses on its own. torchrun stops the others as soon as one exits; polling every 5 s
+    instead of every 0.1 s gives the slower one time to reach its own refusal (else it is stopped first)."""
     out = tmp_path / "out"
-    done = subprocess.run(
-        torchrun(ppo_args(rlhf_stack, out, "batch_size=6", "mini_batch_size=3")),
-        capture_output=True,
-        text=True,
-    )
+    command = torchrun(ppo_args(rlhf_stack, out, "batch_size=6", "mini_batch_size=3"))
+    command[3:3] = ["--monitor-interval", "5"]  # after `-m torch.distributed.run`
+    done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode != 0
     assert (
         done.stderr.count("rlhfkit ppo: error: mini_batch_size (3) must be divisible by the 2 processes") == 2
