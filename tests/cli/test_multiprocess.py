@@ -217,6 +217,19 @@ def test_label_refuses_two_processes(rlhf_stack, tmp_path):
     assert not out.exists()
 
 
+def stop_after_two_iterations(command: list[str], out: Path) -> None:
+    """Run `command` (a two-process launch writing to `out`) and send it SIGTERM once two iterations are
+    logged: the launcher (torchrun, accelerate) passes it on to both processes, which checkpoint and stop."""
+    run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=CPU)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and run.poll() is None:
+        if (out / "metrics.jsonl").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) >= 2:
+            run.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    run.communicate(timeout=300)
+
+
 @pytest.mark.parametrize("engine", [torchrun, fsdp], ids=["ddp", "fsdp"])
 def test_a_two_process_run_stopped_by_sigterm_resumes_to_the_uninterrupted_metrics(
     rlhf_stack, tmp_path, engine
@@ -224,16 +237,7 @@ def test_a_two_process_run_stopped_by_sigterm_resumes_to_the_uninterrupted_metri
     args = [*PPO[:-2], "--max-steps", "5"]
     launch(ppo_args(rlhf_stack, tmp_path / "whole", *args), engine=engine)
     out = tmp_path / "stopped"
-    run = subprocess.Popen(
-        engine(ppo_args(rlhf_stack, out, *args)), stderr=subprocess.PIPE, text=True, env=CPU
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and run.poll() is None:
-        if (out / "metrics.jsonl").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) >= 2:
-            run.send_signal(signal.SIGTERM)  # torchrun passes it on to both processes
-            break
-        time.sleep(0.05)
-    run.communicate(timeout=300)
+    stop_after_two_iterations(engine(ppo_args(rlhf_stack, out, *args)), out)
     checkpoints = list((out / "checkpoints").glob("step-*"))
     assert len(checkpoints) == 1 and not (out / "rlhfkit.json").exists()
     state = torch.load(checkpoints[0] / "state.pt", weights_only=True)

@@ -3,22 +3,19 @@ sharded alike, the reference and the RM are still the bases with their adapters 
 process's: its metrics, its adapter folders and its merged folders (gathered whole and saved through an
 unsharded twin of each adapted model), and a run stopped under FSDP resumes to the uninterrupted one."""
 
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from test_multiprocess import (
     CONFIGS,
-    CPU,
     PPO,
     assert_close_records,
     assert_same_weights,
     fsdp,
     launch,
     records,
+    stop_after_two_iterations,
 )
 
 from helpers import great_rows, ppo_args, sentiment_rows, write_jsonl
@@ -91,15 +88,7 @@ def test_a_lora_run_stopped_under_fsdp_resumes_to_the_uninterrupted_metrics(rlhf
     args = [*LORA, "actor_lr=1e-3", "critic_lr=1e-3", *PPO[:-2], "--max-steps", "4"]
     launch(ppo_args(rlhf_stack, tmp_path / "whole", *args), engine=engine)
     out = tmp_path / "stopped"
-    command = engine(ppo_args(rlhf_stack, out, *args))
-    run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=CPU)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and run.poll() is None:
-        if (out / "metrics.jsonl").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) >= 2:
-            run.send_signal(signal.SIGTERM)  # accelerate's launcher passes it on to both processes
-            break
-        time.sleep(0.05)
-    run.communicate(timeout=300)
+    stop_after_two_iterations(engine(ppo_args(rlhf_stack, out, *args)), out)
     checkpoints = list((out / "checkpoints").glob("step-*"))
     assert len(checkpoints) == 1 and not (out / "rlhfkit.json").exists()
     state = torch.load(checkpoints[0] / "state.pt", weights_only=True)

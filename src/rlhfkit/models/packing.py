@@ -117,13 +117,15 @@ def budget_groups(lengths: list[int], budget: int, packed: bool) -> list[list[in
     than the budget is a group of its own. The order is kept, so the grouping depends on the lengths alone."""
     groups: list[list[int]] = []
     current: list[int] = []
-    for i in range(len(lengths)):
-        trial = [*current, i]
-        cost = sum(lengths[j] for j in trial) if packed else len(trial) * max(lengths[j] for j in trial)
+    total = longest = 0  # of `current`
+    for i, length in enumerate(lengths):
+        longest_with = max(longest, length)
+        cost = total + length if packed else (len(current) + 1) * longest_with
         if current and cost > budget:
             groups.append(current)
-            trial = [i]
-        current = trial
+            current, total, longest_with = [], 0, length
+        current.append(i)
+        total, longest = total + length, longest_with
     return groups + ([current] if current else [])
 
 
