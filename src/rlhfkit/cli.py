@@ -16,7 +16,7 @@ from typing import Any
 from rlhfkit import __version__
 from rlhfkit.config import COMMAND_CONFIGS, DemoConfig, describe, load_config, preset
 from rlhfkit.errors import Diverged, Stopped, UsageError
-from rlhfkit.runtime.distributed import barrier, finish, is_main, world
+from rlhfkit.runtime.distributed import barrier, end_process, finish, is_main, world
 
 # Config fields that also get a --flag of their own (the rest are set with field=value or --config).
 # A list field's flag is singular and repeatable: `--reward-function a:f --reward-function b:g`.
@@ -272,6 +272,18 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`rlhfkit ARGV`: its exit status. A process launched as one of several ends here once the run is over
+    (runtime.distributed.end_process): the interpreter's teardown aborted finished runs now and then."""
+    try:
+        status = run_command(argv)
+    finally:
+        grouped = finish()  # leave the process group, if any
+    if grouped:
+        end_process(status)
+    return status
+
+
+def run_command(argv: Sequence[str] | None) -> int:
     args = parse_arguments(argv)
     flags = {name: getattr(args, name) for name in FLAGS[args.command]}
     show_warnings(args.command)
@@ -302,8 +314,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rlhfkit {args.command}: interrupted", file=sys.stderr)
         return 130
-    finally:
-        finish()  # leave the process group, if any
 
 
 if __name__ == "__main__":

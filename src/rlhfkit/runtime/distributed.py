@@ -7,8 +7,9 @@ each process takes its contiguous share of a batch's rows, and every mean is tak
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import torch
 
@@ -87,10 +88,23 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def finish() -> None:
-    """Leave the process group cleanly (some launches abort at exit otherwise)."""
-    if _initialised():
-        torch.distributed.destroy_process_group()
+def finish() -> bool:
+    """Leave the process group, if this process is in one (whether it was)."""
+    if not _initialised():
+        return False
+    torch.distributed.destroy_process_group()
+    return True
+
+
+def end_process(status: int) -> NoReturn:
+    """End a process that was in a process group now, with `status`, skipping the interpreter's teardown.
+    The trained models still hold the gloo backend after the group is destroyed, and its worker threads,
+    torn down with the interpreter, abort a finished run now and then ("terminate called without an active
+    exception", SIGABRT). Files are closed or flushed by then (metrics.jsonl flushes every line, trackers are
+    finished, checkpoints written); the standard streams are flushed here."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 Result = TypeVar("Result")
