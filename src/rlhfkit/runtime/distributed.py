@@ -6,6 +6,7 @@ each process takes its contiguous share of a batch's rows, and every mean is tak
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from collections.abc import Callable
@@ -100,8 +101,9 @@ def end_process(status: int) -> NoReturn:
     """End a process that was in a process group now, with `status`, skipping the interpreter's teardown.
     The trained models still hold the gloo backend after the group is destroyed, and its worker threads,
     torn down with the interpreter, abort a finished run now and then ("terminate called without an active
-    exception", SIGABRT). Files are closed or flushed by then (metrics.jsonl flushes every line, trackers are
-    finished, checkpoints written); the standard streams are flushed here."""
+    exception", SIGABRT). The exit handlers still run (a reward function's, the trackers'), then the standard
+    streams are flushed; rlhfkit's own files are closed by then (metrics.jsonl flushes every line)."""
+    atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
