@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -272,13 +273,20 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`rlhfkit ARGV`: its exit status. A process launched as one of several ends here once the run is over
-    (runtime.distributed.end_process): the interpreter's teardown aborted finished runs now and then."""
+    """`rlhfkit ARGV`: its exit status. A process launched as one of several ends here once its command is
+    over, failed or not (runtime.distributed.end_process): the interpreter's teardown aborted finished runs
+    now and then."""
     try:
         status = run_command(argv)
-    finally:
-        grouped = finish()  # leave the process group, if any
-    if grouped:
+    except Exception:
+        if finish():  # one of several processes: its traceback, as the interpreter prints it, and status 1
+            traceback.print_exc()
+            end_process(1)
+        raise
+    except BaseException:
+        finish()
+        raise
+    if finish():  # leave the process group, if any
         end_process(status)
     return status
 

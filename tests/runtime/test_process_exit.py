@@ -20,8 +20,10 @@ SCRIPT = textwrap.dedent(
             print(" torn down", end="")
     kept_until_teardown = Teardown()
     print("unflushed", end="")  # a pipe's stdout is block-buffered
-    from rlhfkit.cli import main
-    status = main(["sft", "--model", "no-such-model-folder", "--data", "no-such-file.jsonl"])
+    import rlhfkit.cli
+    if sys.argv[3] == "crash":
+        rlhfkit.cli.run_command = lambda argv: 1 / 0  # a failure rlhfkit does not expect
+    status = rlhfkit.cli.main(["sft", "--model", "no-such-model-folder", "--data", "no-such-file.jsonl"])
     print(f" main returned {status}, group left: {not dist.is_initialized()}", end="")
     sys.exit(status)
     """
@@ -34,10 +36,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run(grouped: bool) -> subprocess.CompletedProcess:
-    mode = "grouped" if grouped else "alone"
+def run(grouped: bool, crash: bool = False) -> subprocess.CompletedProcess:
+    mode, command = "grouped" if grouped else "alone", "crash" if crash else "refused"
     return subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(free_port()), mode], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", SCRIPT, str(free_port()), mode, command],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -52,3 +57,16 @@ def test_a_process_alone_returns_from_main_and_tears_down_as_usual():
     done = run(grouped=False)
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stdout == "unflushed main returned 2, group left: True exit handlers torn down"
+
+
+def test_a_process_in_a_group_that_crashes_prints_its_traceback_and_ends_with_status_1():
+    done = run(grouped=True, crash=True)
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr and done.stderr.rstrip().endswith("ZeroDivisionError: division by zero")
+    assert done.stdout == "unflushed exit handlers"
+
+
+def test_a_process_alone_that_crashes_raises_out_of_main():
+    done = run(grouped=False, crash=True)
+    assert done.returncode == 1 and done.stderr.rstrip().endswith("ZeroDivisionError: division by zero")
+    assert done.stdout == "unflushed exit handlers torn down"
