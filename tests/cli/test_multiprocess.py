@@ -217,9 +217,10 @@ def test_label_refuses_two_processes(rlhf_stack, tmp_path):
     assert not out.exists()
 
 
-def stop_after_two_iterations(command: list[str], out: Path) -> None:
+def stop_after_two_iterations(command: list[str], out: Path) -> dict:
     """Run `command` (a two-process launch writing to `out`) and send it SIGTERM once two iterations are
-    logged: the launcher (torchrun, accelerate) passes it on to both processes, which checkpoint and stop."""
+    logged: the launcher (torchrun, accelerate) passes it on to both processes, which checkpoint and stop.
+    The one checkpoint's state, the run unfinished (no run file)."""
     run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=CPU)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and run.poll() is None:
@@ -228,6 +229,9 @@ def stop_after_two_iterations(command: list[str], out: Path) -> None:
             break
         time.sleep(0.05)
     run.communicate(timeout=300)
+    checkpoints = list((out / "checkpoints").glob("step-*"))
+    assert len(checkpoints) == 1 and not (out / "rlhfkit.json").exists()
+    return torch.load(checkpoints[0] / "state.pt", weights_only=True)
 
 
 @pytest.mark.parametrize("engine", [torchrun, fsdp], ids=["ddp", "fsdp"])
@@ -237,10 +241,7 @@ def test_a_two_process_run_stopped_by_sigterm_resumes_to_the_uninterrupted_metri
     args = [*PPO[:-2], "--max-steps", "5"]
     launch(ppo_args(rlhf_stack, tmp_path / "whole", *args), engine=engine)
     out = tmp_path / "stopped"
-    stop_after_two_iterations(engine(ppo_args(rlhf_stack, out, *args)), out)
-    checkpoints = list((out / "checkpoints").glob("step-*"))
-    assert len(checkpoints) == 1 and not (out / "rlhfkit.json").exists()
-    state = torch.load(checkpoints[0] / "state.pt", weights_only=True)
+    state = stop_after_two_iterations(engine(ppo_args(rlhf_stack, out, *args)), out)
     # whole tensors either way; FSDP's optimiser state is gathered keyed by parameter name, DDP's by index
     from safetensors.torch import load_file
 
